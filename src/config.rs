@@ -1,0 +1,254 @@
+//! Configuration: the YAML file, parsed and validated into [`Config`].
+//!
+//! Loading is two steps, as in rpxy: `raw` mirrors the file with serde
+//! (unknown keys refused), `validate` turns it into the runtime [`Config`]
+//! and applies every cross-field rule. A refused file yields a
+//! [`ConfigError`] that names the file, the line and the key path of each
+//! problem, so `fledge check` and a refused reload say exactly what is wrong.
+//!
+//! `config/fledge.example.yaml` documents every key; `docs/config.md` says
+//! which ones can be hot-reloaded.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+mod locate;
+pub(crate) mod raw;
+mod validate;
+
+/// Header a client may send to pick a version, where its policy allows it.
+pub const DEFAULT_OVERRIDE_HEADER: &str = "X-Fledge-Version";
+/// Odoo's session cookie: the preferred sticky key.
+pub const DEFAULT_STICKY_COOKIE: &str = "session_id";
+
+/// A validated configuration. Building one never fails half-way: either
+/// every rule holds, or [`load`]/[`parse`] return a [`ConfigError`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the proxy listens for plain HTTP (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Worker threads of the proxy service (not hot-reloadable).
+    pub threads: usize,
+    /// Downstream and upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Sticky cookie settings.
+    pub cookies: Cookies,
+    /// Worker pools by name.
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// Canary policies by name (always holds `default`).
+    pub policies: BTreeMap<String, Policy>,
+    /// Tenants by name.
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// Timeouts, each with its unit in its name in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to a worker.
+    pub connect: Duration,
+    /// Longest wait between two reads from a worker (Odoo reports can be slow).
+    pub upstream_read: Duration,
+    /// How long an idle client keep-alive connection stays open.
+    pub client_keepalive: Duration,
+    /// How long an idle WebSocket or long-polling connection stays open.
+    pub websocket_idle: Duration,
+}
+
+/// Sticky cookie settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cookies {
+    /// Environment variable holding the cookie signing secret. Without it a
+    /// random secret is drawn at start, so signed cookies do not survive a
+    /// restart (clients then fall back to their sticky key, which gives the
+    /// same bucket again).
+    pub secret_env: Option<String>,
+    /// `Max-Age` of the cookies fledge sets.
+    pub max_age_seconds: u64,
+}
+
+/// A named set of Odoo workers running one release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Workers for normal HTTP (Odoo's port 8069).
+    pub workers: Vec<SocketAddr>,
+    /// Workers for `/websocket` and `/longpolling/` (Odoo's gevent port 8072); may be empty.
+    pub websocket_workers: Vec<SocketAddr>,
+    /// Active health checking of the workers.
+    pub health_check: HealthCheckConfig,
+}
+
+/// TCP health check settings of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// Time between two checks of a worker.
+    pub interval: Duration,
+    /// Connect timeout of one check.
+    pub timeout: Duration,
+}
+
+/// How a canary is split and who may override the split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Request header that picks a version (`stable` or `canary`).
+    pub override_header: http::HeaderName,
+    /// Client networks allowed to use the override header; empty = nobody.
+    pub override_from: Vec<IpNet>,
+    /// Application cookie used as the sticky key (Odoo's `session_id`).
+    pub sticky_cookie: String,
+}
+
+/// A tenant: an Odoo database known by its host names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    /// Host patterns, lower case: exact names and `*.suffix` wildcards.
+    pub hosts: Vec<HostPattern>,
+    /// Name of the stable pool.
+    pub stable: String,
+    /// Name of the canary pool, while a release rolls out.
+    pub canary: Option<String>,
+    /// Share of clients sent to the canary.
+    pub canary_weight: Weight,
+    /// Name of the policy.
+    pub policy: String,
+}
+
+/// A host name pattern.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostPattern {
+    /// `acme.example.com`.
+    Exact(String),
+    /// `*.acme.example.com`, stored as its suffix `acme.example.com`: matches
+    /// any name under it, at any depth.
+    Wildcard(String),
+}
+
+/// A canary weight in basis points (hundredths of a percent): 0..=10_000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct Weight(u16);
+
+/// A refused configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but breaks one or more rules.
+    #[error("{}", DisplayProblems(file, problems))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Every problem found, in file order where known.
+        problems: Vec<Problem>,
+    },
+}
+
+/// One reason a file is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the offending key, where it could be located.
+    pub line: Option<usize>,
+    /// Key path, e.g. `tenants.acme.canary_weight`.
+    pub path: String,
+    /// What is wrong, in a short sentence.
+    pub reason: String,
+}
+
+struct DisplayProblems<'a>(&'a String, &'a Vec<Problem>);
+
+/// Read, parse and validate the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&text, &file)
+}
+
+/// Parse and validate `text`; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    validate::validate(text, file)
+}
+
+// === impl Weight ===
+
+impl Weight {
+    /// The whole range, in basis points.
+    pub const FULL: u16 = 10_000;
+
+    /// A weight from basis points; `None` above 10 000.
+    pub fn from_basis_points(bp: u16) -> Option<Self> {
+        (bp <= Self::FULL).then_some(Weight(bp))
+    }
+
+    /// A weight from a percentage with at most two decimals.
+    pub fn from_percent(percent: f64) -> Option<Self> {
+        if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+            return None;
+        }
+        let bp = percent * 100.0;
+        if (bp - bp.round()).abs() > 1e-6 {
+            return None;
+        }
+        // In range and integral by the checks above.
+        Self::from_basis_points(bp.round() as u16)
+    }
+
+    /// Basis points, 0..=10 000.
+    pub fn basis_points(self) -> u16 {
+        self.0
+    }
+
+    /// The weight as a percentage.
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.percent())
+    }
+}
+
+// === impl HostPattern ===
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+// === impl DisplayProblems ===
+
+impl fmt::Display for DisplayProblems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DisplayProblems(file, problems) = self;
+        for (i, p) in problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            match p.line {
+                Some(line) => write!(f, "{file}:{line}: {}: {}", p.path, p.reason)?,
+                None => write!(f, "{file}: {}: {}", p.path, p.reason)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

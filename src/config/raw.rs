@@ -1,0 +1,80 @@
+//! Serde mirror of the config file. Dumb on purpose: every field is what the
+//! YAML says, every cross-field rule lives in `validate.rs`. Unknown keys are
+//! refused everywhere (`deny_unknown_fields`), so a typo is an error, never a
+//! silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    pub(crate) listen: String,
+    #[serde(default)]
+    pub(crate) threads: Option<usize>,
+    #[serde(default)]
+    pub(crate) timeouts: Timeouts,
+    #[serde(default)]
+    pub(crate) cookies: Cookies,
+    pub(crate) pools: BTreeMap<String, Pool>,
+    #[serde(default)]
+    pub(crate) policies: BTreeMap<String, Policy>,
+    pub(crate) tenants: BTreeMap<String, Tenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Timeouts {
+    pub(crate) connect_ms: Option<u64>,
+    pub(crate) upstream_read_seconds: Option<u64>,
+    pub(crate) client_keepalive_seconds: Option<u64>,
+    pub(crate) websocket_idle_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cookies {
+    pub(crate) secret_env: Option<String>,
+    pub(crate) max_age_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Pool {
+    pub(crate) workers: Vec<String>,
+    #[serde(default)]
+    pub(crate) websocket_workers: Vec<String>,
+    #[serde(default)]
+    pub(crate) health_check: HealthCheck,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthCheck {
+    pub(crate) interval_ms: Option<u64>,
+    pub(crate) timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Policy {
+    pub(crate) override_header: Option<String>,
+    #[serde(default)]
+    pub(crate) override_from: Vec<String>,
+    pub(crate) sticky_cookie: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tenant {
+    pub(crate) hosts: Vec<String>,
+    pub(crate) stable: String,
+    #[serde(default)]
+    pub(crate) canary: Option<String>,
+    #[serde(default)]
+    pub(crate) canary_weight: Option<f64>,
+    #[serde(default)]
+    pub(crate) policy: Option<String>,
+}

@@ -1,0 +1,486 @@
+//! `raw::File` → [`Config`]: every cross-field rule lives here.
+//!
+//! Each problem is collected with its key path, so one `fledge check` run
+//! lists everything that is wrong, not just the first thing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::locate::line_of;
+use super::raw;
+use super::{
+    Config, ConfigError, Cookies, HealthCheckConfig, HostPattern, Policy, PoolConfig, Problem, TenantConfig,
+    Timeouts, Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
+};
+
+/// Name of the policy used by tenants that name none.
+const DEFAULT_POLICY: &str = "default";
+/// Upper bound on `threads`: beyond this it is a typo, not a machine.
+const MAX_THREADS: usize = 1024;
+/// Default `Max-Age` of fledge's cookies: a week, about an Odoo session's life.
+const DEFAULT_COOKIE_MAX_AGE_SECONDS: u64 = 7 * 24 * 3600;
+
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+pub(super) fn validate(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        file: file.to_owned(),
+        problems,
+    };
+    let raw: raw::File = match parse_yaml(text) {
+        Ok(raw) => raw,
+        Err(p) => return Err(invalid(vec![p])),
+    };
+    let mut c = Checker {
+        text,
+        problems: Vec::new(),
+    };
+    let config = c.file(raw);
+    if c.problems.is_empty() {
+        Ok(config)
+    } else {
+        c.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        Err(invalid(c.problems))
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<raw::File, Problem> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner.location().map(|l| l.line());
+        let mut reason = inner.to_string();
+        // serde_yaml repeats the path and the position; we print both apart.
+        if let Some(rest) = reason.strip_prefix(&format!("{path}: ")) {
+            reason = rest.to_owned();
+        }
+        if let Some(at) = reason.rfind(" at line ") {
+            reason.truncate(at);
+        }
+        Problem {
+            line,
+            path: if path == "." { "(file)".into() } else { path },
+            reason,
+        }
+    })
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        let path = path.into();
+        self.problems.push(Problem {
+            line: line_of(self.text, &path),
+            path,
+            reason: reason.into(),
+        });
+    }
+
+    fn file(&mut self, raw: raw::File) -> Config {
+        let listen = self
+            .socket_addr("listen", &raw.listen)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let threads = match raw.threads {
+            Some(0) => {
+                self.problem("threads", "must be at least 1");
+                1
+            }
+            Some(n) if n > MAX_THREADS => {
+                self.problem("threads", format!("must be at most {MAX_THREADS}"));
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let timeouts = self.timeouts(&raw.timeouts);
+        let cookies = self.cookies(raw.cookies);
+
+        if raw.pools.is_empty() {
+            self.problem("pools", "at least one pool is required");
+        }
+        let pools: BTreeMap<String, PoolConfig> = raw
+            .pools
+            .into_iter()
+            .map(|(name, p)| {
+                let pool = self.pool(&name, p);
+                (name, pool)
+            })
+            .collect();
+
+        let mut policies: BTreeMap<String, Policy> = raw
+            .policies
+            .into_iter()
+            .map(|(name, p)| {
+                let policy = self.policy(&name, p);
+                (name, policy)
+            })
+            .collect();
+        policies
+            .entry(DEFAULT_POLICY.to_owned())
+            .or_insert_with(|| Policy {
+                override_header: http::HeaderName::from_static("x-fledge-version"),
+                override_from: Vec::new(),
+                sticky_cookie: DEFAULT_STICKY_COOKIE.to_owned(),
+            });
+
+        let tenants: BTreeMap<String, TenantConfig> = raw
+            .tenants
+            .into_iter()
+            .map(|(name, t)| {
+                let tenant = self.tenant(&name, t, &pools, &policies);
+                (name, tenant)
+            })
+            .collect();
+        self.hosts_unique(&tenants);
+
+        Config {
+            listen,
+            threads,
+            timeouts,
+            cookies,
+            pools,
+            policies,
+            tenants,
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    path,
+                    format!("`{value}` is not an address: expected IP:port, e.g. 127.0.0.1:8069 (host names are not resolved)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, path: &str, value: Option<u64>, default: u64) -> u64 {
+        match value {
+            Some(0) => {
+                self.problem(path, "must be greater than 0");
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    }
+
+    fn timeouts(&mut self, t: &raw::Timeouts) -> Timeouts {
+        Timeouts {
+            connect: Duration::from_millis(self.positive("timeouts.connect_ms", t.connect_ms, 2_000)),
+            upstream_read: Duration::from_secs(self.positive(
+                "timeouts.upstream_read_seconds",
+                t.upstream_read_seconds,
+                300,
+            )),
+            client_keepalive: Duration::from_secs(self.positive(
+                "timeouts.client_keepalive_seconds",
+                t.client_keepalive_seconds,
+                60,
+            )),
+            websocket_idle: Duration::from_secs(self.positive(
+                "timeouts.websocket_idle_seconds",
+                t.websocket_idle_seconds,
+                3_600,
+            )),
+        }
+    }
+
+    fn cookies(&mut self, c: raw::Cookies) -> Cookies {
+        if let Some(name) = &c.secret_env {
+            let ok = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !name.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                self.problem(
+                    "cookies.secret_env",
+                    format!("`{name}` is not an environment variable name"),
+                );
+            }
+        }
+        Cookies {
+            secret_env: c.secret_env,
+            max_age_seconds: self.positive(
+                "cookies.max_age_seconds",
+                c.max_age_seconds,
+                DEFAULT_COOKIE_MAX_AGE_SECONDS,
+            ),
+        }
+    }
+
+    fn addresses(&mut self, path: &str, list: &[String]) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
+        for (i, a) in list.iter().enumerate() {
+            let item = format!("{path}[{i}]");
+            if let Some(addr) = self.socket_addr(&item, a) {
+                if out.contains(&addr) {
+                    self.problem(item, format!("`{addr}` is listed twice"));
+                } else {
+                    out.push(addr);
+                }
+            }
+        }
+        out
+    }
+
+    fn pool(&mut self, name: &str, p: raw::Pool) -> PoolConfig {
+        let base = format!("pools.{name}");
+        self.name("pools", name);
+        if p.workers.is_empty() {
+            self.problem(format!("{base}.workers"), "a pool needs at least one worker");
+        }
+        let workers = self.addresses(&format!("{base}.workers"), &p.workers);
+        let websocket_workers = self.addresses(&format!("{base}.websocket_workers"), &p.websocket_workers);
+        let hc = &p.health_check;
+        let health_check = HealthCheckConfig {
+            interval: Duration::from_millis(self.positive(
+                &format!("{base}.health_check.interval_ms"),
+                hc.interval_ms,
+                1_000,
+            )),
+            timeout: Duration::from_millis(self.positive(
+                &format!("{base}.health_check.timeout_ms"),
+                hc.timeout_ms,
+                500,
+            )),
+        };
+        PoolConfig {
+            workers,
+            websocket_workers,
+            health_check,
+        }
+    }
+
+    fn policy(&mut self, name: &str, p: raw::Policy) -> Policy {
+        let base = format!("policies.{name}");
+        self.name("policies", name);
+        let header = p.override_header.as_deref().unwrap_or(DEFAULT_OVERRIDE_HEADER);
+        let override_header = match http::HeaderName::from_bytes(header.as_bytes()) {
+            Ok(h) if !header.contains('_') => h,
+            _ => {
+                self.problem(
+                    format!("{base}.override_header"),
+                    format!("`{header}` is not a valid header name (letters, digits and '-')"),
+                );
+                http::HeaderName::from_static("x-fledge-version")
+            }
+        };
+        let mut override_from = Vec::with_capacity(p.override_from.len());
+        for (i, cidr) in p.override_from.iter().enumerate() {
+            let parsed = cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => override_from.push(net),
+                Err(_) => self.problem(
+                    format!("{base}.override_from[{i}]"),
+                    format!("`{cidr}` is not a CIDR (e.g. 10.0.0.0/8) or IP address"),
+                ),
+            }
+        }
+        let sticky_cookie = p
+            .sticky_cookie
+            .unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_owned());
+        if sticky_cookie.is_empty() || !sticky_cookie.bytes().all(is_cookie_name_byte) {
+            self.problem(
+                format!("{base}.sticky_cookie"),
+                format!("`{sticky_cookie}` is not a cookie name"),
+            );
+        }
+        Policy {
+            override_header,
+            override_from,
+            sticky_cookie,
+        }
+    }
+
+    fn tenant(
+        &mut self,
+        name: &str,
+        t: raw::Tenant,
+        pools: &BTreeMap<String, PoolConfig>,
+        policies: &BTreeMap<String, Policy>,
+    ) -> TenantConfig {
+        let base = format!("tenants.{name}");
+        self.name("tenants", name);
+        if t.hosts.is_empty() {
+            self.problem(format!("{base}.hosts"), "a tenant needs at least one host name");
+        }
+        let mut hosts = Vec::with_capacity(t.hosts.len());
+        for (i, h) in t.hosts.iter().enumerate() {
+            match parse_host(h) {
+                Ok(p) if hosts.contains(&p) => {
+                    self.problem(format!("{base}.hosts[{i}]"), format!("`{h}` is listed twice"))
+                }
+                Ok(p) => hosts.push(p),
+                Err(why) => self.problem(format!("{base}.hosts[{i}]"), format!("`{h}` {why}")),
+            }
+        }
+        if !pools.contains_key(&t.stable) {
+            self.problem(format!("{base}.stable"), unknown("pool", &t.stable, pools.keys()));
+        }
+        if let Some(canary) = &t.canary {
+            if !pools.contains_key(canary) {
+                self.problem(format!("{base}.canary"), unknown("pool", canary, pools.keys()));
+            } else if *canary == t.stable {
+                self.problem(
+                    format!("{base}.canary"),
+                    format!("`{canary}` is also the stable pool"),
+                );
+            }
+        }
+        let canary_weight = match t.canary_weight {
+            None => Weight::default(),
+            Some(w) => match Weight::from_percent(w) {
+                Some(w) if w.basis_points() > 0 && t.canary.is_none() => {
+                    self.problem(
+                        format!("{base}.canary_weight"),
+                        "a weight above 0 needs a `canary` pool",
+                    );
+                    Weight::default()
+                }
+                Some(w) => w,
+                None => {
+                    self.problem(
+                        format!("{base}.canary_weight"),
+                        format!("`{w}` is not a percentage from 0 to 100 with at most two decimals"),
+                    );
+                    Weight::default()
+                }
+            },
+        };
+        let policy = t.policy.unwrap_or_else(|| DEFAULT_POLICY.to_owned());
+        if !policies.contains_key(&policy) {
+            self.problem(
+                format!("{base}.policy"),
+                unknown("policy", &policy, policies.keys()),
+            );
+        }
+        TenantConfig {
+            hosts,
+            stable: t.stable,
+            canary: t.canary,
+            canary_weight,
+            policy,
+        }
+    }
+
+    /// Names become metric labels and URL segments: keep them plain.
+    fn name(&mut self, section: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !ok {
+            self.problem(
+                format!("{section}.{name}"),
+                "names are 1 to 64 letters, digits, '_', '-' or '.'",
+            );
+        }
+    }
+
+    /// No host pattern may match a pattern of another tenant: routing must
+    /// never depend on which of two tenants is more specific.
+    fn hosts_unique(&mut self, tenants: &BTreeMap<String, TenantConfig>) {
+        let mut exact: HashMap<&str, (&str, usize)> = HashMap::new();
+        let mut wild: HashMap<&str, (&str, usize)> = HashMap::new();
+        for (tenant, t) in tenants {
+            for (i, h) in t.hosts.iter().enumerate() {
+                let (map, key) = match h {
+                    HostPattern::Exact(n) => (&mut exact, n.as_str()),
+                    HostPattern::Wildcard(s) => (&mut wild, s.as_str()),
+                };
+                if let Some((other, _)) = map.insert(key, (tenant, i)) {
+                    let reason = format!("`{h}` is also a host of tenant `{other}`");
+                    self.problem(format!("tenants.{tenant}.hosts[{i}]"), reason);
+                }
+            }
+        }
+        // An exact name or a wildcard under another tenant's wildcard overlaps it.
+        let mut overlaps = Vec::new();
+        for (is_wild, map) in [(false, &exact), (true, &wild)] {
+            for (name, (tenant, i)) in map {
+                let mut rest: &str = name;
+                if is_wild {
+                    rest = match rest.split_once('.') {
+                        Some((_, r)) => r,
+                        None => continue,
+                    };
+                }
+                loop {
+                    if let Some((other, _)) = wild.get(rest) {
+                        let same = other == tenant;
+                        let itself = is_wild && rest == *name;
+                        if !same && !itself {
+                            let shown = if is_wild {
+                                format!("*.{name}")
+                            } else {
+                                (*name).to_owned()
+                            };
+                            overlaps.push((
+                                format!("tenants.{tenant}.hosts[{i}]"),
+                                format!("`{shown}` overlaps `*.{rest}` of tenant `{other}`"),
+                            ));
+                        }
+                    }
+                    match rest.split_once('.') {
+                        Some((_, r)) => rest = r,
+                        None => break,
+                    }
+                }
+            }
+        }
+        for (path, reason) in overlaps {
+            self.problem(path, reason);
+        }
+    }
+}
+
+fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    format!("unknown {what} `{name}` (known: {})", known.join(", "))
+}
+
+fn is_cookie_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Parse `acme.example.com` or `*.acme.example.com` (lower-cased, no port).
+pub(crate) fn parse_host(host: &str) -> Result<HostPattern, &'static str> {
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest.to_owned()),
+        None => (false, lower),
+    };
+    if name.is_empty() || name.len() > 253 {
+        return Err("is not a host name");
+    }
+    if name.contains(':') {
+        return Err("must not carry a port");
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err("is not a host name (wildcards only as a leading `*.`)");
+        }
+    }
+    Ok(if wildcard {
+        HostPattern::Wildcard(name)
+    } else {
+        HostPattern::Exact(name)
+    })
+}

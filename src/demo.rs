@@ -1,0 +1,103 @@
+//! `fledge demo`: mock Odoo pools plus the proxy, on loopback, with the curl
+//! lines that show the split, stickiness and the override header.
+//!
+//! Every worker address of every pool in the demo config gets a mock Odoo;
+//! a pool named `odooNN` plays version `NN.0`.
+
+use std::thread;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::mock_odoo::{MockOdoo, Options};
+
+/// The embedded demo config.
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
+
+/// Version a demo pool plays, from its name (`odoo18` → `18.0`).
+fn version_of(pool: &str) -> String {
+    let digits: String = pool.chars().filter(char::is_ascii_digit).collect();
+    if digits.is_empty() {
+        pool.to_owned()
+    } else {
+        format!("{digits}.0")
+    }
+}
+
+/// Start a mock Odoo on every worker address of `config`, on a thread of
+/// their own. Returns once they all listen.
+pub fn start_mocks(config: &Config) -> anyhow::Result<()> {
+    let mut plan = Vec::new();
+    for (name, pool) in &config.pools {
+        for addr in pool.workers.iter().chain(&pool.websocket_workers) {
+            plan.push((*addr, version_of(name)));
+        }
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    thread::Builder::new()
+        .name("mock-odoo".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut mocks = Vec::new();
+                for (addr, version) in plan {
+                    let mut options = Options::new(&version);
+                    options.push_interval = Some(std::time::Duration::from_secs(10));
+                    match MockOdoo::start(addr, options).await {
+                        Ok(m) => mocks.push(m),
+                        Err(e) => {
+                            let _ = ready_tx
+                                .send(Err(anyhow::Error::from(e)
+                                    .context(format!("mock Odoo cannot listen on {addr}"))));
+                            return;
+                        }
+                    }
+                }
+                let _ = ready_tx.send(Ok(()));
+                std::future::pending::<()>().await;
+                drop(mocks);
+            });
+        })
+        .context("cannot start the mock Odoo thread")?;
+    ready_rx.recv().context("mock Odoo thread died")?
+}
+
+/// The curl lines printed at start.
+pub fn instructions(config: &Config) -> String {
+    let p = config.listen;
+    format!(
+        "\
+fledge demo: proxy on http://{p}, tenants `acme` (17.0 stable, 18.0 canary at 20%) and `globex` (17.0 only)
+
+Which version serves you (X-Fledge-Version, X-Odoo-Version):
+  curl -si -H 'Host: acme.localhost' http://{p}/web/login | grep -i -E '^x-(fledge|odoo)-version'
+
+The split, over 100 new clients (different session ids), about 20 land on the canary:
+  for i in $(seq 100); do curl -s -o /dev/null -w '%{{header_json}}\\n' -H 'Host: acme.localhost' -b \"session_id=user$i\" http://{p}/web/login; done | grep -o '\"x-fledge-version\":\\[\"[a-z]*' | sort | uniq -c
+
+Stickiness: one session keeps its version over 20 requests:
+  for i in $(seq 20); do curl -s -o /dev/null -D - -H 'Host: acme.localhost' -b 'session_id=alice' http://{p}/web/login | grep -i '^x-fledge-version'; done | sort | uniq -c
+
+The override header (allowed from loopback):
+  curl -si -H 'Host: acme.localhost' -H 'X-Fledge-Version: canary' http://{p}/web/login | grep -i '^x-odoo-version'
+
+A JSON-RPC call:
+  curl -s -H 'Host: acme.localhost' -H 'Content-Type: application/json' -d '{{\"jsonrpc\":\"2.0\",\"method\":\"call\",\"params\":{{}},\"id\":1}}' http://{p}/web/session/get_session_info
+
+An unknown host:
+  curl -si -H 'Host: nobody.localhost' http://{p}/
+
+Ctrl-C stops the demo.
+"
+    )
+}

@@ -1,0 +1,29 @@
+//! fledge: a progressive-delivery edge proxy for hosted Odoo, on Pingora.
+//!
+//! Crate map. The data plane serves every request and never blocks, locks or
+//! reads files; the control plane builds what the data plane reads and
+//! publishes it atomically (see `docs/architecture.md`).
+//!
+//! Data plane:
+//! - [`routing`]: pure routing decision (tenant by host, stable or canary).
+//! - [`proxy`]: Pingora `ProxyHttp` hooks gluing routing to upstream.
+//! - [`upstream`]: worker pools, load balancing and health checks.
+//!
+//! Control plane:
+//! - [`config`]: the YAML file, parsed and validated.
+//! - [`control`]: the single writer of the route table.
+//! - [`server`]: assembles the Pingora server and its services.
+//!
+//! Tools:
+//! - [`mock_odoo`]: an Odoo stand-in for tests, demos and rehearsals.
+//! - [`demo`]: the embedded demo (`fledge demo`).
+
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod error;
+pub mod mock_odoo;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod upstream;

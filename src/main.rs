@@ -1,0 +1,161 @@
+//! The `fledge` command: parse the command line, set up logging, hand over
+//! to the library. No logic lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fledge::{config, demo, mock_odoo, server};
+use tracing_subscriber::EnvFilter;
+
+/// Progressive-delivery edge proxy for hosted Odoo.
+#[derive(Parser)]
+#[command(name = "fledge", version, about)]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEDGE_LOG",
+        default_value = "info,pingora_core=warn,pingora_proxy=warn"
+    )]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Take the listening sockets over from a running fledge, which is
+        /// then sent SIGQUIT (zero-downtime upgrade).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate a config file; exit non-zero and say why if it is refused.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the embedded demo: mock Odoo 17.0 and 18.0 pools and the proxy.
+    Demo {
+        /// Use this config instead of the embedded one.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a mock Odoo worker (for tests, demos and rehearsals).
+    MockOdoo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:18069")]
+        listen: SocketAddr,
+        /// Odoo version to play.
+        #[arg(long, default_value = "17.0")]
+        version: String,
+        /// Share of requests answered with HTTP 500.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Share of JSON-RPC calls answered with HTTP 200 and an `error` member.
+        #[arg(long, default_value_t = 0.0)]
+        jsonrpc_error_rate: f64,
+        /// Delay added to every answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Share of requests whose connection is dropped without an answer.
+        #[arg(long, default_value_t = 0.0)]
+        close_rate: f64,
+        /// Interval of pushed bus notifications on /websocket (0: none).
+        #[arg(long, default_value_t = 0)]
+        push_interval_ms: u64,
+        /// How long /longpolling/poll holds a request, in milliseconds.
+        #[arg(long, default_value_t = 50_000)]
+        longpoll_hold_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fledge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, upgrade } => {
+            let config = config::load(&config)?;
+            let server = server::build(&config, &server::Options { upgrade })?;
+            server.run_forever()
+        }
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} tenants, {} pools, {} policies)",
+                    config.display(),
+                    c.tenants.len(),
+                    c.pools.len(),
+                    c.policies.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Demo { config } => {
+            let config = match config {
+                Some(path) => config::load(&path)?,
+                None => config::parse(demo::DEMO_CONFIG, "config/demo.yaml (embedded)")?,
+            };
+            demo::start_mocks(&config)?;
+            let server = server::build(&config, &server::Options::default())?;
+            println!("{}", demo::instructions(&config));
+            server.run_forever()
+        }
+        Command::MockOdoo {
+            listen,
+            version,
+            error_rate,
+            jsonrpc_error_rate,
+            latency_ms,
+            close_rate,
+            push_interval_ms,
+            longpoll_hold_ms,
+        } => {
+            let mut options = mock_odoo::Options::new(&version);
+            options.knobs = mock_odoo::Knobs {
+                error_rate,
+                jsonrpc_error_rate,
+                latency_ms,
+                close_rate,
+            };
+            options.push_interval = (push_interval_ms > 0).then(|| Duration::from_millis(push_interval_ms));
+            options.longpoll_hold = Duration::from_millis(longpoll_hold_ms);
+            let rt = tokio::runtime::Runtime::new().context("cannot start a tokio runtime")?;
+            rt.block_on(async {
+                let mock = mock_odoo::MockOdoo::start(listen, options)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                eprintln!("mock Odoo {version} listening on http://{}", mock.addr());
+                tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}

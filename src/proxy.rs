@@ -1,0 +1,285 @@
+//! Data plane: [`FledgeProxy`], our `ProxyHttp` implementation. Hooks only
+//! glue routing and upstream together; each says why it is overridden.
+//!
+//! Request path: `new_ctx` takes one route-table snapshot → `request_filter`
+//! routes (tenant, version), answers unknown hosts and strips the override
+//! header → `upstream_peer` picks a worker of the chosen pool (canary without
+//! a healthy worker: stable) → `fail_to_connect` retries a refused connect
+//! once, a canary on stable (nothing was sent, so this cannot duplicate a
+//! request) → `upstream_request_filter` sets `X-Forwarded-*` (after Pingora
+//! has removed hop-by-hop and `Connection`-nominated headers, so a client
+//! cannot make us drop them) → `response_filter` adds `X-Fledge-Version` and
+//! the sticky cookies. Bodies stream through untouched; errors after bytes
+//! reached a worker are retried only for idempotent methods on a reused
+//! connection (Pingora's default), never for a POST.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::Peer;
+
+pub use self::ctx::RequestCtx;
+use crate::routing::{Decision, RequestView, RouteTable, Version, BUCKET_COOKIE, VERSION_COOKIE};
+
+mod ctx;
+
+/// Response header telling which version served a request.
+pub const VERSION_HEADER: &str = "X-Fledge-Version";
+/// How long an idle upstream connection stays in the pool: below the
+/// keep-alive timeouts of the servers Odoo runs behind, so that we do not
+/// send a request on a connection the worker is closing.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
+/// Body of the answer to a host no tenant has.
+const NO_TENANT_BODY: &[u8] = b"fledge: no tenant is configured for this host\n";
+
+/// The proxy: reads the route table, never writes it.
+pub struct FledgeProxy {
+    routes: Arc<ArcSwap<RouteTable>>,
+}
+
+impl FledgeProxy {
+    /// A proxy serving whatever table `routes` holds.
+    pub fn new(routes: Arc<ArcSwap<RouteTable>>) -> Self {
+        FledgeProxy { routes }
+    }
+}
+
+/// The host a request is for: HTTP/2's `:authority`, else `Host`.
+pub fn host_of(req: &RequestHeader) -> Option<&str> {
+    if let Some(a) = req.uri.authority() {
+        return Some(a.as_str());
+    }
+    req.headers.get(HOST).and_then(|h| h.to_str().ok())
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+fn is_long_lived(path: &str) -> bool {
+    path.starts_with("/websocket") || path.starts_with("/longpolling/")
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+#[async_trait]
+impl ProxyHttp for FledgeProxy {
+    type CTX = RequestCtx;
+
+    /// One snapshot of the route table per request (`load_full`, not a guard:
+    /// the context outlives many awaits).
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.routes.load_full())
+    }
+
+    /// Route the request: decided once, here, and kept in the context.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let view = RequestView {
+            host: host_of(req).unwrap_or(""),
+            headers: &req.headers,
+            client_ip: client_ip(session),
+        };
+        let route = match ctx.table.decide(&view) {
+            Decision::Route(route) => route,
+            Decision::NoTenant => {
+                let mut resp = ResponseHeader::build(404, Some(3))?;
+                resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+                resp.insert_header("Content-Length", NO_TENANT_BODY.len())?;
+                session.write_response_header(Box::new(resp), false).await?;
+                session
+                    .write_response_body(Some(Bytes::from_static(NO_TENANT_BODY)), true)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        tracing::debug!(
+            tenant = ctx.table.tenants()[route.tenant].name(),
+            version = route.version.as_str(),
+            reason = route.reason.as_str(),
+            "routed"
+        );
+        ctx.route = Some(route);
+        ctx.served = route.version;
+
+        // The override header is ours: workers never see it, allowed or not.
+        let policy = ctx.table.tenants()[route.tenant].policy();
+        session.req_header_mut().remove_header(&policy.override_header);
+
+        let timeouts = &ctx.table.tuning().timeouts;
+        session.set_keepalive(Some(timeouts.client_keepalive.as_secs()));
+        ctx.long_lived = is_long_lived(session.req_header().uri.path());
+        if ctx.long_lived {
+            // Pingora's downstream read timeout (60 s) also covers the bytes
+            // of an upgraded connection; an idle Odoo bus socket must outlive it.
+            session.set_read_timeout(Some(timeouts.websocket_idle));
+        }
+        Ok(false)
+    }
+
+    /// A worker of the chosen pool. A canary with no healthy worker falls
+    /// back to stable; a stable pool that health checks call dead is still
+    /// tried, since they may be wrong.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .ok_or_else(|| Error::explain(InternalError, "upstream_peer without a route"))?;
+        let tenant = &ctx.table.tenants()[route.tenant];
+        let ws = ctx.long_lived;
+        let mut addr = None;
+        if ctx.served == Version::Canary {
+            addr = tenant.pool(Version::Canary).select(ws);
+            if addr.is_none() {
+                ctx.served = Version::Stable;
+            }
+        }
+        if ctx.served == Version::Stable {
+            let stable = tenant.stable();
+            addr = stable.select(ws).or_else(|| stable.select_any(ws));
+        }
+        let addr = addr.ok_or_else(|| Error::explain(crate::error::NO_WORKER, "pool has no worker"))?;
+
+        let timeouts = &ctx.table.tuning().timeouts;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        peer.options.read_timeout = Some(if ws {
+            timeouts.websocket_idle
+        } else {
+            timeouts.upstream_read
+        });
+        Ok(Box::new(peer))
+    }
+
+    /// Nothing reached the worker: one retry is safe. A canary retries on
+    /// stable, stable on its next worker.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        tracing::debug!(peer = %peer.address(), version = ctx.served.as_str(), error = %e, "connect failed");
+        if !ctx.connect_retried {
+            ctx.connect_retried = true;
+            ctx.served = Version::Stable;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// `X-Forwarded-*` as Odoo's `proxy_mode` reads them, replacing whatever
+    /// the client sent. Runs after Pingora's hop-by-hop sanitising.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        match client_ip(session) {
+            // Allocates a short string; there is no way to format an address
+            // into a HeaderValue without one.
+            Some(ip) => upstream.insert_header("X-Forwarded-For", ip.to_string())?,
+            None => {
+                upstream.remove_header("X-Forwarded-For");
+            }
+        }
+        upstream.insert_header(
+            "X-Forwarded-Proto",
+            if is_tls(session) { "https" } else { "http" },
+        )?;
+        let host = match session.req_header().uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => session.req_header().headers.get(HOST).cloned(),
+        };
+        match host {
+            Some(h) => upstream.insert_header("X-Forwarded-Host", h)?,
+            None => {
+                upstream.remove_header("X-Forwarded-Host");
+            }
+        }
+        Ok(())
+    }
+
+    /// Tell the client which version served it, and pin it there.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.insert_header(VERSION_HEADER, ctx.served.as_str())?;
+        let Some(route) = ctx.route else {
+            return Ok(());
+        };
+        if !(route.set_version_cookie || route.set_bucket_cookie) {
+            return Ok(());
+        }
+        let bucket = route.bucket.unwrap_or(0);
+        let tenant = &ctx.table.tenants()[route.tenant];
+        let key = ctx.table.cookie_key();
+        let attrs = format!(
+            "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+            ctx.table.tuning().cookie_max_age_seconds,
+            if is_tls(session) { "; Secure" } else { "" }
+        );
+        // Allocates: only on the responses that hand out a cookie.
+        if route.set_version_cookie {
+            let value = key.version_cookie(route.version, bucket, tenant.epoch());
+            resp.append_header("Set-Cookie", format!("{VERSION_COOKIE}={value}{attrs}"))?;
+        }
+        if route.set_bucket_cookie {
+            let value = key.bucket_cookie(bucket, tenant.seed());
+            resp.append_header("Set-Cookie", format!("{BUCKET_COOKIE}={value}{attrs}"))?;
+        }
+        Ok(())
+    }
+
+    /// The last hook of every request; per-request detail stays at `debug`.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        tracing::debug!(
+            status,
+            version = ctx.served.as_str(),
+            elapsed_us = ctx.started.elapsed().as_micros() as u64,
+            error = e.map(|e| e.etype().as_str()),
+            "request done"
+        );
+    }
+
+    /// Pingora's mapping, plus ours: a pool without workers is a 503.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            t if *t == crate::error::NO_WORKER => 503,
+            HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

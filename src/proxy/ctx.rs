@@ -1,0 +1,38 @@
+//! Per-request state, created once in `new_ctx` and read by every hook.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::routing::{Route, RouteTable, Version};
+
+/// What the hooks of one request share.
+pub struct RequestCtx {
+    /// One route-table snapshot for the whole request, whatever reloads
+    /// happen meanwhile.
+    pub(crate) table: Arc<RouteTable>,
+    /// Set by `request_filter` for routed requests.
+    pub(crate) route: Option<Route>,
+    /// The version actually serving the request: the route's, or stable
+    /// after a canary fallback.
+    pub(crate) served: Version,
+    /// `/websocket` or `/longpolling/`: long-lived, to the WebSocket workers.
+    pub(crate) long_lived: bool,
+    /// The one retry after a connect failure has been spent.
+    pub(crate) connect_retried: bool,
+    /// When the request header was read.
+    pub(crate) started: Instant,
+}
+
+impl RequestCtx {
+    pub(crate) fn new(table: Arc<RouteTable>) -> Self {
+        RequestCtx {
+            table,
+            route: None,
+            served: Version::Stable,
+            long_lived: false,
+            connect_retried: false,
+            started: Instant::now(),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Building a [`RouteTable`] from a [`Config`]: off the hot path, once per
+//! config change. Host maps, weights in basis points, hash seeds and pool
+//! handles are all resolved here so that `decide` only indexes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{CookieKey, RouteTable, Version};
+use crate::config::{Config, HostPattern, Policy, Timeouts, Weight};
+use crate::upstream::Pool;
+
+/// One tenant, compiled.
+#[derive(Debug)]
+pub struct TenantRoute {
+    name: Arc<str>,
+    stable: Arc<Pool>,
+    canary: Option<Arc<Pool>>,
+    weight: Weight,
+    policy: Arc<Policy>,
+    seed: u64,
+    epoch: u32,
+}
+
+/// Per-request settings that come from the config but are not routes.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Timeouts applied to downstream and upstream connections.
+    pub timeouts: Timeouts,
+    /// `Max-Age` of fledge's cookies.
+    pub cookie_max_age_seconds: u64,
+}
+
+// === impl TenantRoute ===
+
+impl TenantRoute {
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The stable pool.
+    pub fn stable(&self) -> &Arc<Pool> {
+        &self.stable
+    }
+
+    /// The canary pool, if a release is rolling out.
+    pub fn canary(&self) -> Option<&Arc<Pool>> {
+        self.canary.as_ref()
+    }
+
+    /// The canary weight.
+    pub fn weight(&self) -> Weight {
+        self.weight
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Seed of the tenant's split hash.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Identity of the current canary (tenant and canary pool); version
+    /// cookies from another canary are ignored.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// A canary pool is set and gets a share of clients.
+    pub fn canary_active(&self) -> bool {
+        self.canary.is_some() && self.weight.basis_points() > 0
+    }
+
+    /// Version of a bucket at the current weight.
+    pub fn split(&self, bucket: u16) -> Version {
+        if bucket < self.weight.basis_points() {
+            Version::Canary
+        } else {
+            Version::Stable
+        }
+    }
+
+    /// The pool serving `version` (stable when there is no canary).
+    pub fn pool(&self, version: Version) -> &Arc<Pool> {
+        match (version, &self.canary) {
+            (Version::Canary, Some(c)) => c,
+            _ => &self.stable,
+        }
+    }
+}
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    /// Compile `config`. Pools whose definition did not change since
+    /// `previous` are carried over, with their health state.
+    pub fn build(config: &Config, cookie_key: Arc<CookieKey>, previous: Option<&RouteTable>) -> RouteTable {
+        let mut old: HashMap<&str, &Arc<Pool>> = HashMap::new();
+        if let Some(prev) = previous {
+            for p in &prev.pools {
+                old.insert(p.name(), p);
+            }
+        }
+        let pools: BTreeMap<&str, Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|(name, def)| {
+                let pool = match old.get(name.as_str()) {
+                    Some(p) if p.config() == def => Arc::clone(p),
+                    _ => Arc::new(Pool::build(name, def)),
+                };
+                (name.as_str(), pool)
+            })
+            .collect();
+        let policies: HashMap<&str, Arc<Policy>> = config
+            .policies
+            .iter()
+            .map(|(name, p)| (name.as_str(), Arc::new(p.clone())))
+            .collect();
+
+        let mut tenants = Vec::with_capacity(config.tenants.len());
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (i, (name, t)) in config.tenants.iter().enumerate() {
+            // Validation guarantees every reference resolves.
+            let pool = |n: &str| Arc::clone(pools.get(n).expect("validated config names existing pools"));
+            let index = u32::try_from(i).expect("fewer than 2^32 tenants");
+            for h in &t.hosts {
+                match h {
+                    HostPattern::Exact(n) => exact.insert(n.as_str().into(), index),
+                    HostPattern::Wildcard(s) => wildcard.insert(s.as_str().into(), index),
+                };
+            }
+            let epoch_input = format!("{name}\0{}", t.canary.as_deref().unwrap_or(""));
+            tenants.push(TenantRoute {
+                name: name.as_str().into(),
+                stable: pool(&t.stable),
+                canary: t.canary.as_deref().map(pool),
+                weight: t.canary_weight,
+                policy: Arc::clone(
+                    policies
+                        .get(t.policy.as_str())
+                        .expect("validated config names existing policies"),
+                ),
+                seed: xxh3_64(name.as_bytes()),
+                epoch: xxh3_64(epoch_input.as_bytes()) as u32,
+            });
+        }
+
+        // Only pools some tenant uses need health checks.
+        let mut seen = HashSet::new();
+        let mut used: Vec<Arc<Pool>> = Vec::new();
+        for t in &tenants {
+            for p in std::iter::once(&t.stable).chain(t.canary.as_ref()) {
+                if seen.insert(Arc::as_ptr(p)) {
+                    used.push(Arc::clone(p));
+                }
+            }
+        }
+
+        RouteTable {
+            tenants,
+            exact,
+            wildcard,
+            pools: used,
+            cookie_key,
+            tuning: Tuning {
+                timeouts: config.timeouts.clone(),
+                cookie_max_age_seconds: config.cookies.max_age_seconds,
+            },
+        }
+    }
+}
