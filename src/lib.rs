@@ -27,3 +27,6 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod upstream;
+
+#[cfg(test)]
+mod test_util;

@@ -1,1 +1,131 @@
+use std::path::PathBuf;
 
+use super::*;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config")
+}
+
+/// Every `invalid_*.yaml` fixture says in its first line the message it must
+/// be refused with, and marks the line that message must name.
+#[test]
+fn every_invalid_fixture_is_refused_naming_file_line_key_and_reason() {
+    let mut seen = 0;
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(fixtures()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("invalid_") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected = text.lines().next().unwrap().strip_prefix("# Refused: ").unwrap();
+        let line = text
+            .lines()
+            .position(|l| !l.starts_with('#') && l.contains("# <- error"))
+            .unwrap()
+            + 1;
+        let err = load(&path).expect_err(&name);
+        let shown = err.to_string();
+        let want = format!("{}:{line}: {expected}", path.display());
+        if !shown.contains(&want) {
+            failures.push(format!("{name}:\n  got:  {shown}\n  want: {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(seen >= 12, "only {seen} invalid fixtures");
+}
+
+#[test]
+fn valid_fixtures_and_shipped_configs_are_accepted() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for path in [
+        fixtures().join("valid_minimal.yaml"),
+        fixtures().join("valid_full.yaml"),
+        root.join("config/fledge.example.yaml"),
+        root.join("config/demo.yaml"),
+    ] {
+        if let Err(e) = load(&path) {
+            panic!("{} refused: {e}", path.display());
+        }
+    }
+}
+
+#[test]
+fn full_config_is_read_as_written() {
+    let c = load(&fixtures().join("valid_full.yaml")).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    let acme = &c.tenants["acme"];
+    assert_eq!(acme.canary_weight.basis_points(), 2_000);
+    assert_eq!(acme.canary.as_deref(), Some("v18"));
+    assert_eq!(
+        acme.hosts,
+        vec![
+            HostPattern::Exact("acme.example.com".into()),
+            HostPattern::Wildcard("acme.example.com".into())
+        ]
+    );
+    assert_eq!(
+        c.pools["v17"].websocket_workers,
+        vec!["127.0.0.1:18072".parse().unwrap()]
+    );
+    assert_eq!(
+        c.policies["default"].override_from,
+        vec!["127.0.0.0/8".parse::<IpNet>().unwrap()]
+    );
+    // A tenant without a policy gets `default`, without a canary weight 0.
+    assert_eq!(c.tenants["beta"].policy, "default");
+    assert_eq!(c.tenants["beta"].canary_weight, Weight::default());
+}
+
+#[test]
+fn all_problems_of_a_file_are_reported_at_once() {
+    let text = "listen: \"127.0.0.1:8080\"\npools:\n  a: { workers: [] }\ntenants:\n  t:\n    hosts: [\"x.example\"]\n    stable: nope\n    canary_weight: 101\n";
+    let ConfigError::Invalid { problems, .. } = parse(text, "t.yaml").unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["pools.a.workers", "tenants.t.stable", "tenants.t.canary_weight"]
+    );
+}
+
+#[test]
+fn weights_take_up_to_two_decimals() {
+    assert_eq!(Weight::from_percent(12.34).map(Weight::basis_points), Some(1234));
+    assert_eq!(Weight::from_percent(0.01).map(Weight::basis_points), Some(1));
+    assert_eq!(
+        Weight::from_percent(100.0).map(Weight::basis_points),
+        Some(10_000)
+    );
+    assert_eq!(Weight::from_percent(0.005), None);
+    assert_eq!(Weight::from_percent(100.01), None);
+    assert_eq!(Weight::from_percent(f64::NAN), None);
+}
+
+#[test]
+fn hosts_are_lower_cased_and_lose_a_trailing_dot() {
+    use super::validate::parse_host;
+    assert_eq!(
+        parse_host("Acme.Example.COM."),
+        Ok(HostPattern::Exact("acme.example.com".into()))
+    );
+    assert_eq!(
+        parse_host("*.Acme.example.com"),
+        Ok(HostPattern::Wildcard("acme.example.com".into()))
+    );
+    assert!(parse_host("*").is_err());
+    assert!(parse_host("a..b").is_err());
+}
+
+#[test]
+fn a_missing_file_is_refused_with_its_name() {
+    let err = load(std::path::Path::new("/nonexistent/fledge.yaml")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/fledge.yaml: cannot read"),
+        "{err}"
+    );
+}

@@ -58,15 +58,26 @@ fn parse_yaml(text: &str) -> Result<raw::File, Problem> {
         let line = inner.location().map(|l| l.line());
         let mut reason = inner.to_string();
         // serde_yaml repeats the path and the position; we print both apart.
-        if let Some(rest) = reason.strip_prefix(&format!("{path}: ")) {
-            reason = rest.to_owned();
+        if let Some((prefix, rest)) = reason.split_once(": ") {
+            if path.starts_with(prefix) {
+                reason = rest.to_owned();
+            }
         }
-        if let Some(at) = reason.rfind(" at line ") {
-            reason.truncate(at);
+        while let Some(at) = reason.find(" at line ") {
+            // Drop " at line N column M", keep what follows (", while parsing …").
+            let rest = &reason[at + 1..];
+            let end = rest.find(',').map_or(reason.len(), |c| at + 1 + c);
+            reason.replace_range(at..end, "");
         }
+        // A syntax error leaves an unknown last segment (`tenants.?`).
+        let path = path.trim_end_matches(".?");
         Problem {
             line,
-            path: if path == "." { "(file)".into() } else { path },
+            path: if path == "." || path == "?" {
+                "(file)".into()
+            } else {
+                path.to_owned()
+            },
             reason,
         }
     })
