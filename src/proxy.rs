@@ -258,6 +258,12 @@ impl ProxyHttp for FledgeProxy {
         );
     }
 
+    /// Clients' mistakes and aborts (malformed requests, hang-ups) are not
+    /// ours to log at error level: scanners would flood the log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        *error.esource() == ErrorSource::Downstream
+    }
+
     /// Pingora's mapping, plus ours: a pool without workers is a 503.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
         let code = match e.etype() {

@@ -1,1 +1,20 @@
+#![allow(dead_code)]
+#![allow(unreachable_pub, clippy::unwrap_used)]
 
+//! fledge's only integration-test binary. Every test runs the real `fledge`
+//! binary as a child process on ports the OS picked, in front of mock Odoo
+//! workers (`fledge::mock_odoo`) running in the test, and talks to it over
+//! real sockets.
+//!
+//! - `util`: `TestProxy` (the child process), `Mocks`, an HTTP client.
+//! - `routing`: tenant by host, the split, stickiness, the override header,
+//!   forwarded headers, HTTP/2.
+//! - `failover`: dead canary workers, no replayed POST, WebSocket workers.
+//! - `streaming`: 200 MB up and down without buffering; WebSocket idle.
+//! - `cli`: `fledge check`.
+
+mod cli;
+mod failover;
+mod routing;
+mod streaming;
+mod util;

@@ -119,7 +119,7 @@ impl Checker<'_> {
             .pools
             .into_iter()
             .map(|(name, p)| {
-                let pool = self.pool(&name, p);
+                let pool = self.pool(&name, &p);
                 (name, pool)
             })
             .collect();
@@ -243,7 +243,7 @@ impl Checker<'_> {
         out
     }
 
-    fn pool(&mut self, name: &str, p: raw::Pool) -> PoolConfig {
+    fn pool(&mut self, name: &str, p: &raw::Pool) -> PoolConfig {
         let base = format!("pools.{name}");
         self.name("pools", name);
         if p.workers.is_empty() {

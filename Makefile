@@ -1,0 +1,32 @@
+# The same commands CI runs (.ci/run), for local use.
+# `make demo` runs the embedded demo; `make test` runs the whole test suite.
+
+CARGO ?= cargo
+# Integration tests mostly wait on sockets and timers: run more of them at
+# once than there are cores.
+TEST_THREADS ?= 8
+
+.PHONY: setup demo test fmt clippy doc bench ci
+
+setup:
+	./scripts/setup.sh
+
+demo: setup
+	$(CARGO) run -- demo
+
+test: setup
+	$(CARGO) test -- --test-threads $(TEST_THREADS)
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy: setup
+	$(CARGO) clippy --all-targets -- -D warnings
+
+doc: setup
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+
+bench: setup
+	$(CARGO) bench --bench routing
+
+ci: fmt clippy test doc

@@ -1,0 +1,125 @@
+//! Dead canary workers, POSTs that must not be replayed, WebSocket workers.
+
+use fledge::mock_odoo::{Knobs, Options};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::util::{call_kw, free_port, mock, mock_with, two_pools, Client, TestProxy};
+
+const HOST: &str = "acme.example.com";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_canary_workers_down_every_request_succeeds_on_stable() {
+    let s = mock("17.0").await;
+    // Two canary workers that refuse connections: nothing listens there.
+    let dead = format!(
+        r#"listen: "{{listen}}"
+threads: 2
+pools:
+  v17: {{ workers: ["{}"] }}
+  v18: {{ workers: ["127.0.0.1:{}", "127.0.0.1:{}"], health_check: {{ interval_ms: 200 }} }}
+tenants:
+  acme:
+    hosts: ["acme.example.com"]
+    stable: v17
+    canary: v18
+    canary_weight: 100
+"#,
+        s.addr(),
+        free_port(),
+        free_port()
+    );
+    let proxy = TestProxy::start(&dead);
+    let client = Client::new(proxy.addr);
+    for i in 0..200 {
+        let r = if i % 2 == 0 {
+            client
+                .get(HOST, "/web/login", &[("cookie", &format!("session_id=u{i}"))])
+                .await
+        } else {
+            client
+                .post_json(HOST, "/web/dataset/call_kw/res.partner/read", &[], &call_kw(i))
+                .await
+        };
+        assert_eq!(r.status, 200, "request {i}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.version(), "stable");
+        assert_eq!(r.header("x-odoo-version"), Some("17.0"));
+    }
+    // Every POST reached stable exactly once.
+    assert_eq!(s.stats().posts, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_reached_a_worker_is_never_sent_again() {
+    let s = mock("17.0").await;
+    // The canary reads each request, then drops the connection unanswered.
+    let mut crashing = Options::new("18.0");
+    crashing.knobs = Knobs {
+        close_rate: 1.0,
+        ..Knobs::default()
+    };
+    let c = mock_with(crashing).await;
+    let proxy = TestProxy::start(&two_pools(&[&s], &[&c], 100.0, ""));
+    let client = Client::new(proxy.addr);
+    for i in 0..20 {
+        let r = client
+            .post_json(
+                HOST,
+                "/web/dataset/call_kw/sale.order/action_confirm",
+                &[],
+                &call_kw(i),
+            )
+            .await;
+        assert_eq!(r.status, 502, "request {i}");
+    }
+    assert_eq!(c.stats().posts, 20, "each POST reached the canary once");
+    assert_eq!(s.stats().posts, 0, "a POST was replayed on stable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_longpolling_go_to_the_websocket_workers() {
+    let http = mock("17.0").await;
+    let mut ws_options = Options::new("17.0");
+    ws_options.longpoll_hold = std::time::Duration::from_millis(100);
+    let ws = mock_with(ws_options).await;
+    let plain = mock("17.0").await;
+    let config = format!(
+        r#"listen: "{{listen}}"
+threads: 2
+pools:
+  gevent: {{ workers: ["{}"], websocket_workers: ["{}"] }}
+  plain: {{ workers: ["{}"] }}
+tenants:
+  acme:
+    hosts: ["acme.example.com"]
+    stable: gevent
+  beta:
+    hosts: ["beta.example.com"]
+    stable: plain
+"#,
+        http.addr(),
+        ws.addr(),
+        plain.addr()
+    );
+    let proxy = TestProxy::start(&config);
+    let client = Client::new(proxy.addr);
+
+    let r = client.get(HOST, "/longpolling/poll", &[]).await;
+    assert_eq!(r.header("x-odoo-worker"), Some(ws.addr().to_string().as_str()));
+    let r = client.get(HOST, "/web/login", &[]).await;
+    assert_eq!(r.header("x-odoo-worker"), Some(http.addr().to_string().as_str()));
+
+    for (host, worker) in [(HOST, &ws), ("beta.example.com", &plain)] {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut socket, resp) = tokio_tungstenite::client_async(format!("ws://{host}/websocket"), tcp)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        assert_eq!(resp.headers()["x-fledge-version"], "stable");
+        socket.send(Message::Text("ping".into())).await.unwrap();
+        let echo = socket.next().await.unwrap().unwrap();
+        assert_eq!(echo, Message::Text("ping".into()));
+        assert_eq!(worker.stats().websockets, 1, "{host}");
+    }
+    assert_eq!(http.stats().websockets, 0);
+}

@@ -1,0 +1,277 @@
+//! Tenant by host, the weighted split, stickiness, the override header and
+//! forwarded headers, through the real proxy.
+
+use crate::util::{call_kw, h2_get, mock, two_pools, Client, TestProxy};
+
+const HOST: &str = "acme.example.com";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_sends_about_the_weight_of_2000_clients_to_the_canary() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let proxy = TestProxy::start(&two_pools(&[&s], &[&c], 20.0, ""));
+    let client = Client::new(proxy.addr);
+    let mut canary = 0;
+    for i in 0..2_000 {
+        let cookie = format!("session_id=client-{i}");
+        let r = client.get(HOST, "/web/login", &[("cookie", &cookie)]).await;
+        assert_eq!(r.status, 200);
+        // The header says the truth: the mock that answered agrees.
+        let served_by = r.header("x-odoo-version").unwrap();
+        match r.version() {
+            "canary" => {
+                assert_eq!(served_by, "18.0");
+                canary += 1;
+            }
+            "stable" => assert_eq!(served_by, "17.0"),
+            other => panic!("X-Fledge-Version: {other}"),
+        }
+    }
+    let share = canary as f64 / 20.0;
+    assert!(
+        (17.0..=23.0).contains(&share),
+        "{share}% of 2000 clients on a 20% canary"
+    );
+    assert_eq!(s.stats().requests + c.stats().requests, 2_000);
+}
+
+/// A browser: keeps the cookies it is given.
+struct Browser {
+    cookies: Vec<String>,
+}
+
+impl Browser {
+    fn new(session: &str) -> Self {
+        Browser {
+            cookies: vec![format!("session_id={session}")],
+        }
+    }
+
+    async fn visit(&mut self, client: &Client) -> String {
+        let jar = self.cookies.join("; ");
+        let r = client.get(HOST, "/web/login", &[("cookie", &jar)]).await;
+        assert_eq!(r.status, 200);
+        for set in r.cookies() {
+            let name = set.split('=').next().unwrap().to_owned();
+            self.cookies.retain(|c| !c.starts_with(&format!("{name}=")));
+            self.cookies.push(set);
+        }
+        r.version().to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stick_and_raising_the_weight_moves_nobody_back_to_stable() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let env = [("FLEDGE_TEST_COOKIE_SECRET", "a shared secret of 32 bytes.....")];
+    let config =
+        |w: f64| two_pools(&[&s], &[&c], w, "") + "cookies:\n  secret_env: FLEDGE_TEST_COOKIE_SECRET\n";
+
+    // 10 %: one session keeps its version for 200 requests.
+    let proxy = TestProxy::start_with_env(&config(10.0), &env);
+    let client = Client::new(proxy.addr);
+    let mut one = Browser::new("steady");
+    let first = one.visit(&client).await;
+    for _ in 0..200 {
+        assert_eq!(one.visit(&client).await, first);
+    }
+    let mut browsers: Vec<Browser> = (0..300).map(|i| Browser::new(&format!("user-{i}"))).collect();
+    let mut before = Vec::new();
+    for b in &mut browsers {
+        before.push(b.visit(&client).await);
+    }
+    drop(proxy);
+
+    // 30 %, same cookie secret (as another instance or a restart would have).
+    let proxy = TestProxy::start_with_env(&config(30.0), &env);
+    let client = Client::new(proxy.addr);
+    let mut gained = 0;
+    for (b, was) in browsers.iter_mut().zip(&before) {
+        let now = b.visit(&client).await;
+        assert!(
+            !(was == "canary" && now == "stable"),
+            "a canary client went back to stable"
+        );
+        gained += usize::from(was == "stable" && now == "canary");
+    }
+    assert!(
+        gained > 20,
+        "raising 10 → 30 % added only {gained} of 300 clients"
+    );
+    drop(proxy);
+
+    // 0 %: everyone on stable, canary cookies or not.
+    let proxy = TestProxy::start_with_env(&config(0.0), &env);
+    let client = Client::new(proxy.addr);
+    for b in &mut browsers {
+        assert_eq!(b.visit(&client).await, "stable");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_header_is_honoured_from_allowed_networks_and_always_stripped() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let allowed = TestProxy::start(&two_pools(&[&s], &[&c], 0.0, "\"127.0.0.0/8\""));
+    let denied = TestProxy::start(&two_pools(&[&s], &[&c], 0.0, "\"10.0.0.0/8\""));
+
+    let r = Client::new(allowed.addr)
+        .get(HOST, "/__mock/echo", &[("x-fledge-version", "canary")])
+        .await;
+    assert_eq!(
+        (r.version(), r.json()["version"].as_str()),
+        ("canary", Some("18.0"))
+    );
+    assert!(
+        r.json()["headers"].get("x-fledge-version").is_none(),
+        "override header reached the worker"
+    );
+
+    for _ in 0..20 {
+        let r = Client::new(denied.addr)
+            .get(HOST, "/__mock/echo", &[("x-fledge-version", "canary")])
+            .await;
+        assert_eq!(
+            (r.version(), r.json()["version"].as_str()),
+            ("stable", Some("17.0"))
+        );
+        assert!(
+            r.json()["headers"].get("x-fledge-version").is_none(),
+            "override header reached the worker"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_forwarded_headers_are_replaced() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let proxy = TestProxy::start(&two_pools(&[&s], &[&c], 0.0, ""));
+    let client = Client::new(proxy.addr);
+    let r = client
+        .get(
+            "shop.acme.example.com:8443",
+            "/__mock/echo",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-for", "198.51.100.7"),
+                ("x-forwarded-host", "evil.example.net"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(
+        h["x-forwarded-host"],
+        serde_json::json!(["shop.acme.example.com:8443"])
+    );
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(r.version(), "stable");
+}
+
+/// `Connection: X-Forwarded-For` asks a proxy to drop the header after
+/// setting it (CVE-2026-105299's class): refused before any worker sees it.
+/// Nominating other headers only strips those, never the ones we add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_nominated_headers_cannot_remove_the_ones_fledge_adds() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let proxy = TestProxy::start(&two_pools(&[&s], &[&c], 0.0, "\"127.0.0.0/8\""));
+    let client = Client::new(proxy.addr);
+    for protected in ["X-Forwarded-For", "x-forwarded-host", "X-Forwarded-Proto", "Host"] {
+        let r = client
+            .get(
+                HOST,
+                "/__mock/echo",
+                &[("connection", &format!("keep-alive, {protected}"))],
+            )
+            .await;
+        assert_eq!(r.status, 400, "{protected}");
+    }
+    assert_eq!(
+        s.stats().requests + c.stats().requests,
+        0,
+        "a refused request reached a worker"
+    );
+
+    let r = client
+        .get(
+            HOST,
+            "/__mock/echo",
+            &[
+                ("connection", "keep-alive, X-Custom, X-Fledge-Version"),
+                ("x-custom", "1"),
+                ("x-fledge-version", "canary"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let h = &r.json()["headers"];
+    assert!(
+        h.get("x-custom").is_none() && h.get("x-fledge-version").is_none(),
+        "{h}"
+    );
+    assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_hosts_get_a_plain_404_and_reach_no_worker() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let proxy = TestProxy::start(&two_pools(&[&s], &[&c], 50.0, ""));
+    let client = Client::new(proxy.addr);
+    for host in [
+        "other.example.com",
+        "acme.example.com.evil.net",
+        "example.com",
+        "",
+    ] {
+        let r = client.get(host, "/web/login", &[]).await;
+        assert_eq!(r.status, 404, "{host}");
+        assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert!(String::from_utf8_lossy(&r.body).contains("no tenant"));
+    }
+    assert_eq!(s.stats().requests + c.stats().requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_visit_gets_signed_http_only_cookies_and_json_rpc_passes() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let proxy = TestProxy::start(&two_pools(&[&s], &[&c], 50.0, ""));
+    let client = Client::new(proxy.addr);
+    let r = client.get(HOST, "/web/login", &[]).await;
+    let set: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    for name in ["fledge_version=", "fledge_bucket="] {
+        let cookie = set
+            .iter()
+            .find(|c| c.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not set: {set:?}"));
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+            "{cookie}"
+        );
+    }
+    let r = client
+        .post_json(HOST, "/web/dataset/call_kw/res.partner/read", &[], &call_kw(7))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["id"], 7);
+    assert!(r.json()["result"]["server_version"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_are_routed_by_authority() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let proxy = TestProxy::start(&two_pools(&[&s], &[&c], 0.0, ""));
+    let r = h2_get(proxy.addr, "http://shop.acme.example.com/__mock/echo").await;
+    assert_eq!((r.status.as_u16(), r.version()), (200, "stable"));
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-host"],
+        serde_json::json!(["shop.acme.example.com"])
+    );
+    let r = h2_get(proxy.addr, "http://nobody.example.com/").await;
+    assert_eq!(r.status, 404);
+}
