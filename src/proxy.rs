@@ -64,6 +64,34 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
+const HTTP: &str = "http";
+const HTTPS: &str = "https";
+
+/// An address as a header value, formatted without `fmt` for IPv4 (the
+/// common case, and `Display` costs a thousand instructions per request).
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let d = digits.format(octet).as_bytes();
+                buf[len..len + d.len()].copy_from_slice(d);
+                len += d.len();
+            }
+            HeaderValue::from_bytes(&buf[..len]).expect("dotted decimal is a valid header value")
+        }
+        IpAddr::V6(v6) => {
+            HeaderValue::from_str(&v6.to_string()).expect("an IPv6 address is a valid header value")
+        }
+    }
+}
+
 fn is_long_lived(path: &str) -> bool {
     path.starts_with("/websocket") || path.starts_with("/longpolling/")
 }
@@ -188,17 +216,13 @@ impl ProxyHttp for FledgeProxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         match client_ip(session) {
-            // Allocates a short string; there is no way to format an address
-            // into a HeaderValue without one.
-            Some(ip) => upstream.insert_header("X-Forwarded-For", ip.to_string())?,
+            Some(ip) => upstream.insert_header("X-Forwarded-For", ip_header_value(ip))?,
             None => {
                 upstream.remove_header("X-Forwarded-For");
             }
         }
-        upstream.insert_header(
-            "X-Forwarded-Proto",
-            if is_tls(session) { "https" } else { "http" },
-        )?;
+        let proto = if is_tls(session) { HTTPS } else { HTTP };
+        upstream.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
         let host = match session.req_header().uri.authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => session.req_header().headers.get(HOST).cloned(),
@@ -219,7 +243,7 @@ impl ProxyHttp for FledgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(VERSION_HEADER, ctx.served.as_str())?;
+        resp.insert_header(VERSION_HEADER, HeaderValue::from_static(ctx.served.as_str()))?;
         let Some(route) = ctx.route else {
             return Ok(());
         };
@@ -287,5 +311,34 @@ impl ProxyHttp for FledgeProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_format_as_their_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn websocket_and_longpolling_paths_are_long_lived() {
+        assert!(is_long_lived("/websocket"));
+        assert!(is_long_lived("/websocket?version=18.0"));
+        assert!(is_long_lived("/longpolling/poll"));
+        assert!(!is_long_lived("/web/login"));
+        assert!(!is_long_lived("/longpolling"));
     }
 }

@@ -11,10 +11,12 @@
 //!   forwarded headers, HTTP/2.
 //! - `failover`: dead canary workers, no replayed POST, WebSocket workers.
 //! - `streaming`: 200 MB up and down without buffering; WebSocket idle.
+//! - `mock_odoo`: the mock answers like Odoo and its fault knobs work.
 //! - `cli`: `fledge check`.
 
 mod cli;
 mod failover;
+mod mock_odoo;
 mod routing;
 mod streaming;
 mod util;

@@ -154,7 +154,11 @@ fn parse_hex(s: &[u8], len: usize) -> Option<u64> {
         return None;
     }
     s.iter().try_fold(0u64, |n, &c| {
-        let d = (c as char).to_digit(16)?;
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
         Some(n << 4 | u64::from(d))
     })
 }
@@ -163,19 +167,25 @@ fn parse_hex(s: &[u8], len: usize) -> Option<u64> {
 /// (HTTP/2 clients may send one header per cookie). First occurrence wins.
 pub(super) fn scan<'a>(headers: &'a HeaderMap, sticky_name: &str) -> Cookies<'a> {
     let mut found = Cookies::default();
+    let sticky = sticky_name.as_bytes();
     for value in headers.get_all(COOKIE) {
-        for pair in value.as_bytes().split(|&b| b == b';') {
-            let pair = pair.trim_ascii();
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+        let mut rest = value.as_bytes();
+        while !rest.is_empty() {
+            let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+            let pair = rest[..end].trim_ascii_start();
+            rest = rest.get(end + 1..).unwrap_or_default();
+            let Some(eq) = memchr::memchr(b'=', pair) else {
                 continue;
             };
-            let (name, value) = (&pair[..eq], pair[eq + 1..].trim_ascii());
-            let slot = if name == sticky_name.as_bytes() {
+            let (name, value) = (&pair[..eq], pair[eq + 1..].trim_ascii_end());
+            let slot = if name == sticky {
                 &mut found.sticky
-            } else if name == VERSION_COOKIE.as_bytes() {
-                &mut found.version
-            } else if name == BUCKET_COOKIE.as_bytes() {
-                &mut found.bucket
+            } else if name.starts_with(b"fledge_") {
+                match &name[7..] {
+                    b"version" => &mut found.version,
+                    b"bucket" => &mut found.bucket,
+                    _ => continue,
+                }
             } else {
                 continue;
             };

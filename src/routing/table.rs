@@ -124,8 +124,8 @@ impl RouteTable {
             .collect();
 
         let mut tenants = Vec::with_capacity(config.tenants.len());
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut exact = HashMap::with_hasher(ahash::RandomState::new());
+        let mut wildcard = HashMap::with_hasher(ahash::RandomState::new());
         for (i, (name, t)) in config.tenants.iter().enumerate() {
             // Validation guarantees every reference resolves.
             let pool = |n: &str| Arc::clone(pools.get(n).expect("validated config names existing pools"));

@@ -1,0 +1,94 @@
+//! A bare Pingora passthrough: every request goes to one fixed upstream, no
+//! routing, no header work. Built with fledge's profile and dependencies, it
+//! is the baseline fledge's per-request CPU is measured against
+//! (`load-tests/bench/routing-overhead.sh`).
+//!
+//! Usage: `passthrough LISTEN UPSTREAM THREADS [forwarded]`. With
+//! `forwarded` it also sets `X-Forwarded-For/-Proto/-Host` as fledge does:
+//! the header work any proxy in front of Odoo's `proxy_mode` must do, so the
+//! difference to fledge is the cost of routing alone.
+
+#![allow(missing_docs)]
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
+use pingora::server::configuration::{Opt, ServerConf};
+
+/// mimalloc, as Pingora's own examples use a non-glibc allocator: glibc's
+/// malloc spends a tenth of the proxy's CPU in free/consolidate under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Passthrough {
+    upstream: SocketAddr,
+    forwarded: bool,
+}
+
+#[async_trait]
+impl ProxyHttp for Passthrough {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        if self.forwarded {
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string());
+            upstream.insert_header("X-Forwarded-For", ip.unwrap_or_default())?;
+            upstream.insert_header("X-Forwarded-Proto", "http")?;
+            if let Some(host) = session.req_header().headers.get("host").cloned() {
+                upstream.insert_header("X-Forwarded-Host", host)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (listen, upstream, threads, forwarded) = match args.as_slice() {
+        [_, l, u, t, rest @ ..] if rest.len() <= 1 => (
+            l.clone(),
+            u.parse().expect("UPSTREAM is IP:port"),
+            t.parse().expect("THREADS is a number"),
+            rest.first().is_some_and(|f| f == "forwarded"),
+        ),
+        _ => {
+            eprintln!("usage: passthrough LISTEN UPSTREAM THREADS [forwarded]");
+            std::process::exit(2);
+        }
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let mut options = HttpServerOptions::default();
+    options.keepalive_request_limit = Some(1_000);
+    let mut proxy = ProxyServiceBuilder::new(&server.configuration, Passthrough { upstream, forwarded })
+        .name("passthrough")
+        .server_options(options)
+        .build();
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.run_forever();
+}
