@@ -38,6 +38,7 @@ fn table(n: usize) -> RouteTable {
         &config,
         Arc::new(CookieKey::from_secret(b"bench secret of 16+ bytes")),
         None,
+        &Default::default(),
     )
 }
 
@@ -98,7 +99,14 @@ fn build(c: &mut Criterion) {
     let mut group = c.benchmark_group("control");
     group.sample_size(10);
     group.bench_function("route_table_build_10000_tenants", |b| {
-        b.iter(|| black_box(RouteTable::build(&config, Arc::clone(&key), None)))
+        b.iter(|| {
+            black_box(RouteTable::build(
+                &config,
+                Arc::clone(&key),
+                None,
+                &Default::default(),
+            ))
+        })
     });
     let text = config_text(10_000);
     group.bench_function("config_parse_10000_tenants", |b| {

@@ -12,10 +12,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+pub use crate::analysis::rollout::Promotion;
+pub use crate::analysis::verdict::Thresholds;
 
 mod locate;
 pub(crate) mod raw;
@@ -38,6 +41,10 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Sticky cookie settings.
     pub cookies: Cookies,
+    /// Where canary states and the decision journal are kept.
+    pub state_dir: PathBuf,
+    /// The admin listener.
+    pub admin: AdminConfig,
     /// Worker pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
     /// Canary policies by name (always holds `default`).
@@ -71,6 +78,26 @@ pub struct Cookies {
     pub max_age_seconds: u64,
 }
 
+/// The admin listener (metrics, health, and the admin API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Its address; loopback by default.
+    pub listen: SocketAddr,
+}
+
+/// How a canary is judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisPolicy {
+    /// Longest stretch of time a verdict looks back over.
+    pub window: Duration,
+    /// Latency quantile judged, 0..1 (0.99 for p99).
+    pub quantile: f64,
+    /// The checks and the minimum sample.
+    pub thresholds: Thresholds,
+    /// Breaches in a row before a rollback.
+    pub consecutive_breaches: u32,
+}
+
 /// A named set of Odoo workers running one release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -100,6 +127,10 @@ pub struct Policy {
     pub override_from: Vec<IpNet>,
     /// Application cookie used as the sticky key (Odoo's `session_id`).
     pub sticky_cookie: String,
+    /// How canaries under this policy are judged.
+    pub analysis: AnalysisPolicy,
+    /// Promotion steps, if the policy walks the weight up by itself.
+    pub promotion: Option<Promotion>,
 }
 
 /// A tenant: an Odoo database known by its host names.
@@ -212,6 +243,22 @@ impl Weight {
     /// The weight as a percentage.
     pub fn percent(self) -> f64 {
         f64::from(self.0) / 100.0
+    }
+}
+
+/// On disk and in the API a weight is its percentage.
+impl serde::Serialize for Weight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.percent())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Weight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let percent = f64::deserialize(d)?;
+        Weight::from_percent(percent).ok_or_else(|| {
+            serde::de::Error::custom(format!("{percent} is not a percentage with two decimals"))
+        })
     }
 }
 

@@ -6,22 +6,30 @@
 //!
 //! Data plane:
 //! - [`routing`]: pure routing decision (tenant by host, stable or canary).
-//! - [`proxy`]: Pingora `ProxyHttp` hooks gluing routing to upstream.
+//! - [`proxy`]: Pingora `ProxyHttp` hooks gluing routing to upstream, and
+//!   outcome classification (JSON-RPC errors included).
 //! - [`upstream`]: worker pools, load balancing and health checks.
+//! - [`metrics`]: lock-free per-(tenant, version) counters; Prometheus view.
 //!
 //! Control plane:
 //! - [`config`]: the YAML file, parsed and validated.
-//! - [`control`]: the single writer of the route table.
+//! - [`control`]: the single writer of the route table; rollout states, the
+//!   state file and the decision journal.
+//! - [`analysis`]: the tick loop judging canaries (window, verdict, rollout).
+//! - [`admin`]: the admin listener (`/metrics`, health).
 //! - [`server`]: assembles the Pingora server and its services.
 //!
 //! Tools:
 //! - [`mock_odoo`]: an Odoo stand-in for tests, demos and rehearsals.
 //! - [`demo`]: the embedded demo (`fledge demo`).
 
+pub mod admin;
+pub mod analysis;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod mock_odoo;
 pub mod proxy;
 pub mod routing;

@@ -124,10 +124,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo { config } => {
-            let config = match config {
+            let mut config = match config {
                 Some(path) => config::load(&path)?,
                 None => config::parse(demo::DEMO_CONFIG, "config/demo.yaml (embedded)")?,
             };
+            // The demo's canary states live as long as the demo.
+            config.state_dir = std::env::temp_dir().join(format!("fledge-demo-{}", std::process::id()));
             demo::start_mocks(&config)?;
             let server = server::build(&config, &server::Options::default())?;
             println!("{}", demo::instructions(&config));

@@ -9,7 +9,10 @@
 //! request) → `upstream_request_filter` sets `X-Forwarded-*` (after Pingora
 //! has removed hop-by-hop and `Connection`-nominated headers, so a client
 //! cannot make us drop them) → `response_filter` adds `X-Fledge-Version` and
-//! the sticky cookies. Bodies stream through untouched; errors after bytes
+//! the sticky cookies → `upstream_response_body_filter` watches JSON-RPC
+//! answers for an `error` member → `logging` classifies the outcome and
+//! records it, with the latency, in the tenant's per-version counters.
+//! Bodies stream through untouched; errors after bytes
 //! reached a worker are retried only for idempotent methods on a reused
 //! connection (Pingora's default), never for a POST.
 
@@ -20,15 +23,18 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 
+use self::classify::JsonRpcSniffer;
 pub use self::ctx::RequestCtx;
+use crate::metrics::Outcome;
 use crate::routing::{Decision, RequestView, RouteTable, Version, BUCKET_COOKIE, VERSION_COOKIE};
 
+pub mod classify;
 mod ctx;
 
 /// Response header telling which version served a request.
@@ -199,6 +205,12 @@ impl ProxyHttp for FledgeProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         tracing::debug!(peer = %peer.address(), version = ctx.served.as_str(), error = %e, "connect failed");
+        if let Some(route) = ctx.route {
+            // The attempt counts against the version that failed it, even
+            // when the retry on stable then succeeds.
+            let stats = ctx.table.tenants()[route.tenant].stats();
+            stats.version(ctx.served).record(Outcome::ConnectFailure, None);
+        }
         if !ctx.connect_retried {
             ctx.connect_retried = true;
             ctx.served = Version::Stable;
@@ -236,6 +248,40 @@ impl ProxyHttp for FledgeProxy {
         Ok(())
     }
 
+    /// Odoo's JSON-RPC answers (a JSON request, a JSON response, no content
+    /// encoding) get their first bytes sniffed for an `error` member.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let is_json =
+            |v: Option<&HeaderValue>| v.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if upstream.status == http::StatusCode::OK
+            && is_json(upstream.headers.get(CONTENT_TYPE))
+            && !upstream.headers.contains_key(CONTENT_ENCODING)
+            && is_json(session.req_header().headers.get(CONTENT_TYPE))
+        {
+            ctx.sniffer = JsonRpcSniffer::start();
+        }
+        Ok(())
+    }
+
+    /// Feed the sniffer; the bytes pass on untouched.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(b) = body {
+            ctx.sniffer.feed(b);
+        }
+        Ok(None)
+    }
+
     /// Tell the client which version served it, and pin it there.
     async fn response_filter(
         &self,
@@ -270,9 +316,17 @@ impl ProxyHttp for FledgeProxy {
         Ok(())
     }
 
-    /// The last hook of every request; per-request detail stays at `debug`.
+    /// The last hook of every request: classify how it ended and record it
+    /// against the version that served it. WebSocket sessions count, but
+    /// their duration (the tab's lifetime) is no latency.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(route) = ctx.route {
+            let outcome = classify::outcome(status, e, ctx.sniffer.is_error());
+            let latency = (!session.was_upgraded()).then(|| ctx.started.elapsed());
+            let stats = ctx.table.tenants()[route.tenant].stats();
+            stats.version(ctx.served).record(outcome, latency);
+        }
         tracing::debug!(
             status,
             version = ctx.served.as_str(),

@@ -11,8 +11,15 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 
+use std::sync::Arc;
+
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::analysis::AnalysisService;
 use crate::config::Config;
 use crate::control::Control;
+use crate::metrics::Exporter;
 use crate::proxy::FledgeProxy;
 use crate::routing::CookieKey;
 use crate::upstream::HealthChecks;
@@ -36,7 +43,11 @@ pub struct Options {
 /// Build the server for `config`. It starts serving on `run_forever`.
 pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     let cookie_key = cookie_key(config)?;
-    let control = Control::new(config, cookie_key);
+    let control = Arc::new(Control::start(config.clone(), cookie_key)?);
+    let registry = prometheus::Registry::new();
+    Exporter::new(control.routes())
+        .register(&registry)
+        .context("cannot register metrics")?;
 
     let conf = ServerConf {
         threads: config.threads,
@@ -66,8 +77,22 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
         "health checks",
         HealthChecks::new(control.routes()),
     ));
+    server.add_service(background_service(
+        "analysis",
+        AnalysisService::new(Arc::clone(&control)),
+    ));
+
+    let mut admin = Service::new(
+        "fledge admin".to_owned(),
+        Admin::new(Arc::clone(&control), registry),
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
     tracing::info!(
         listen = %config.listen,
+        admin = %config.admin.listen,
+        state_dir = %config.state_dir.display(),
         tenants = config.tenants.len(),
         pools = config.pools.len(),
         threads = config.threads,

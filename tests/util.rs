@@ -29,7 +29,9 @@ pub fn free_port() -> u16 {
 pub struct TestProxy {
     child: Child,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl TestProxy {
@@ -39,15 +41,45 @@ impl TestProxy {
         Self::start_with_env(config, &[])
     }
 
+    /// Unless `config` says otherwise, the admin listener gets a free port
+    /// and `state_dir` is the proxy's temporary directory.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let path = dir.path().join("fledge.yaml");
-        std::fs::write(&path, config.replace("{listen}", &addr.to_string())).unwrap();
-        let log = std::fs::File::create(dir.path().join("fledge.log")).unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut text = config.replace("{listen}", &addr.to_string());
+        if !text.contains("\nadmin:") {
+            text += &format!("admin:\n  listen: \"{admin}\"\n");
+        }
+        if !text.contains("\nstate_dir:") {
+            text += &format!("state_dir: \"{}\"\n", dir.path().join("state").display());
+        }
+        std::fs::write(dir.path().join("fledge.yaml"), text).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = Self::spawn(&dir, &env);
+        let mut proxy = TestProxy {
+            child,
+            addr,
+            admin,
+            dir,
+            env,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn spawn(dir: &tempfile::TempDir, env: &Vec<(String, String)>) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("fledge.log"))
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fledge"));
         cmd.args(["run", "--config"])
-            .arg(&path)
+            .arg(dir.path().join("fledge.yaml"))
             .env("FLEDGE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -55,10 +87,44 @@ impl TestProxy {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
-        let mut proxy = TestProxy { child, addr, dir };
-        proxy.wait_ready();
-        proxy
+        cmd.spawn().unwrap()
+    }
+
+    /// Kill the process (SIGKILL: nothing is flushed on the way out) and
+    /// start it again with the same config and state directory.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir, &self.env);
+        self.wait_ready();
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The decision journal, one JSON value per line.
+    pub fn journal(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.state_dir().join("journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// `GET /metrics` from the admin listener.
+    pub async fn metrics(&self) -> String {
+        let r = Client::new(self.admin).get("", "/metrics", &[]).await;
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+
+    /// A sample's value from `/metrics`, e.g. `fledge_canary_weight{tenant="acme"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 
     fn wait_ready(&mut self) {
@@ -66,7 +132,9 @@ impl TestProxy {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("fledge exited with {status}:\n{}", self.log());
             }
-            if std::net::TcpStream::connect(self.addr).is_ok() {
+            if std::net::TcpStream::connect(self.addr).is_ok()
+                && std::net::TcpStream::connect(self.admin).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));

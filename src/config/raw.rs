@@ -18,6 +18,10 @@ pub(crate) struct File {
     pub(crate) timeouts: Timeouts,
     #[serde(default)]
     pub(crate) cookies: Cookies,
+    #[serde(default)]
+    pub(crate) state_dir: Option<String>,
+    #[serde(default)]
+    pub(crate) admin: Admin,
     pub(crate) pools: BTreeMap<String, Pool>,
     #[serde(default)]
     pub(crate) policies: BTreeMap<String, Policy>,
@@ -38,6 +42,12 @@ pub(crate) struct Timeouts {
 pub(crate) struct Cookies {
     pub(crate) secret_env: Option<String>,
     pub(crate) max_age_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Admin {
+    pub(crate) listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +74,40 @@ pub(crate) struct Policy {
     #[serde(default)]
     pub(crate) override_from: Vec<String>,
     pub(crate) sticky_cookie: Option<String>,
+    #[serde(default)]
+    pub(crate) analysis: Analysis,
+    #[serde(default)]
+    pub(crate) steps: Option<Vec<f64>>,
+    #[serde(default)]
+    pub(crate) step_interval_seconds: Option<u64>,
+}
+
+/// Analysis thresholds. A check set to `null` is switched off; an omitted
+/// one takes its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Analysis {
+    pub(crate) window_seconds: Option<u64>,
+    pub(crate) min_requests: Option<u64>,
+    pub(crate) latency_percentile: Option<f64>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) max_error_rate_percent: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) max_error_rate_increase_percent: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) max_p99_latency_ms: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) max_p99_latency_ratio: Option<Option<f64>>,
+    pub(crate) consecutive_breaches: Option<u32>,
+}
+
+/// Missing → `None` (take the default); `null` → `Some(None)` (off).
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,15 +11,25 @@ use ipnet::IpNet;
 
 use super::locate::line_of;
 use super::raw;
+use std::path::PathBuf;
+
 use super::{
-    Config, ConfigError, Cookies, HealthCheckConfig, HostPattern, Policy, PoolConfig, Problem, TenantConfig,
-    Timeouts, Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
+    AdminConfig, AnalysisPolicy, Config, ConfigError, Cookies, HealthCheckConfig, HostPattern, Policy,
+    PoolConfig, Problem, Promotion, TenantConfig, Thresholds, Timeouts, Weight, DEFAULT_OVERRIDE_HEADER,
+    DEFAULT_STICKY_COOKIE,
 };
 
 /// Name of the policy used by tenants that name none.
 const DEFAULT_POLICY: &str = "default";
 /// Upper bound on `threads`: beyond this it is a typo, not a machine.
 const MAX_THREADS: usize = 1024;
+/// Default admin listener: loopback only.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Default state directory, relative to the working directory.
+const DEFAULT_STATE_DIR: &str = "fledge-state";
+/// Longest analysis window: beyond this a rollback is no longer "fast".
+const MAX_WINDOW_SECONDS: u64 = 600;
+
 /// Default `Max-Age` of fledge's cookies: a week, about an Odoo session's life.
 const DEFAULT_COOKIE_MAX_AGE_SECONDS: u64 = 7 * 24 * 3600;
 
@@ -111,6 +121,16 @@ impl Checker<'_> {
         };
         let timeouts = self.timeouts(&raw.timeouts);
         let cookies = self.cookies(raw.cookies);
+        let admin_listen = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+        let admin = AdminConfig {
+            listen: self
+                .socket_addr("admin.listen", admin_listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        };
+        let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
+        if state_dir.as_os_str().is_empty() {
+            self.problem("state_dir", "must not be empty");
+        }
 
         if raw.pools.is_empty() {
             self.problem("pools", "at least one pool is required");
@@ -138,6 +158,8 @@ impl Checker<'_> {
                 override_header: http::HeaderName::from_static("x-fledge-version"),
                 override_from: Vec::new(),
                 sticky_cookie: DEFAULT_STICKY_COOKIE.to_owned(),
+                analysis: default_analysis(),
+                promotion: None,
             });
 
         let tenants: BTreeMap<String, TenantConfig> = raw
@@ -155,6 +177,8 @@ impl Checker<'_> {
             threads,
             timeouts,
             cookies,
+            state_dir,
+            admin,
             pools,
             policies,
             tenants,
@@ -307,11 +331,129 @@ impl Checker<'_> {
                 format!("`{sticky_cookie}` is not a cookie name"),
             );
         }
+        let analysis = self.analysis(&base, &p.analysis);
+        let promotion = self.promotion(&base, p.steps.as_deref(), p.step_interval_seconds);
         Policy {
             override_header,
             override_from,
             sticky_cookie,
+            analysis,
+            promotion,
         }
+    }
+
+    fn analysis(&mut self, base: &str, a: &raw::Analysis) -> AnalysisPolicy {
+        let d = default_analysis();
+        let window_seconds = self.positive(
+            &format!("{base}.analysis.window_seconds"),
+            a.window_seconds,
+            d.window.as_secs(),
+        );
+        if window_seconds > MAX_WINDOW_SECONDS {
+            self.problem(
+                format!("{base}.analysis.window_seconds"),
+                format!("must be at most {MAX_WINDOW_SECONDS}"),
+            );
+        }
+        let min_requests = self.positive(
+            &format!("{base}.analysis.min_requests"),
+            a.min_requests,
+            d.thresholds.min_requests,
+        );
+        let percentile = a.latency_percentile.unwrap_or(d.quantile * 100.0);
+        if !(50.0..=99.99).contains(&percentile) {
+            self.problem(
+                format!("{base}.analysis.latency_percentile"),
+                format!("`{percentile}` is not between 50 and 99.99"),
+            );
+        }
+        let mut limit = |key: &str, value: Option<Option<f64>>, default: Option<f64>| {
+            let v = value.unwrap_or(default);
+            if let Some(x) = v {
+                if !x.is_finite() || x <= 0.0 {
+                    self.problem(
+                        format!("{base}.analysis.{key}"),
+                        format!("`{x}` must be a positive number (or null: off)"),
+                    );
+                }
+            }
+            v
+        };
+        let t = &d.thresholds;
+        let thresholds = Thresholds {
+            min_requests,
+            max_error_rate_percent: limit(
+                "max_error_rate_percent",
+                a.max_error_rate_percent,
+                t.max_error_rate_percent,
+            ),
+            max_error_rate_increase_percent: limit(
+                "max_error_rate_increase_percent",
+                a.max_error_rate_increase_percent,
+                t.max_error_rate_increase_percent,
+            ),
+            max_latency_ms: limit("max_p99_latency_ms", a.max_p99_latency_ms, t.max_latency_ms),
+            max_latency_ratio: limit(
+                "max_p99_latency_ratio",
+                a.max_p99_latency_ratio,
+                t.max_latency_ratio,
+            ),
+        };
+        if thresholds.max_latency_ratio.is_some_and(|r| r <= 1.0) {
+            self.problem(
+                format!("{base}.analysis.max_p99_latency_ratio"),
+                "must be above 1 (canary over stable)",
+            );
+        }
+        let consecutive_breaches = match a.consecutive_breaches {
+            Some(0) => {
+                self.problem(
+                    format!("{base}.analysis.consecutive_breaches"),
+                    "must be at least 1",
+                );
+                1
+            }
+            Some(n) => n,
+            None => d.consecutive_breaches,
+        };
+        AnalysisPolicy {
+            window: Duration::from_secs(window_seconds),
+            quantile: percentile / 100.0,
+            thresholds,
+            consecutive_breaches,
+        }
+    }
+
+    fn promotion(&mut self, base: &str, steps: Option<&[f64]>, interval: Option<u64>) -> Option<Promotion> {
+        let Some(steps) = steps else {
+            if interval.is_some() {
+                self.problem(format!("{base}.step_interval_seconds"), "needs `steps`");
+            }
+            return None;
+        };
+        let mut weights = Vec::with_capacity(steps.len());
+        for (i, &s) in steps.iter().enumerate() {
+            match Weight::from_percent(s) {
+                Some(w) if w.basis_points() > 0 && weights.last().is_none_or(|l| *l < w) => weights.push(w),
+                Some(_) => self.problem(format!("{base}.steps[{i}]"), "steps must rise, each above 0"),
+                None => self.problem(
+                    format!("{base}.steps[{i}]"),
+                    format!("`{s}` is not a percentage from 0 to 100 with at most two decimals"),
+                ),
+            }
+        }
+        if weights.last().is_none_or(|w| w.basis_points() != Weight::FULL) {
+            self.problem(format!("{base}.steps"), "the last step must be 100");
+        }
+        let Some(seconds) = interval else {
+            self.problem(format!("{base}.steps"), "steps need `step_interval_seconds`");
+            return None;
+        };
+        let seconds = self.positive(&format!("{base}.step_interval_seconds"), Some(seconds), 1);
+        Some(Promotion {
+            steps: weights,
+            step_interval: Duration::from_secs(seconds),
+        })
     }
 
     fn tenant(
@@ -454,6 +596,24 @@ impl Checker<'_> {
         for (path, reason) in overlaps {
             self.problem(path, reason);
         }
+    }
+}
+
+/// Defaults for Odoo: judged relative to stable only, so a platform-wide
+/// incident never rolls a canary back; 5 points more errors or a p99 twice
+/// stable's, three times in a row, over up to 30 s and at least 50 requests.
+fn default_analysis() -> AnalysisPolicy {
+    AnalysisPolicy {
+        window: Duration::from_secs(30),
+        quantile: 0.99,
+        thresholds: Thresholds {
+            min_requests: 50,
+            max_error_rate_percent: None,
+            max_error_rate_increase_percent: Some(5.0),
+            max_latency_ms: None,
+            max_latency_ratio: Some(2.0),
+        },
+        consecutive_breaches: 3,
     }
 }
 

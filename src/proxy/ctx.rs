@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::classify::JsonRpcSniffer;
 use crate::routing::{Route, RouteTable, Version};
 
 /// What the hooks of one request share.
@@ -22,6 +23,8 @@ pub struct RequestCtx {
     pub(crate) connect_retried: bool,
     /// When the request header was read.
     pub(crate) started: Instant,
+    /// Watches a JSON-RPC response for an `error` member.
+    pub(crate) sniffer: JsonRpcSniffer,
 }
 
 impl RequestCtx {
@@ -33,6 +36,7 @@ impl RequestCtx {
             long_lived: false,
             connect_retried: false,
             started: Instant::now(),
+            sniffer: JsonRpcSniffer::default(),
         }
     }
 }

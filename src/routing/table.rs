@@ -8,7 +8,9 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{CookieKey, RouteTable, Version};
+use crate::analysis::rollout::{Rollout, RolloutState};
 use crate::config::{Config, HostPattern, Policy, Timeouts, Weight};
+use crate::metrics::TenantStats;
 use crate::upstream::Pool;
 
 /// One tenant, compiled.
@@ -18,9 +20,11 @@ pub struct TenantRoute {
     stable: Arc<Pool>,
     canary: Option<Arc<Pool>>,
     weight: Weight,
+    rollout_state: RolloutState,
     policy: Arc<Policy>,
     seed: u64,
     epoch: u32,
+    stats: Arc<TenantStats>,
 }
 
 /// Per-request settings that come from the config but are not routes.
@@ -53,6 +57,16 @@ impl TenantRoute {
     /// The canary weight.
     pub fn weight(&self) -> Weight {
         self.weight
+    }
+
+    /// State of the canary's rollout (`progressing` when there is none).
+    pub fn rollout_state(&self) -> RolloutState {
+        self.rollout_state
+    }
+
+    /// The tenant's counters; the same object across tables.
+    pub fn stats(&self) -> &Arc<TenantStats> {
+        &self.stats
     }
 
     /// The policy.
@@ -98,12 +112,23 @@ impl TenantRoute {
 
 impl RouteTable {
     /// Compile `config`. Pools whose definition did not change since
-    /// `previous` are carried over, with their health state.
-    pub fn build(config: &Config, cookie_key: Arc<CookieKey>, previous: Option<&RouteTable>) -> RouteTable {
+    /// `previous` are carried over, with their health state, and so are
+    /// every tenant's counters. A tenant with a canary takes its weight and
+    /// state from its entry in `rollouts`, when it has one.
+    pub fn build(
+        config: &Config,
+        cookie_key: Arc<CookieKey>,
+        previous: Option<&RouteTable>,
+        rollouts: &BTreeMap<String, Rollout>,
+    ) -> RouteTable {
         let mut old: HashMap<&str, &Arc<Pool>> = HashMap::new();
+        let mut old_stats: HashMap<&str, &Arc<TenantStats>> = HashMap::new();
         if let Some(prev) = previous {
             for p in &prev.pools {
                 old.insert(p.name(), p);
+            }
+            for t in &prev.tenants {
+                old_stats.insert(t.name(), &t.stats);
             }
         }
         let pools: BTreeMap<&str, Arc<Pool>> = config
@@ -137,11 +162,23 @@ impl RouteTable {
                 };
             }
             let epoch_input = format!("{name}\0{}", t.canary.as_deref().unwrap_or(""));
+            let rollout = rollouts
+                .get(name)
+                .filter(|r| Some(r.canary_pool.as_str()) == t.canary.as_deref());
+            let (weight, rollout_state) = match rollout {
+                Some(r) => (r.weight, r.state),
+                None => (t.canary_weight, RolloutState::Progressing),
+            };
+            let stats = old_stats
+                .get(name.as_str())
+                .map_or_else(Arc::default, |s| Arc::clone(s));
             tenants.push(TenantRoute {
                 name: name.as_str().into(),
                 stable: pool(&t.stable),
                 canary: t.canary.as_deref().map(pool),
-                weight: t.canary_weight,
+                weight,
+                rollout_state,
+                stats,
                 policy: Arc::clone(
                     policies
                         .get(t.policy.as_str())

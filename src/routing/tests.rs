@@ -153,6 +153,7 @@ fn forged_or_foreign_cookies_are_ignored() {
         &crate::test_util::config(1.0),
         Arc::new(CookieKey::from_secret(b"another secret, 16+ bytes")),
         None,
+        &Default::default(),
     );
     let tenant = &other.tenants()[0];
     let value = other

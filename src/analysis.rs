@@ -1,0 +1,136 @@
+//! Control plane: the analysis loop. Ten times a second it samples every
+//! canary tenant's counters into its sliding window, judges the canary
+//! against stable over the same window, and hands the verdicts to
+//! [`Control`], which rolls back, steps or promotes.
+//!
+//! No metrics database is in the loop: the counters are the atomics the data
+//! plane increments, read directly. From a canary starting to fail to its
+//! weight being 0 takes the time to gather `min_requests` failing requests
+//! plus `consecutive_breaches` ticks.
+//!
+//! - `window`: a tenant's ring of time slots (owned here, so no lock).
+//! - `verdict`: the pure judgement.
+//! - `rollout`: the state machine the verdicts drive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::time::Instant;
+
+use crate::control::{Control, Judgement};
+use crate::routing::{RouteTable, Version};
+
+pub mod rollout;
+pub mod verdict;
+pub mod window;
+
+/// Time between two ticks, and the length of a window slot.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// The analysis state: one window per canary tenant.
+#[derive(Debug, Default)]
+pub struct Analyzer {
+    windows: HashMap<Arc<str>, Tracked>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    epoch: u32,
+    window: window::Window,
+    last: verdict::Verdict,
+}
+
+/// The background service running the [`Analyzer`] against [`Control`].
+pub struct AnalysisService {
+    control: Arc<Control>,
+}
+
+impl Analyzer {
+    /// Sample every judged canary of `table` and judge it.
+    pub fn tick(&mut self, table: &RouteTable) -> Vec<Judgement> {
+        let mut out = Vec::new();
+        let mut seen = 0usize;
+        for t in table.tenants() {
+            if t.canary().is_none() || !t.rollout_state().is_judged() {
+                continue;
+            }
+            seen += 1;
+            let policy = &t.policy().analysis;
+            let slots = usize::try_from(policy.window.as_millis() / TICK.as_millis()).unwrap_or(1);
+            let tracked = self
+                .windows
+                .entry(Arc::from(t.name()))
+                .or_insert_with(|| Tracked {
+                    epoch: t.epoch(),
+                    window: window::Window::new(slots),
+                    last: verdict::Verdict::Inconclusive,
+                });
+            if tracked.epoch != t.epoch() {
+                // A new canary pool: a fresh window.
+                *tracked = Tracked {
+                    epoch: t.epoch(),
+                    window: window::Window::new(slots),
+                    last: verdict::Verdict::Inconclusive,
+                };
+            }
+            let stats = t.stats();
+            tracked.window.push(
+                stats.version(Version::Stable).snapshot(),
+                stats.version(Version::Canary).snapshot(),
+            );
+            let fresh = tracked.window.newest_canary_requests() > 0;
+            if fresh {
+                let (stable, canary) = tracked
+                    .window
+                    .samples(policy.thresholds.min_requests, policy.quantile);
+                tracked.last = verdict::evaluate(&policy.thresholds, &stable, &canary);
+            }
+            stats.set_verdict(&tracked.last);
+            out.push(Judgement {
+                tenant: Arc::from(t.name()),
+                verdict: tracked.last.clone(),
+                fresh,
+            });
+        }
+        if self.windows.len() > seen {
+            let live: std::collections::HashSet<&str> = out.iter().map(|j| &*j.tenant).collect();
+            self.windows.retain(|k, _| live.contains(&**k));
+        }
+        out
+    }
+}
+
+impl AnalysisService {
+    /// The loop for `control`'s tenants.
+    pub fn new(control: Arc<Control>) -> Self {
+        AnalysisService { control }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AnalysisService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut analyzer = Analyzer::default();
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = Instant::now();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = Instant::now();
+            let table = self.control.routes().load_full();
+            let judgements = analyzer.tick(&table);
+            drop(table);
+            if !judgements.is_empty() {
+                self.control.judge(&judgements, now - last).await;
+            }
+            last = now;
+        }
+    }
+}

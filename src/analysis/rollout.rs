@@ -1,0 +1,331 @@
+//! The canary state machine: `progressing` (at a weight, maybe a step) →
+//! `promoted` | `rolled_back`, and `paused` by an operator at any point.
+//!
+//! [`Rollout::on_verdict`] is pure: given a verdict, the time since the last
+//! one and the policy, it changes the rollout and says what happened. The
+//! analysis loop calls it; `control` persists and publishes the result.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::verdict::{Breach, Verdict};
+use crate::config::Weight;
+
+/// Where a canary is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Receiving its weight, judged at every tick, walking its steps.
+    Progressing,
+    /// Frozen by an operator: keeps its weight, takes no step; a breach
+    /// still rolls it back.
+    Paused,
+    /// Reached 100 %: the release is done.
+    Promoted,
+    /// Taken back: weight 0 until an operator resumes it.
+    RolledBack,
+}
+
+/// The rollout of one canary release of one tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The canary pool this rollout is about; a new pool is a new rollout.
+    pub canary_pool: String,
+    /// Where it is.
+    pub state: RolloutState,
+    /// The weight in force.
+    pub weight: Weight,
+    /// The weight the config file asked for when last applied (a file
+    /// change of it is an operator's weight change).
+    pub file_weight: Weight,
+    /// Index of the current promotion step, if the policy has steps.
+    pub step: Option<usize>,
+    /// Healthy time spent at the current step.
+    #[serde(skip)]
+    pub held: Duration,
+    /// Breaches in a row.
+    #[serde(skip)]
+    pub breaches: u32,
+    /// Why it is in its state (rollback reason, pause note).
+    pub reason: Option<String>,
+    /// The figures behind the last automatic decision.
+    pub figures: Option<Breach>,
+}
+
+/// Promotion settings of a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promotion {
+    /// Weights to walk, ascending, the last one 100 %.
+    pub steps: Vec<Weight>,
+    /// Healthy time to hold each step.
+    pub step_interval: Duration,
+}
+
+/// What a verdict changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Rolled back after enough breaches in a row.
+    RolledBack(Breach),
+    /// Moved to the next step.
+    Stepped {
+        /// Weight before.
+        from: Weight,
+        /// Weight after.
+        to: Weight,
+    },
+    /// Reached 100 %.
+    Promoted {
+        /// Weight before.
+        from: Weight,
+    },
+}
+
+// === impl RolloutState ===
+
+impl RolloutState {
+    /// Every state.
+    pub const ALL: [RolloutState; 4] = [
+        RolloutState::Progressing,
+        RolloutState::Paused,
+        RolloutState::Promoted,
+        RolloutState::RolledBack,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Progressing => "progressing",
+            RolloutState::Paused => "paused",
+            RolloutState::Promoted => "promoted",
+            RolloutState::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Analysis still watches it (and may roll it back).
+    pub fn is_judged(self) -> bool {
+        matches!(self, RolloutState::Progressing | RolloutState::Paused)
+    }
+}
+
+// === impl Rollout ===
+
+impl Rollout {
+    /// A new rollout of `canary_pool`: at the first step when the policy has
+    /// steps, else at the file's weight.
+    pub fn start(canary_pool: &str, file_weight: Weight, promotion: Option<&Promotion>) -> Self {
+        let (weight, step) = match promotion {
+            Some(p) if !p.steps.is_empty() => (p.steps[0], Some(0)),
+            _ => (file_weight, None),
+        };
+        let state = if weight.basis_points() == Weight::FULL && promotion.is_some() {
+            RolloutState::Promoted
+        } else {
+            RolloutState::Progressing
+        };
+        Rollout {
+            canary_pool: canary_pool.to_owned(),
+            state,
+            weight,
+            file_weight,
+            step,
+            held: Duration::ZERO,
+            breaches: 0,
+            reason: None,
+            figures: None,
+        }
+    }
+
+    /// Apply one verdict. `elapsed` is the time since the previous one;
+    /// `fresh` says whether the canary got requests since then (a breach
+    /// seen again on the same data is not a new breach).
+    pub fn on_verdict(
+        &mut self,
+        verdict: &Verdict,
+        elapsed: Duration,
+        fresh: bool,
+        consecutive_breaches: u32,
+        promotion: Option<&Promotion>,
+    ) -> Option<Change> {
+        if !self.state.is_judged() {
+            return None;
+        }
+        match verdict {
+            Verdict::Breach(b) => {
+                if fresh {
+                    self.breaches += 1;
+                }
+                if self.breaches >= consecutive_breaches.max(1) {
+                    self.roll_back(b.check.as_str(), Some(b.clone()));
+                    return Some(Change::RolledBack(b.clone()));
+                }
+                None
+            }
+            Verdict::Inconclusive => {
+                self.breaches = 0;
+                None
+            }
+            Verdict::Healthy => {
+                self.breaches = 0;
+                let promotion = promotion?;
+                if self.state != RolloutState::Progressing {
+                    return None;
+                }
+                self.held += elapsed;
+                if self.held < promotion.step_interval {
+                    return None;
+                }
+                let from = self.weight;
+                let next = match self.step {
+                    Some(i) => i + 1,
+                    None => promotion.steps.iter().position(|w| *w > from)?,
+                };
+                let to = *promotion.steps.get(next)?;
+                self.step = Some(next);
+                self.weight = to;
+                self.held = Duration::ZERO;
+                if to.basis_points() == Weight::FULL {
+                    self.state = RolloutState::Promoted;
+                    self.reason = None;
+                    return Some(Change::Promoted { from });
+                }
+                Some(Change::Stepped { from, to })
+            }
+        }
+    }
+
+    /// Weight to 0 at once, state `rolled_back`.
+    pub fn roll_back(&mut self, reason: &str, figures: Option<Breach>) {
+        self.state = RolloutState::RolledBack;
+        self.weight = Weight::default();
+        self.reason = Some(reason.to_owned());
+        self.figures = figures;
+        self.breaches = 0;
+        self.held = Duration::ZERO;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::verdict::{Check, Sample};
+
+    fn w(percent: f64) -> Weight {
+        Weight::from_percent(percent).unwrap()
+    }
+
+    fn promotion() -> Promotion {
+        Promotion {
+            steps: vec![w(5.0), w(25.0), w(50.0), w(100.0)],
+            step_interval: Duration::from_secs(60),
+        }
+    }
+
+    fn breach() -> Verdict {
+        Verdict::Breach(Breach {
+            check: Check::ErrorRateIncrease,
+            observed: 30.0,
+            limit: 5.0,
+            canary: Sample::default(),
+            stable: Sample::default(),
+        })
+    }
+
+    const TICK: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn promotion_walks_each_step_after_its_healthy_interval() {
+        let p = promotion();
+        let mut r = Rollout::start("v18", w(20.0), Some(&p));
+        assert_eq!(
+            (r.weight, r.step, r.state),
+            (w(5.0), Some(0), RolloutState::Progressing)
+        );
+        let mut changes = Vec::new();
+        // Drive the clock: 4 minutes of healthy ticks, no sleeping.
+        for _ in 0..(4 * 600) {
+            if let Some(c) = r.on_verdict(&Verdict::Healthy, TICK, true, 3, Some(&p)) {
+                changes.push(c);
+            }
+        }
+        assert_eq!(
+            changes,
+            vec![
+                Change::Stepped {
+                    from: w(5.0),
+                    to: w(25.0)
+                },
+                Change::Stepped {
+                    from: w(25.0),
+                    to: w(50.0)
+                },
+                Change::Promoted { from: w(50.0) },
+            ]
+        );
+        assert_eq!((r.weight, r.state), (w(100.0), RolloutState::Promoted));
+    }
+
+    #[test]
+    fn inconclusive_time_does_not_count_towards_a_step() {
+        let p = promotion();
+        let mut r = Rollout::start("v18", w(0.0), Some(&p));
+        for _ in 0..6_000 {
+            assert_eq!(
+                r.on_verdict(&Verdict::Inconclusive, TICK, true, 3, Some(&p)),
+                None
+            );
+        }
+        assert_eq!(r.weight, w(5.0));
+    }
+
+    #[test]
+    fn consecutive_fresh_breaches_roll_back_and_it_stays_rolled_back() {
+        let mut r = Rollout::start("v18", w(20.0), None);
+        assert_eq!(r.on_verdict(&breach(), TICK, true, 3, None), None);
+        // The same data seen again is not a second breach.
+        assert_eq!(r.on_verdict(&breach(), TICK, false, 3, None), None);
+        assert_eq!(r.on_verdict(&breach(), TICK, true, 3, None), None);
+        assert!(matches!(
+            r.on_verdict(&breach(), TICK, true, 3, None),
+            Some(Change::RolledBack(_))
+        ));
+        assert_eq!((r.weight, r.state), (w(0.0), RolloutState::RolledBack));
+        assert_eq!(r.reason.as_deref(), Some("error_rate_increase"));
+        // Healthy or not, nothing happens until an operator resumes it.
+        for v in [Verdict::Healthy, breach()] {
+            assert_eq!(r.on_verdict(&v, TICK, true, 3, None), None);
+        }
+        assert_eq!(r.weight, w(0.0));
+    }
+
+    #[test]
+    fn a_healthy_or_inconclusive_verdict_resets_the_breach_count() {
+        let mut r = Rollout::start("v18", w(20.0), None);
+        for v in [
+            breach(),
+            breach(),
+            Verdict::Healthy,
+            breach(),
+            breach(),
+            Verdict::Inconclusive,
+            breach(),
+            breach(),
+        ] {
+            assert_eq!(r.on_verdict(&v, TICK, true, 3, None), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn paused_takes_no_step_but_still_rolls_back() {
+        let p = promotion();
+        let mut r = Rollout::start("v18", w(0.0), Some(&p));
+        r.state = RolloutState::Paused;
+        for _ in 0..2_000 {
+            assert_eq!(r.on_verdict(&Verdict::Healthy, TICK, true, 1, Some(&p)), None);
+        }
+        assert!(matches!(
+            r.on_verdict(&breach(), TICK, true, 1, Some(&p)),
+            Some(Change::RolledBack(_))
+        ));
+    }
+}

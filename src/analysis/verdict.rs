@@ -1,0 +1,184 @@
+//! The pure judgement: a policy, what stable did and what the canary did over
+//! the same window → a [`Verdict`]. No clock, no I/O: table-tested.
+
+use serde::{Deserialize, Serialize};
+
+/// What one version did over the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Requests judged (client aborts excluded).
+    pub requests: u64,
+    /// Of which failed: 5xx, JSON-RPC errors, connect failures, timeouts, resets.
+    pub errors: u64,
+    /// The policy's latency quantile, in milliseconds (`None`: no latencies).
+    pub latency_ms: Option<f64>,
+}
+
+/// A policy's thresholds. Each check is optional; absolute checks judge the
+/// canary alone, relative ones against stable over the same window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// Below this many canary requests nothing is judged (inconclusive).
+    pub min_requests: u64,
+    /// Canary error rate above this (percent) breaches.
+    pub max_error_rate_percent: Option<f64>,
+    /// Canary error rate minus stable's above this (points) breaches.
+    pub max_error_rate_increase_percent: Option<f64>,
+    /// Canary latency quantile above this breaches.
+    pub max_latency_ms: Option<f64>,
+    /// Canary latency quantile over stable's above this breaches.
+    pub max_latency_ratio: Option<f64>,
+}
+
+/// The outcome of one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Too little data to judge: never a failure, never a rollback.
+    Inconclusive,
+    /// Every configured check passed.
+    Healthy,
+    /// A check failed.
+    Breach(Breach),
+}
+
+/// Which check failed, and the figures that made it fail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Breach {
+    /// The check.
+    pub check: Check,
+    /// The observed value (percent, points, milliseconds or ratio).
+    pub observed: f64,
+    /// The policy's limit for it.
+    pub limit: f64,
+    /// The canary's figures.
+    pub canary: Sample,
+    /// Stable's figures over the same window.
+    pub stable: Sample,
+}
+
+/// The checks, in the order they are evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Absolute error rate.
+    ErrorRate,
+    /// Error rate increase over stable.
+    ErrorRateIncrease,
+    /// Absolute latency quantile.
+    Latency,
+    /// Latency quantile ratio over stable.
+    LatencyRatio,
+}
+
+/// The ratio check ignores canaries faster than this: 3 ms against 1 ms is
+/// a ratio of 3 and no regression anyone would roll back for.
+pub const LATENCY_RATIO_FLOOR_MS: f64 = 50.0;
+
+// === impl Sample ===
+
+impl Sample {
+    /// Error rate in percent (0 without requests).
+    pub fn error_rate_percent(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 * 100.0 / self.requests as f64
+        }
+    }
+}
+
+// === impl Verdict ===
+
+impl Verdict {
+    /// Label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Healthy => "healthy",
+            Verdict::Breach(_) => "breach",
+        }
+    }
+}
+
+// === impl Check ===
+
+impl Check {
+    /// Label value, also the rollback reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::ErrorRate => "error_rate",
+            Check::ErrorRateIncrease => "error_rate_increase",
+            Check::Latency => "latency",
+            Check::LatencyRatio => "latency_ratio",
+        }
+    }
+
+    /// Every check.
+    pub const ALL: [Check; 4] = [
+        Check::ErrorRate,
+        Check::ErrorRateIncrease,
+        Check::Latency,
+        Check::LatencyRatio,
+    ];
+}
+
+/// Judge the canary against `t`, and against stable where a check is relative.
+///
+/// A relative check needs `min_requests` from stable too; without them it is
+/// skipped, and if only relative checks are configured the verdict is
+/// inconclusive. So a platform-wide incident, where stable is as bad as the
+/// canary, never fails a relative policy.
+pub fn evaluate(t: &Thresholds, stable: &Sample, canary: &Sample) -> Verdict {
+    if canary.requests < t.min_requests.max(1) {
+        return Verdict::Inconclusive;
+    }
+    let stable_ok = stable.requests >= t.min_requests.max(1);
+    let breach = |check, observed, limit| {
+        Verdict::Breach(Breach {
+            check,
+            observed,
+            limit,
+            canary: *canary,
+            stable: *stable,
+        })
+    };
+    let canary_rate = canary.error_rate_percent();
+
+    if let Some(limit) = t.max_error_rate_percent {
+        if canary_rate > limit {
+            return breach(Check::ErrorRate, canary_rate, limit);
+        }
+    }
+    if let (Some(limit), true) = (t.max_error_rate_increase_percent, stable_ok) {
+        let increase = canary_rate - stable.error_rate_percent();
+        if increase > limit {
+            return breach(Check::ErrorRateIncrease, increase, limit);
+        }
+    }
+    if let (Some(limit), Some(latency)) = (t.max_latency_ms, canary.latency_ms) {
+        if latency > limit {
+            return breach(Check::Latency, latency, limit);
+        }
+    }
+    if let (Some(limit), Some(c), Some(s), true) = (
+        t.max_latency_ratio,
+        canary.latency_ms,
+        stable.latency_ms,
+        stable_ok,
+    ) {
+        if c >= LATENCY_RATIO_FLOOR_MS && s > 0.0 && c / s > limit {
+            return breach(Check::LatencyRatio, c / s, limit);
+        }
+    }
+
+    let has_absolute = t.max_error_rate_percent.is_some() || t.max_latency_ms.is_some();
+    if !stable_ok && !has_absolute {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Healthy
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use super::*;
+
+fn sample(requests: u64, errors: u64, latency_ms: f64) -> Sample {
+    Sample {
+        requests,
+        errors,
+        latency_ms: Some(latency_ms),
+    }
+}
+
+fn relative() -> Thresholds {
+    Thresholds {
+        min_requests: 50,
+        max_error_rate_percent: None,
+        max_error_rate_increase_percent: Some(5.0),
+        max_latency_ms: None,
+        max_latency_ratio: Some(2.0),
+    }
+}
+
+fn absolute() -> Thresholds {
+    Thresholds {
+        min_requests: 50,
+        max_error_rate_percent: Some(10.0),
+        max_error_rate_increase_percent: None,
+        max_latency_ms: Some(1000.0),
+        max_latency_ratio: None,
+    }
+}
+
+fn both() -> Thresholds {
+    Thresholds {
+        max_error_rate_percent: Some(10.0),
+        max_latency_ms: Some(1000.0),
+        ..relative()
+    }
+}
+
+fn check_of(v: &Verdict) -> Option<Check> {
+    match v {
+        Verdict::Breach(b) => Some(b.check),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_verdict_of_the_table() {
+    use Check::*;
+    // (name, thresholds, stable, canary, expected verdict label, expected check)
+    type Case = (&'static str, Thresholds, Sample, Sample, &'static str, Option<Check>);
+    let cases: Vec<Case> = vec![
+        (
+            "no canary traffic",
+            relative(),
+            sample(1000, 0, 50.0),
+            sample(0, 0, 0.0),
+            "inconclusive",
+            None,
+        ),
+        (
+            "canary under min_requests, all failing",
+            relative(),
+            sample(1000, 0, 50.0),
+            sample(49, 49, 50.0),
+            "inconclusive",
+            None,
+        ),
+        (
+            "absolute: under min_requests",
+            absolute(),
+            sample(0, 0, 0.0),
+            sample(10, 10, 5000.0),
+            "inconclusive",
+            None,
+        ),
+        (
+            "relative: healthy",
+            relative(),
+            sample(1000, 10, 100.0),
+            sample(100, 2, 120.0),
+            "healthy",
+            None,
+        ),
+        (
+            "relative: 30 % errors vs 1 %",
+            relative(),
+            sample(1000, 10, 100.0),
+            sample(100, 30, 100.0),
+            "breach",
+            Some(ErrorRateIncrease),
+        ),
+        (
+            "relative: increase exactly at the limit",
+            relative(),
+            sample(1000, 0, 100.0),
+            sample(100, 5, 100.0),
+            "healthy",
+            None,
+        ),
+        (
+            "relative: just over the limit",
+            relative(),
+            sample(1000, 0, 100.0),
+            sample(100, 6, 100.0),
+            "breach",
+            Some(ErrorRateIncrease),
+        ),
+        (
+            "relative: platform incident, both 30 %",
+            relative(),
+            sample(1000, 300, 100.0),
+            sample(100, 30, 100.0),
+            "healthy",
+            None,
+        ),
+        (
+            "relative: platform incident, both slow",
+            relative(),
+            sample(1000, 0, 900.0),
+            sample(100, 0, 950.0),
+            "healthy",
+            None,
+        ),
+        (
+            "relative: stable too quiet to compare",
+            relative(),
+            sample(10, 0, 100.0),
+            sample(100, 50, 100.0),
+            "inconclusive",
+            None,
+        ),
+        (
+            "relative: canary 2.5x slower",
+            relative(),
+            sample(1000, 0, 400.0),
+            sample(100, 0, 1000.0),
+            "breach",
+            Some(LatencyRatio),
+        ),
+        (
+            "relative: ratio high but canary fast",
+            relative(),
+            sample(1000, 0, 2.0),
+            sample(100, 0, 30.0),
+            "healthy",
+            None,
+        ),
+        (
+            "relative: canary faster",
+            relative(),
+            sample(1000, 0, 400.0),
+            sample(100, 0, 100.0),
+            "healthy",
+            None,
+        ),
+        (
+            "absolute: 30 % errors",
+            absolute(),
+            sample(0, 0, 0.0),
+            sample(100, 30, 100.0),
+            "breach",
+            Some(ErrorRate),
+        ),
+        (
+            "absolute: at 10 %",
+            absolute(),
+            sample(0, 0, 0.0),
+            sample(100, 10, 100.0),
+            "healthy",
+            None,
+        ),
+        (
+            "absolute: +800 ms",
+            absolute(),
+            sample(0, 0, 0.0),
+            sample(100, 0, 1100.0),
+            "breach",
+            Some(Latency),
+        ),
+        (
+            "absolute: platform incident still fails",
+            absolute(),
+            sample(1000, 300, 100.0),
+            sample(100, 30, 100.0),
+            "breach",
+            Some(ErrorRate),
+        ),
+        (
+            "both: absolute wins first",
+            both(),
+            sample(1000, 0, 100.0),
+            sample(100, 30, 100.0),
+            "breach",
+            Some(ErrorRate),
+        ),
+        (
+            "both: quiet stable, absolute still judges",
+            both(),
+            sample(0, 0, 0.0),
+            sample(100, 1, 100.0),
+            "healthy",
+            None,
+        ),
+        (
+            "no latencies recorded (WebSockets only)",
+            relative(),
+            sample(1000, 0, 0.0),
+            Sample {
+                requests: 100,
+                errors: 0,
+                latency_ms: None,
+            },
+            "healthy",
+            None,
+        ),
+    ];
+    for (name, t, stable, canary, label, check) in cases {
+        let v = evaluate(&t, &stable, &canary);
+        assert_eq!((v.as_str(), check_of(&v)), (label, check), "{name}: {v:?}");
+    }
+}
+
+#[test]
+fn a_breach_carries_the_figures_that_caused_it() {
+    let v = evaluate(&relative(), &sample(1000, 10, 100.0), &sample(200, 60, 100.0));
+    let Verdict::Breach(b) = v else { panic!("{v:?}") };
+    assert_eq!(b.check, Check::ErrorRateIncrease);
+    assert!((b.observed - 29.0).abs() < 1e-9, "{}", b.observed);
+    assert_eq!(b.limit, 5.0);
+    assert_eq!((b.canary.requests, b.canary.errors), (200, 60));
+    assert_eq!((b.stable.requests, b.stable.errors), (1000, 10));
+}

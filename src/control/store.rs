@@ -1,0 +1,82 @@
+//! Canary states on disk: `rollouts.json` under `state_dir`, replaced
+//! atomically (write to a temporary file, fsync, rename, fsync the
+//! directory) on every change, so a crash leaves the old or the new file,
+//! never half of one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::analysis::rollout::Rollout;
+
+use super::journal::JOURNAL_FILE;
+
+/// File name of the states inside `state_dir`.
+pub const STATE_FILE: &str = "rollouts.json";
+
+/// What was found on disk at start.
+#[derive(Debug)]
+pub enum Loaded {
+    /// Nothing: a first start in this directory.
+    Fresh,
+    /// The states of the previous run.
+    States(BTreeMap<String, Rollout>),
+    /// The file is missing although fledge ran here before, or it cannot be
+    /// read: nobody knows which canaries were rolled back.
+    Unreadable(String),
+}
+
+/// The state file.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// The store in `dir`, created if needed.
+    pub fn open(dir: &Path) -> std::io::Result<Store> {
+        fs::create_dir_all(dir)?;
+        Ok(Store {
+            path: dir.join(STATE_FILE),
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Read the states of the previous run.
+    pub fn load(&self) -> Loaded {
+        match fs::read(&self.path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(states) => Loaded::States(states),
+                Err(e) => Loaded::Unreadable(format!("{} is corrupted: {e}", self.path.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let journal = self.dir.join(JOURNAL_FILE);
+                if fs::metadata(&journal).is_ok_and(|m| m.len() > 0) {
+                    Loaded::Unreadable(format!(
+                        "{} is missing but {} shows earlier runs",
+                        self.path.display(),
+                        journal.display()
+                    ))
+                } else {
+                    Loaded::Fresh
+                }
+            }
+            Err(e) => Loaded::Unreadable(format!("{} cannot be read: {e}", self.path.display())),
+        }
+    }
+
+    /// Replace the file with `states`, durably.
+    pub fn save(&self, states: &BTreeMap<String, Rollout>) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(states).map_err(std::io::Error::other)?;
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        File::open(&self.dir)?.sync_all()
+    }
+}

@@ -1,0 +1,392 @@
+//! Per-(tenant, version) statistics: recorded lock-free on the data plane,
+//! read by the analysis loop and exported to Prometheus.
+//!
+//! [`TenantStats`] is allocated when a tenant first appears in a route table
+//! and carried over by every later table, so counters only ever grow.
+//! Recording is two or three relaxed atomic adds: the outcome, and for
+//! requests that have one, the latency bucket and sum. Nothing on the hot
+//! path allocates, locks or looks up a label.
+//!
+//! Exposition ([`Exporter`]) is a `prometheus::core::Collector` reading the
+//! current route table at scrape time, registered in an explicit `Registry`
+//! (no globals, so every test builds its own).
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+
+pub use self::labels::Outcome;
+use crate::routing::{RouteTable, Version};
+
+pub mod labels;
+
+/// Upper bounds of the latency buckets, in microseconds. Fine enough (about
+/// 25 % apart) for the analysis to read a p99 from, and a superset of the
+/// conventional Prometheus bounds in [`EXPORTED_BOUNDS_US`].
+pub const LATENCY_BOUNDS_US: [u64; 47] = [
+    250, 500, 750, 1_000, 1_500, 2_000, 2_500, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 12_500, 15_000,
+    20_000, 25_000, 30_000, 40_000, 50_000, 60_000, 75_000, 100_000, 125_000, 150_000, 200_000, 250_000,
+    300_000, 400_000, 500_000, 600_000, 750_000, 1_000_000, 1_250_000, 1_500_000, 2_000_000, 2_500_000,
+    3_000_000, 4_000_000, 5_000_000, 6_000_000, 7_500_000, 10_000_000, 15_000_000, 20_000_000, 30_000_000,
+    60_000_000,
+];
+/// Latency buckets, with the last one open-ended.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+/// Bounds exported as `le` of `fledge_request_duration_seconds`: the
+/// customary 1 ms … 60 s ladder, so dashboards stay small.
+pub const EXPORTED_BOUNDS_US: [u64; 15] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 30_000_000, 60_000_000,
+];
+
+/// Counters of one version of one tenant.
+#[derive(Debug)]
+pub struct VersionStats {
+    outcomes: [AtomicU64; Outcome::COUNT],
+    latency: [AtomicU64; LATENCY_BUCKETS],
+    latency_sum_us: AtomicU64,
+}
+
+/// A copy of [`VersionStats`] at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Requests by outcome.
+    pub outcomes: [u64; Outcome::COUNT],
+    /// Requests by latency bucket.
+    pub latency: [u64; LATENCY_BUCKETS],
+    /// Sum of latencies, microseconds.
+    pub latency_sum_us: u64,
+}
+
+/// Counters of both versions of one tenant, its rollback count and the
+/// last analysis verdict.
+#[derive(Debug, Default)]
+pub struct TenantStats {
+    versions: [VersionStats; 2],
+    rollbacks: [AtomicU64; crate::analysis::verdict::Check::ALL.len() + 1],
+    verdict: AtomicU8,
+}
+
+/// Prometheus view of the current route table.
+pub struct Exporter {
+    routes: Arc<ArcSwap<RouteTable>>,
+    descs: Vec<Desc>,
+}
+
+// === impl VersionStats ===
+
+impl Default for VersionStats {
+    fn default() -> Self {
+        VersionStats {
+            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl VersionStats {
+    /// Record one request. `latency` is `None` for requests whose duration
+    /// means nothing (WebSocket sessions, which last as long as the tab).
+    pub fn record(&self, outcome: Outcome, latency: Option<Duration>) {
+        self.outcomes[outcome.index()].fetch_add(1, Relaxed);
+        if let Some(latency) = latency {
+            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            self.latency[bucket_of(us)].fetch_add(1, Relaxed);
+            self.latency_sum_us.fetch_add(us, Relaxed);
+        }
+    }
+
+    /// Read every counter (each atomically; not all at one instant).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            outcomes: std::array::from_fn(|i| self.outcomes[i].load(Relaxed)),
+            latency: std::array::from_fn(|i| self.latency[i].load(Relaxed)),
+            latency_sum_us: self.latency_sum_us.load(Relaxed),
+        }
+    }
+}
+
+/// Index of the latency bucket of `us` (binary search over 47 bounds).
+pub fn bucket_of(us: u64) -> usize {
+    LATENCY_BOUNDS_US.partition_point(|&b| b < us)
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Judged requests (client aborts excluded).
+    pub fn requests(&self) -> u64 {
+        Outcome::ALL
+            .iter()
+            .filter(|o| o.is_judged())
+            .map(|o| self.outcomes[o.index()])
+            .sum()
+    }
+
+    /// Failed requests.
+    pub fn errors(&self) -> u64 {
+        Outcome::ALL
+            .iter()
+            .filter(|o| o.is_failure())
+            .map(|o| self.outcomes[o.index()])
+            .sum()
+    }
+}
+
+// === impl TenantStats ===
+
+impl TenantStats {
+    /// The counters of `version`.
+    pub fn version(&self, version: Version) -> &VersionStats {
+        &self.versions[version_index(version)]
+    }
+
+    /// Count a rollback; `check` is `None` for an operator's.
+    pub fn count_rollback(&self, check: Option<crate::analysis::verdict::Check>) {
+        self.rollbacks[rollback_index(check)].fetch_add(1, Relaxed);
+    }
+
+    /// Remember the last verdict (`inconclusive`, `healthy`, `breach`).
+    pub fn set_verdict(&self, verdict: &crate::analysis::verdict::Verdict) {
+        use crate::analysis::verdict::Verdict;
+        let v = match verdict {
+            Verdict::Inconclusive => 1,
+            Verdict::Healthy => 2,
+            Verdict::Breach(_) => 3,
+        };
+        self.verdict.store(v, Relaxed);
+    }
+
+    /// The last verdict's label, if the tenant was analysed.
+    pub fn verdict(&self) -> Option<&'static str> {
+        match self.verdict.load(Relaxed) {
+            1 => Some("inconclusive"),
+            2 => Some("healthy"),
+            3 => Some("breach"),
+            _ => None,
+        }
+    }
+
+    /// Rollbacks so far, by reason.
+    pub fn rollbacks(&self, check: Option<crate::analysis::verdict::Check>) -> u64 {
+        self.rollbacks[rollback_index(check)].load(Relaxed)
+    }
+}
+
+fn version_index(v: Version) -> usize {
+    match v {
+        Version::Stable => 0,
+        Version::Canary => 1,
+    }
+}
+
+fn rollback_index(check: Option<crate::analysis::verdict::Check>) -> usize {
+    use crate::analysis::verdict::Check;
+    check.map_or(Check::ALL.len(), |c| {
+        Check::ALL.iter().position(|x| *x == c).unwrap_or(0)
+    })
+}
+
+/// Reason label of a rollback.
+pub fn rollback_reason(check: Option<crate::analysis::verdict::Check>) -> &'static str {
+    check.map_or("manual", |c| c.as_str())
+}
+
+// === impl Exporter ===
+
+const REQUESTS: &str = "fledge_requests_total";
+const DURATION: &str = "fledge_request_duration_seconds";
+const WEIGHT: &str = "fledge_canary_weight";
+const STATE: &str = "fledge_canary_state";
+const VERDICT: &str = "fledge_canary_verdict";
+const ROLLBACKS: &str = "fledge_rollbacks_total";
+
+impl Exporter {
+    /// An exporter of whatever table `routes` holds.
+    pub fn new(routes: Arc<ArcSwap<RouteTable>>) -> Self {
+        let desc = |name: &str, help: &str, labels: &[&str]| {
+            Desc::new(
+                name.into(),
+                help.into(),
+                labels.iter().map(|l| (*l).to_owned()).collect(),
+                Default::default(),
+            )
+            .expect("static metric descriptions are valid")
+        };
+        let descs = vec![
+            desc(
+                REQUESTS,
+                "Requests by tenant, version and outcome.",
+                &["tenant", "version", "outcome"],
+            ),
+            desc(
+                DURATION,
+                "Request duration from request header to response end (WebSockets excluded).",
+                &["tenant", "version"],
+            ),
+            desc(WEIGHT, "Canary weight in percent.", &["tenant"]),
+            desc(
+                STATE,
+                "Canary state: 1 for the current one.",
+                &["tenant", "state"],
+            ),
+            desc(
+                VERDICT,
+                "Last analysis verdict: 1 for the current one.",
+                &["tenant", "verdict"],
+            ),
+            desc(ROLLBACKS, "Canary rollbacks by reason.", &["tenant", "reason"]),
+        ];
+        Exporter { routes, descs }
+    }
+
+    /// Register in `registry`.
+    pub fn register(self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self))
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).to_owned());
+            l.set_value((*v).to_owned());
+            l
+        })
+        .collect()
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(help.to_owned());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn counter(pairs: &[(&str, &str)], value: f64) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(value);
+    let mut m = Metric::default();
+    m.set_label(labels(pairs));
+    m.set_counter(c);
+    m
+}
+
+fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(value);
+    let mut m = Metric::default();
+    m.set_label(labels(pairs));
+    m.set_gauge(g);
+    m
+}
+
+impl Collector for Exporter {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use crate::analysis::rollout::RolloutState;
+        use crate::analysis::verdict::Check;
+        let table = self.routes.load_full();
+        let (mut requests, mut durations, mut weights, mut states, mut verdicts, mut rollbacks) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for t in table.tenants() {
+            let name = t.name();
+            for version in [Version::Stable, Version::Canary] {
+                let s = t.stats().version(version).snapshot();
+                let v = version.as_str();
+                // Only series that happened: 10 000 tenants × 2 versions × 8
+                // outcomes of zeros would drown the scrape.
+                for o in Outcome::ALL {
+                    let n = s.outcomes[o.index()];
+                    if n > 0 {
+                        requests.push(counter(
+                            &[("tenant", name), ("version", v), ("outcome", o.as_str())],
+                            n as f64,
+                        ));
+                    }
+                }
+                let count: u64 = s.latency.iter().sum();
+                if count > 0 {
+                    let mut h = Histogram::default();
+                    h.set_sample_count(count);
+                    h.set_sample_sum(s.latency_sum_us as f64 / 1e6);
+                    let mut cumulative = 0u64;
+                    let mut next = 0usize;
+                    let mut buckets = Vec::with_capacity(EXPORTED_BOUNDS_US.len());
+                    for &bound in &EXPORTED_BOUNDS_US {
+                        while next < LATENCY_BOUNDS_US.len() && LATENCY_BOUNDS_US[next] <= bound {
+                            cumulative += s.latency[next];
+                            next += 1;
+                        }
+                        let mut b = prometheus::proto::Bucket::default();
+                        b.set_upper_bound(bound as f64 / 1e6);
+                        b.set_cumulative_count(cumulative);
+                        buckets.push(b);
+                    }
+                    h.set_bucket(buckets);
+                    let mut m = Metric::default();
+                    m.set_label(labels(&[("tenant", name), ("version", v)]));
+                    m.set_histogram(h);
+                    durations.push(m);
+                }
+            }
+            if t.canary().is_some() {
+                weights.push(gauge(&[("tenant", name)], t.weight().percent()));
+                for state in RolloutState::ALL {
+                    let on = t.rollout_state() == state;
+                    states.push(gauge(
+                        &[("tenant", name), ("state", state.as_str())],
+                        f64::from(u8::from(on)),
+                    ));
+                }
+                if let Some(verdict) = t.stats().verdict() {
+                    for label in ["inconclusive", "healthy", "breach"] {
+                        verdicts.push(gauge(
+                            &[("tenant", name), ("verdict", label)],
+                            f64::from(u8::from(verdict == label)),
+                        ));
+                    }
+                }
+            }
+            for check in Check::ALL.iter().copied().map(Some).chain([None]) {
+                let n = t.stats().rollbacks(check);
+                if n > 0 {
+                    rollbacks.push(counter(
+                        &[("tenant", name), ("reason", rollback_reason(check))],
+                        n as f64,
+                    ));
+                }
+            }
+        }
+        let help = |i: usize| self.descs[i].help.as_str();
+        vec![
+            family(REQUESTS, help(0), MetricType::COUNTER, requests),
+            family(DURATION, help(1), MetricType::HISTOGRAM, durations),
+            family(WEIGHT, help(2), MetricType::GAUGE, weights),
+            family(STATE, help(3), MetricType::GAUGE, states),
+            family(VERDICT, help(4), MetricType::GAUGE, verdicts),
+            family(ROLLBACKS, help(5), MetricType::COUNTER, rollbacks),
+        ]
+        .into_iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .collect()
+    }
+}
