@@ -82,18 +82,30 @@ impl Analyzer {
                 stats.version(Version::Stable).snapshot(),
                 stats.version(Version::Canary).snapshot(),
             );
-            let fresh = tracked.window.newest_canary_requests() > 0;
-            if fresh {
-                let (stable, canary) = tracked
-                    .window
-                    .samples(policy.thresholds.min_requests, policy.quantile);
-                tracked.last = verdict::evaluate(&policy.thresholds, &stable, &canary);
+            let new_requests = tracked.window.newest_canary_requests();
+            if new_requests > 0 {
+                // The first breach at any scale wins; else the verdict of the
+                // shortest stretch.
+                let mut verdict = None;
+                tracked.window.scales(
+                    policy.thresholds.min_requests,
+                    policy.quantile,
+                    |stable, canary| {
+                        let v = verdict::evaluate(&policy.thresholds, &stable, &canary);
+                        let stop = matches!(v, verdict::Verdict::Breach(_));
+                        if stop || verdict.is_none() {
+                            verdict = Some(v);
+                        }
+                        stop
+                    },
+                );
+                tracked.last = verdict.unwrap_or(verdict::Verdict::Inconclusive);
             }
             stats.set_verdict(&tracked.last);
             out.push(Judgement {
                 tenant: Arc::from(t.name()),
                 verdict: tracked.last.clone(),
-                fresh,
+                new_requests,
             });
         }
         if self.windows.len() > seen {

@@ -54,8 +54,8 @@ pub struct Judgement {
     pub tenant: Arc<str>,
     /// The verdict.
     pub verdict: Verdict,
-    /// The canary got requests since the previous tick.
-    pub fresh: bool,
+    /// Canary requests since the previous tick.
+    pub new_requests: u64,
 }
 
 /// A journal line to write, owned.
@@ -135,8 +135,8 @@ impl Control {
             let change = rollout.on_verdict(
                 &j.verdict,
                 elapsed,
-                j.fresh,
-                policy.analysis.consecutive_breaches,
+                j.new_requests,
+                &policy.analysis,
                 policy.promotion.as_ref(),
             );
             let Some(change) = change else {

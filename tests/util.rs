@@ -167,6 +167,14 @@ impl TestProxy {
 
 impl Drop for TestProxy {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- fledge log (last 40 lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -235,6 +243,15 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// The connection failed: a 599 whose body says why.
+    fn transport_error(e: &dyn std::fmt::Debug) -> Resp {
+        Resp {
+            status: StatusCode::from_u16(599).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from(format!("transport error: {e:?}")),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -244,7 +261,13 @@ impl Resp {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// `name=value` of every Set-Cookie, attributes dropped.
@@ -284,9 +307,15 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self.inner.request(req.body(body).unwrap()).await.unwrap();
+        let resp = match self.inner.request(req.body(body).unwrap()).await {
+            Ok(r) => r,
+            Err(e) => return Resp::transport_error(&e),
+        };
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return Resp::transport_error(&e),
+        };
         Resp {
             status: parts.status,
             headers: parts.headers,
@@ -329,4 +358,102 @@ pub async fn h2_get(addr: SocketAddr, uri: &str) -> Resp {
         headers: parts.headers,
         body: body.collect().await.unwrap().to_bytes(),
     }
+}
+
+/// What a load run saw, by the version that answered.
+#[derive(Default)]
+pub struct LoadStats {
+    pub sent: std::sync::atomic::AtomicU64,
+    pub stable: std::sync::atomic::AtomicU64,
+    pub canary: std::sync::atomic::AtomicU64,
+    /// 5xx, JSON-RPC errors and transport errors, as a user would see them.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Connections that failed without an HTTP answer.
+    pub transport_errors: std::sync::atomic::AtomicU64,
+}
+
+/// Steady traffic from many sessions, until dropped.
+pub struct Load {
+    stop: tokio::sync::watch::Sender<bool>,
+    pub stats: std::sync::Arc<LoadStats>,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Load {
+    pub fn get(&self, counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `rps` requests a second to `host`, each from one of 500 sessions in
+/// turn: JSON-RPC calls when `jsonrpc`, else page loads. Each request runs
+/// in its own task, so a slow canary does not slow the rate.
+pub fn start_load(addr: SocketAddr, host: &'static str, rps: u32, jsonrpc: bool) -> Load {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let stats = std::sync::Arc::new(LoadStats::default());
+    let s = std::sync::Arc::clone(&stats);
+    tokio::spawn(async move {
+        let client = Client::new(addr);
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps)));
+        let mut i = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.changed() => return,
+            }
+            i += 1;
+            let (client, s) = (client.clone(), std::sync::Arc::clone(&s));
+            tokio::spawn(async move {
+                let cookie = format!("session_id=load-{}", i % 500);
+                s.sent.fetch_add(1, Relaxed);
+                let r = if jsonrpc {
+                    client
+                        .post_json(
+                            host,
+                            "/web/dataset/call_kw/res.partner/read",
+                            &[("cookie", &cookie)],
+                            &call_kw(i),
+                        )
+                        .await
+                } else {
+                    client.get(host, "/web/login", &[("cookie", &cookie)]).await
+                };
+                match r.version() {
+                    "canary" => s.canary.fetch_add(1, Relaxed),
+                    _ => s.stable.fetch_add(1, Relaxed),
+                };
+                let rpc_error = jsonrpc && r.status == 200 && r.json().get("error").is_some();
+                if r.status.is_server_error() || rpc_error {
+                    s.failed.fetch_add(1, Relaxed);
+                }
+                if r.status.as_u16() == 599 {
+                    s.transport_errors.fetch_add(1, Relaxed);
+                    eprintln!("load: {}", String::from_utf8_lossy(&r.body));
+                }
+            });
+        }
+    });
+    Load { stop, stats }
+}
+
+/// Wait up to `secs` for `check` to hold, polling every 50 ms.
+pub async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::verdict::{Breach, Verdict};
-use crate::config::Weight;
+use crate::config::{AnalysisPolicy, Weight};
 
 /// Where a canary is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,9 @@ pub struct Rollout {
     /// Breaches in a row.
     #[serde(skip)]
     pub breaches: u32,
+    /// Canary requests seen since the last counted breach.
+    #[serde(skip)]
+    pub since_breach: u64,
     /// Why it is in its state (rollback reason, pause note).
     pub reason: Option<String>,
     /// The figures behind the last automatic decision.
@@ -131,31 +134,40 @@ impl Rollout {
             step,
             held: Duration::ZERO,
             breaches: 0,
+            since_breach: 0,
             reason: None,
             figures: None,
         }
     }
 
-    /// Apply one verdict. `elapsed` is the time since the previous one;
-    /// `fresh` says whether the canary got requests since then (a breach
-    /// seen again on the same data is not a new breach).
+    /// Apply one verdict. `elapsed` is the time since the previous one,
+    /// `new_requests` the canary requests since then.
+    ///
+    /// Successive windows overlap, so a breach seen again on much the same
+    /// data is not new evidence: after the first, a breach counts only once
+    /// the canary has served another `min_requests / consecutive_breaches`
+    /// requests.
     pub fn on_verdict(
         &mut self,
         verdict: &Verdict,
         elapsed: Duration,
-        fresh: bool,
-        consecutive_breaches: u32,
+        new_requests: u64,
+        analysis: &AnalysisPolicy,
         promotion: Option<&Promotion>,
     ) -> Option<Change> {
         if !self.state.is_judged() {
             return None;
         }
+        let consecutive_breaches = analysis.consecutive_breaches.max(1);
         match verdict {
             Verdict::Breach(b) => {
-                if fresh {
+                self.since_breach += new_requests;
+                let evidence = (analysis.thresholds.min_requests / u64::from(consecutive_breaches)).max(1);
+                if self.breaches == 0 || self.since_breach >= evidence {
                     self.breaches += 1;
+                    self.since_breach = 0;
                 }
-                if self.breaches >= consecutive_breaches.max(1) {
+                if self.breaches >= consecutive_breaches {
                     self.roll_back(b.check.as_str(), Some(b.clone()));
                     return Some(Change::RolledBack(b.clone()));
                 }
@@ -163,10 +175,12 @@ impl Rollout {
             }
             Verdict::Inconclusive => {
                 self.breaches = 0;
+                self.since_breach = 0;
                 None
             }
             Verdict::Healthy => {
                 self.breaches = 0;
+                self.since_breach = 0;
                 let promotion = promotion?;
                 if self.state != RolloutState::Progressing {
                     return None;
@@ -233,6 +247,22 @@ mod tests {
 
     const TICK: Duration = Duration::from_millis(100);
 
+    /// `consecutive` breaches, 30 new requests needed between two.
+    fn analysis(consecutive: u32) -> AnalysisPolicy {
+        AnalysisPolicy {
+            window: Duration::from_secs(30),
+            quantile: 0.99,
+            thresholds: crate::analysis::verdict::Thresholds {
+                min_requests: 30 * u64::from(consecutive),
+                max_error_rate_percent: None,
+                max_error_rate_increase_percent: Some(5.0),
+                max_latency_ms: None,
+                max_latency_ratio: None,
+            },
+            consecutive_breaches: consecutive,
+        }
+    }
+
     #[test]
     fn promotion_walks_each_step_after_its_healthy_interval() {
         let p = promotion();
@@ -244,7 +274,7 @@ mod tests {
         let mut changes = Vec::new();
         // Drive the clock: 4 minutes of healthy ticks, no sleeping.
         for _ in 0..(4 * 600) {
-            if let Some(c) = r.on_verdict(&Verdict::Healthy, TICK, true, 3, Some(&p)) {
+            if let Some(c) = r.on_verdict(&Verdict::Healthy, TICK, 30, &analysis(3), Some(&p)) {
                 changes.push(c);
             }
         }
@@ -271,7 +301,7 @@ mod tests {
         let mut r = Rollout::start("v18", w(0.0), Some(&p));
         for _ in 0..6_000 {
             assert_eq!(
-                r.on_verdict(&Verdict::Inconclusive, TICK, true, 3, Some(&p)),
+                r.on_verdict(&Verdict::Inconclusive, TICK, 30, &analysis(3), Some(&p)),
                 None
             );
         }
@@ -281,19 +311,19 @@ mod tests {
     #[test]
     fn consecutive_fresh_breaches_roll_back_and_it_stays_rolled_back() {
         let mut r = Rollout::start("v18", w(20.0), None);
-        assert_eq!(r.on_verdict(&breach(), TICK, true, 3, None), None);
+        assert_eq!(r.on_verdict(&breach(), TICK, 30, &analysis(3), None), None);
         // The same data seen again is not a second breach.
-        assert_eq!(r.on_verdict(&breach(), TICK, false, 3, None), None);
-        assert_eq!(r.on_verdict(&breach(), TICK, true, 3, None), None);
+        assert_eq!(r.on_verdict(&breach(), TICK, 0, &analysis(3), None), None);
+        assert_eq!(r.on_verdict(&breach(), TICK, 30, &analysis(3), None), None);
         assert!(matches!(
-            r.on_verdict(&breach(), TICK, true, 3, None),
+            r.on_verdict(&breach(), TICK, 30, &analysis(3), None),
             Some(Change::RolledBack(_))
         ));
         assert_eq!((r.weight, r.state), (w(0.0), RolloutState::RolledBack));
         assert_eq!(r.reason.as_deref(), Some("error_rate_increase"));
         // Healthy or not, nothing happens until an operator resumes it.
         for v in [Verdict::Healthy, breach()] {
-            assert_eq!(r.on_verdict(&v, TICK, true, 3, None), None);
+            assert_eq!(r.on_verdict(&v, TICK, 30, &analysis(3), None), None);
         }
         assert_eq!(r.weight, w(0.0));
     }
@@ -311,7 +341,7 @@ mod tests {
             breach(),
             breach(),
         ] {
-            assert_eq!(r.on_verdict(&v, TICK, true, 3, None), None, "{v:?}");
+            assert_eq!(r.on_verdict(&v, TICK, 30, &analysis(3), None), None, "{v:?}");
         }
     }
 
@@ -321,10 +351,13 @@ mod tests {
         let mut r = Rollout::start("v18", w(0.0), Some(&p));
         r.state = RolloutState::Paused;
         for _ in 0..2_000 {
-            assert_eq!(r.on_verdict(&Verdict::Healthy, TICK, true, 1, Some(&p)), None);
+            assert_eq!(
+                r.on_verdict(&Verdict::Healthy, TICK, 30, &analysis(1), Some(&p)),
+                None
+            );
         }
         assert!(matches!(
-            r.on_verdict(&breach(), TICK, true, 1, Some(&p)),
+            r.on_verdict(&breach(), TICK, 30, &analysis(1), Some(&p)),
             Some(Change::RolledBack(_))
         ));
     }

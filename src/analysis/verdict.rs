@@ -71,6 +71,12 @@ pub enum Check {
     LatencyRatio,
 }
 
+/// One-sided z-score an error-rate breach must reach: 99.5 % confidence
+/// that the rate (or the increase over stable) is above the limit, not a
+/// sampling accident. Without it, two versions failing alike at 30 % differ
+/// by more than 5 points in a third of all 50-request samples.
+pub const CONFIDENCE_Z: f64 = 2.576;
+
 /// The ratio check ignores canaries faster than this: 3 ms against 1 ms is
 /// a ratio of 3 and no regression anyone would roll back for.
 pub const LATENCY_RATIO_FLOOR_MS: f64 = 50.0;
@@ -78,6 +84,14 @@ pub const LATENCY_RATIO_FLOOR_MS: f64 = 50.0;
 // === impl Sample ===
 
 impl Sample {
+    /// Agresti–Coull estimate of the error proportion and its variance:
+    /// well-behaved at 0 and 100 %, where the plain estimate claims certainty.
+    fn proportion(&self) -> (f64, f64) {
+        let n = self.requests as f64 + 4.0;
+        let p = (self.errors as f64 + 2.0) / n;
+        (p, p * (1.0 - p) / n)
+    }
+
     /// Error rate in percent (0 without requests).
     pub fn error_rate_percent(&self) -> f64 {
         if self.requests == 0 {
@@ -125,7 +139,8 @@ impl Check {
 
 /// Judge the canary against `t`, and against stable where a check is relative.
 ///
-/// A relative check needs `min_requests` from stable too; without them it is
+/// An error-rate check fails only when the excess is significant at
+/// [`CONFIDENCE_Z`], so small samples need a large excess. A relative check needs `min_requests` from stable too; without them it is
 /// skipped, and if only relative checks are configured the verdict is
 /// inconclusive. So a platform-wide incident, where stable is as bad as the
 /// canary, never fails a relative policy.
@@ -145,14 +160,18 @@ pub fn evaluate(t: &Thresholds, stable: &Sample, canary: &Sample) -> Verdict {
     };
     let canary_rate = canary.error_rate_percent();
 
+    let (pc, vc) = canary.proportion();
     if let Some(limit) = t.max_error_rate_percent {
-        if canary_rate > limit {
+        let margin = pc - limit / 100.0;
+        if canary_rate > limit && margin > CONFIDENCE_Z * vc.sqrt() {
             return breach(Check::ErrorRate, canary_rate, limit);
         }
     }
     if let (Some(limit), true) = (t.max_error_rate_increase_percent, stable_ok) {
         let increase = canary_rate - stable.error_rate_percent();
-        if increase > limit {
+        let (ps, vs) = stable.proportion();
+        let margin = pc - ps - limit / 100.0;
+        if increase > limit && margin > CONFIDENCE_Z * (vc + vs).sqrt() {
             return breach(Check::ErrorRateIncrease, increase, limit);
         }
     }

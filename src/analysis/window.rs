@@ -124,24 +124,38 @@ impl Window {
     }
 
     /// Canary requests in the newest slot.
-    pub fn newest_canary_requests(&self) -> u32 {
-        self.slots.back().map_or(0, |s| s.canary.requests)
+    pub fn newest_canary_requests(&self) -> u64 {
+        self.slots.back().map_or(0, |s| u64::from(s.canary.requests))
     }
 
     /// Stable and canary over the newest slots holding `min_requests` canary
     /// requests (or all of them), latency at quantile `q` (0..1).
     pub fn samples(&self, min_requests: u64, q: f64) -> (Sample, Sample) {
-        let mut canary_requests = 0u64;
-        let mut take = 0usize;
-        for slot in self.slots.iter().rev() {
-            take += 1;
-            canary_requests += u64::from(slot.canary.requests);
-            if canary_requests >= min_requests {
-                break;
-            }
-        }
+        let mut first = None;
+        self.scales(min_requests, q, |s, c| {
+            first = Some((s, c));
+            true
+        });
+        first.unwrap_or_default()
+    }
+
+    /// Call `judge` with stable and canary over growing stretches of the
+    /// newest slots: the first holding `min_requests` canary requests, then
+    /// twice, four times as many…, and the whole window last (or at once,
+    /// when it holds fewer). Stops when `judge` returns true.
+    ///
+    /// The shortest stretch sees a fault within moments of its start; the
+    /// longer ones have the numbers to tell a real regression from noise.
+    pub fn scales(&self, min_requests: u64, q: f64, mut judge: impl FnMut(Sample, Sample) -> bool) {
         let mut sums = [(0u64, 0u64, [0u64; SLOT_BUCKETS]); 2];
-        for slot in self.slots.iter().rev().take(take) {
+        let mut next = min_requests.max(1);
+        let sample = |(requests, errors, hist): &(u64, u64, [u64; SLOT_BUCKETS])| Sample {
+            requests: *requests,
+            errors: *errors,
+            latency_ms: quantile(hist, q),
+        };
+        let last = self.slots.len();
+        for (i, slot) in self.slots.iter().rev().enumerate() {
             for (sum, counts) in sums.iter_mut().zip([&slot.stable, &slot.canary]) {
                 sum.0 += u64::from(counts.requests);
                 sum.1 += u64::from(counts.errors);
@@ -149,18 +163,41 @@ impl Window {
                     *h += u64::from(n);
                 }
             }
+            let at_end = i + 1 == last;
+            if sums[1].0 >= next || at_end {
+                if judge(sample(&sums[0]), sample(&sums[1])) {
+                    return;
+                }
+                while next <= sums[1].0 {
+                    next = next.saturating_mul(2);
+                }
+            }
         }
-        let sample = |(requests, errors, hist): &(u64, u64, [u64; SLOT_BUCKETS])| Sample {
-            requests: *requests,
-            errors: *errors,
-            latency_ms: quantile(hist, q),
-        };
-        (sample(&sums[0]), sample(&sums[1]))
+        if last == 0 {
+            judge(Sample::default(), Sample::default());
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scales_double_until_the_whole_window() {
+        let (s, c) = (VersionStats::default(), VersionStats::default());
+        let mut w = Window::new(100);
+        w.push(s.snapshot(), c.snapshot());
+        for _ in 0..100 {
+            record(&c, 10, Outcome::Ok, 10);
+            w.push(s.snapshot(), c.snapshot());
+        }
+        let mut seen = Vec::new();
+        w.scales(100, 0.99, |_, canary| {
+            seen.push(canary.requests);
+            false
+        });
+        assert_eq!(seen, vec![100, 200, 400, 800, 1000]);
+    }
+
     use super::*;
     use crate::metrics::{Outcome, VersionStats};
     use std::time::Duration;

@@ -47,7 +47,14 @@ fn check_of(v: &Verdict) -> Option<Check> {
 fn every_verdict_of_the_table() {
     use Check::*;
     // (name, thresholds, stable, canary, expected verdict label, expected check)
-    type Case = (&'static str, Thresholds, Sample, Sample, &'static str, Option<Check>);
+    type Case = (
+        &'static str,
+        Thresholds,
+        Sample,
+        Sample,
+        &'static str,
+        Option<Check>,
+    );
     let cases: Vec<Case> = vec![
         (
             "no canary traffic",
@@ -98,12 +105,36 @@ fn every_verdict_of_the_table() {
             None,
         ),
         (
-            "relative: just over the limit",
+            "relative: just over the limit, but not significant",
             relative(),
             sample(1000, 0, 100.0),
             sample(100, 6, 100.0),
+            "healthy",
+            None,
+        ),
+        (
+            "relative: clearly over the limit",
+            relative(),
+            sample(1000, 0, 100.0),
+            sample(400, 60, 100.0),
             "breach",
             Some(ErrorRateIncrease),
+        ),
+        (
+            "relative: 30 % errors on 50 requests",
+            relative(),
+            sample(50, 0, 100.0),
+            sample(50, 15, 100.0),
+            "breach",
+            Some(ErrorRateIncrease),
+        ),
+        (
+            "relative: platform incident, noisy small samples",
+            relative(),
+            sample(50, 12, 100.0),
+            sample(50, 18, 100.0),
+            "healthy",
+            None,
         ),
         (
             "relative: platform incident, both 30 %",
@@ -170,6 +201,14 @@ fn every_verdict_of_the_table() {
             None,
         ),
         (
+            "absolute: 14 % of 50, not significant",
+            absolute(),
+            sample(0, 0, 0.0),
+            sample(50, 7, 100.0),
+            "healthy",
+            None,
+        ),
+        (
             "absolute: +800 ms",
             absolute(),
             sample(0, 0, 0.0),
@@ -189,7 +228,7 @@ fn every_verdict_of_the_table() {
             "both: absolute wins first",
             both(),
             sample(1000, 0, 100.0),
-            sample(100, 30, 100.0),
+            sample(100, 40, 100.0),
             "breach",
             Some(ErrorRate),
         ),
@@ -229,4 +268,26 @@ fn a_breach_carries_the_figures_that_caused_it() {
     assert_eq!(b.limit, 5.0);
     assert_eq!((b.canary.requests, b.canary.errors), (200, 60));
     assert_eq!((b.stable.requests, b.stable.errors), (1000, 10));
+}
+
+/// Two versions failing alike must not look different: over many random
+/// samples of 50 requests each at 30 %, the relative check almost never fires.
+#[test]
+fn equal_error_rates_rarely_breach_a_relative_check() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut draw = |n: u64| (0..n).filter(|_| rng.f64() < 0.3).count() as u64;
+    let trials = 20_000;
+    let breaches = (0..trials)
+        .filter(|_| {
+            let (s, c) = (draw(50), draw(50));
+            matches!(
+                evaluate(&relative(), &sample(50, s, 10.0), &sample(50, c, 10.0)),
+                Verdict::Breach(_)
+            )
+        })
+        .count();
+    assert!(
+        breaches * 1000 < trials * 3,
+        "{breaches} of {trials} equal samples breached"
+    );
 }

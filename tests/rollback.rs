@@ -1,0 +1,278 @@
+//! Automatic rollback and promotion, decided inside the proxy from its own
+//! counters, through the real binary.
+
+use std::time::Duration;
+
+use fledge::mock_odoo::{Knobs, MockOdoo};
+
+use crate::util::{eventually, mock, start_load, TestProxy};
+
+const HOST: &str = "acme.example.com";
+const STATE: &str = "fledge_canary_state{tenant=\"acme\",state=";
+
+/// `acme`: stable `s`, canary `c` at `weight`, under `policy` (YAML lines
+/// indented for `policies.default`).
+fn config(s: &MockOdoo, c: &MockOdoo, weight: f64, policy: &str) -> String {
+    format!(
+        r#"listen: "{{listen}}"
+threads: 2
+pools:
+  v17: {{ workers: ["{}"] }}
+  v18: {{ workers: ["{}"] }}
+policies:
+  default:
+{policy}
+tenants:
+  acme:
+    hosts: ["acme.example.com"]
+    stable: v17
+    canary: v18
+    canary_weight: {weight}
+"#,
+        s.addr(),
+        c.addr()
+    )
+}
+
+const FAST: &str =
+    "    analysis:\n      min_requests: 20\n      window_seconds: 10\n      consecutive_breaches: 3\n";
+
+async fn state_is(proxy: &TestProxy, state: &str) -> bool {
+    proxy.metric(&format!("{STATE}\"{state}\"}}")).await == Some(1.0)
+}
+
+async fn rolled_back_under_fault(knobs: Knobs, jsonrpc: bool, expect_reason: &str) {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let proxy = TestProxy::start(&config(&s, &c, 50.0, FAST));
+    let load = start_load(proxy.addr, HOST, 200, jsonrpc);
+    // Healthy for a second: no rollback, both versions serve.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(state_is(&proxy, "progressing").await);
+    assert!(load.get(&load.stats.canary) > 20, "canary got no traffic");
+
+    c.set_knobs(knobs);
+    assert!(
+        eventually(10, || state_is(&proxy, "rolled_back")).await,
+        "not rolled back:\n{}",
+        proxy.metrics().await
+    );
+    assert_eq!(
+        proxy.metric("fledge_canary_weight{tenant=\"acme\"}").await,
+        Some(0.0)
+    );
+
+    // From now on nobody reaches the canary, sticky sessions included.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let canary_seen = c.stats().requests;
+    let served = load.get(&load.stats.sent);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(load.get(&load.stats.sent) > served + 100, "load stopped");
+    assert_eq!(
+        c.stats().requests,
+        canary_seen,
+        "requests reached the canary after the rollback"
+    );
+
+    // The journal says why, with the figures.
+    let journal = proxy.journal();
+    let entry = journal
+        .iter()
+        .find(|e| e["event"] == "rolled_back")
+        .expect("a rollback entry");
+    assert_eq!(entry["actor"], "auto");
+    assert_eq!(entry["tenant"], "acme");
+    assert_eq!(entry["reason"], expect_reason);
+    assert_eq!(entry["after"]["weight"], 0.0);
+    assert_eq!(entry["before"]["weight"], 50.0);
+    assert!(
+        entry["figures"]["canary"]["requests"].as_u64().unwrap() >= 20,
+        "{entry}"
+    );
+    assert!(entry["figures"]["observed"].as_f64().unwrap() > entry["figures"]["limit"].as_f64().unwrap());
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "fledge_rollbacks_total{{tenant=\"acme\",reason=\"{expect_reason}\"}} 1"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_answering_30_percent_5xx_is_rolled_back() {
+    rolled_back_under_fault(
+        Knobs {
+            error_rate: 0.3,
+            ..Knobs::default()
+        },
+        false,
+        "error_rate_increase",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_answering_json_rpc_errors_with_http_200_is_rolled_back() {
+    rolled_back_under_fault(
+        Knobs {
+            jsonrpc_error_rate: 0.3,
+            ..Knobs::default()
+        },
+        true,
+        "error_rate_increase",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_800_ms_slower_is_rolled_back() {
+    rolled_back_under_fault(
+        Knobs {
+            latency_ms: 800,
+            ..Knobs::default()
+        },
+        false,
+        "latency_ratio",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn too_few_requests_are_inconclusive_and_never_roll_back() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    c.set_knobs(Knobs {
+        error_rate: 1.0,
+        ..Knobs::default()
+    });
+    let policy = "    analysis:\n      min_requests: 1000\n      consecutive_breaches: 1\n";
+    let proxy = TestProxy::start(&config(&s, &c, 50.0, policy));
+    let load = start_load(proxy.addr, HOST, 100, false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(load.get(&load.stats.failed) > 10, "the canary did fail");
+    assert!(state_is(&proxy, "progressing").await);
+    assert_eq!(
+        proxy
+            .metric("fledge_canary_verdict{tenant=\"acme\",verdict=\"inconclusive\"}")
+            .await,
+        Some(1.0)
+    );
+    assert!(!proxy.journal().iter().any(|e| e["event"] == "rolled_back"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_platform_wide_incident_does_not_roll_back_a_relative_policy() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let bad = Knobs {
+        error_rate: 0.3,
+        ..Knobs::default()
+    };
+    s.set_knobs(bad.clone());
+    c.set_knobs(bad);
+    // The default checks are relative to stable only.
+    let policy = "    analysis:\n      min_requests: 50\n      consecutive_breaches: 3\n";
+    let proxy = TestProxy::start(&config(&s, &c, 50.0, policy));
+    let load = start_load(proxy.addr, HOST, 200, false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(load.get(&load.stats.failed) > 100, "both versions failed");
+    assert!(state_is(&proxy, "progressing").await, "{}", proxy.metrics().await);
+    assert!(!proxy.journal().iter().any(|e| e["event"] == "rolled_back"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_survives_restarts_and_unreadable_state_fails_safe() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let mut proxy = TestProxy::start(&config(&s, &c, 50.0, FAST));
+    {
+        let _load = start_load(proxy.addr, HOST, 200, false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.set_knobs(Knobs {
+            error_rate: 0.5,
+            ..Knobs::default()
+        });
+        assert!(eventually(10, || state_is(&proxy, "rolled_back")).await);
+    }
+    // The canary recovers; a restart must not send traffic back to it.
+    c.set_knobs(Knobs::default());
+    proxy.restart();
+    assert!(state_is(&proxy, "rolled_back").await, "{}", proxy.metrics().await);
+    let before = c.stats().requests;
+    {
+        let _load = start_load(proxy.addr, HOST, 200, false);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        c.stats().requests,
+        before,
+        "a restart sent traffic to a rolled-back canary"
+    );
+
+    // A corrupted state file: stable only, and the log says why.
+    std::fs::write(proxy.state_dir().join("rollouts.json"), b"{ not json").unwrap();
+    proxy.restart();
+    assert!(state_is(&proxy, "rolled_back").await);
+    assert!(
+        proxy.log().contains("canary states unreadable"),
+        "{}",
+        proxy.log()
+    );
+    assert!(proxy
+        .journal()
+        .iter()
+        .any(|e| e["reason"].as_str().is_some_and(|r| r.contains("corrupted"))));
+
+    // A missing one, although the journal shows earlier runs: the same.
+    std::fs::remove_file(proxy.state_dir().join("rollouts.json")).unwrap();
+    proxy.restart();
+    assert!(state_is(&proxy, "rolled_back").await);
+    assert!(proxy
+        .journal()
+        .iter()
+        .any(|e| e["reason"].as_str().is_some_and(|r| r.contains("missing"))));
+    let before = c.stats().requests;
+    {
+        let _load = start_load(proxy.addr, HOST, 200, false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(c.stats().requests, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_healthy_canary_walks_its_promotion_steps() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let policy =
+        "    analysis:\n      min_requests: 10\n    steps: [10, 50, 100]\n    step_interval_seconds: 1\n";
+    let proxy = TestProxy::start(&config(&s, &c, 0.0, policy));
+    assert_eq!(
+        proxy.metric("fledge_canary_weight{tenant=\"acme\"}").await,
+        Some(10.0)
+    );
+    let load = start_load(proxy.addr, HOST, 200, false);
+    assert!(
+        eventually(15, || state_is(&proxy, "promoted")).await,
+        "{}",
+        proxy.metrics().await
+    );
+    assert_eq!(
+        proxy.metric("fledge_canary_weight{tenant=\"acme\"}").await,
+        Some(100.0)
+    );
+    let steps: Vec<(f64, f64)> = proxy
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "step" || e["event"] == "promoted")
+        .map(|e| {
+            (
+                e["before"]["weight"].as_f64().unwrap(),
+                e["after"]["weight"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(steps, vec![(10.0, 50.0), (50.0, 100.0)]);
+    // Promoted: everyone on the canary now.
+    let canary = load.get(&load.stats.canary);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stable_before = load.get(&load.stats.stable);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(load.get(&load.stats.stable), stable_before);
+    assert!(load.get(&load.stats.canary) > canary);
+}
