@@ -145,7 +145,7 @@ impl Rollout {
     ///
     /// Successive windows overlap, so a breach seen again on much the same
     /// data is not new evidence: after the first, a breach counts only once
-    /// the canary has served another `min_requests / consecutive_breaches`
+    /// the canary has served another `min_requests / (2 × consecutive_breaches)`
     /// requests.
     pub fn on_verdict(
         &mut self,
@@ -162,7 +162,8 @@ impl Rollout {
         match verdict {
             Verdict::Breach(b) => {
                 self.since_breach += new_requests;
-                let evidence = (analysis.thresholds.min_requests / u64::from(consecutive_breaches)).max(1);
+                let evidence =
+                    (analysis.thresholds.min_requests / (2 * u64::from(consecutive_breaches))).max(1);
                 if self.breaches == 0 || self.since_breach >= evidence {
                     self.breaches += 1;
                     self.since_breach = 0;
@@ -253,7 +254,7 @@ mod tests {
             window: Duration::from_secs(30),
             quantile: 0.99,
             thresholds: crate::analysis::verdict::Thresholds {
-                min_requests: 30 * u64::from(consecutive),
+                min_requests: 60 * u64::from(consecutive),
                 max_error_rate_percent: None,
                 max_error_rate_increase_percent: Some(5.0),
                 max_latency_ms: None,

@@ -84,8 +84,9 @@ pub const LATENCY_RATIO_FLOOR_MS: f64 = 50.0;
 // === impl Sample ===
 
 impl Sample {
-    /// Agresti–Coull estimate of the error proportion and its variance:
-    /// well-behaved at 0 and 100 %, where the plain estimate claims certainty.
+    /// Agresti–Coull estimate of the error proportion and its variance; the
+    /// variance is what we use: unlike the plain one it is not 0 at 0 and
+    /// 100 %, where a small sample would otherwise claim certainty.
     fn proportion(&self) -> (f64, f64) {
         let n = self.requests as f64 + 4.0;
         let p = (self.errors as f64 + 2.0) / n;
@@ -160,17 +161,17 @@ pub fn evaluate(t: &Thresholds, stable: &Sample, canary: &Sample) -> Verdict {
     };
     let canary_rate = canary.error_rate_percent();
 
-    let (pc, vc) = canary.proportion();
+    let (_, vc) = canary.proportion();
     if let Some(limit) = t.max_error_rate_percent {
-        let margin = pc - limit / 100.0;
+        let margin = (canary_rate - limit) / 100.0;
         if canary_rate > limit && margin > CONFIDENCE_Z * vc.sqrt() {
             return breach(Check::ErrorRate, canary_rate, limit);
         }
     }
     if let (Some(limit), true) = (t.max_error_rate_increase_percent, stable_ok) {
         let increase = canary_rate - stable.error_rate_percent();
-        let (ps, vs) = stable.proportion();
-        let margin = pc - ps - limit / 100.0;
+        let (_, vs) = stable.proportion();
+        let margin = (increase - limit) / 100.0;
         if increase > limit && margin > CONFIDENCE_Z * (vc + vs).sqrt() {
             return breach(Check::ErrorRateIncrease, increase, limit);
         }
