@@ -27,6 +27,6 @@ doc: setup
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 bench: setup
-	$(CARGO) bench --bench routing
+	$(CARGO) bench
 
 ci: fmt clippy test doc
