@@ -1,12 +1,25 @@
 //! Control plane: the admin listener (`admin.listen`, loopback by default).
 //!
-//! Endpoints:
+//! Every endpoint but `/healthz` and `/readyz` needs `Authorization: Bearer
+//! <token>` (compared in constant time). JSON in, JSON out; errors are
+//! `{"error": "..."}` with 400/401/404/405/409/422. GETs change nothing.
+//! Mutations accept `If-Match: <generation>` and answer 409 when another
+//! change came first; every answer carries the current generation in `ETag`.
+//! `docs/admin-api.yaml` is the OpenAPI description, checked against these
+//! answers by the tests.
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/healthz` | the process is up |
-//! | GET | `/readyz` | a route table is published |
-//! | GET | `/metrics` | Prometheus exposition of fledge's registry |
+//! | GET | `/healthz` | the process is up (no token) |
+//! | GET | `/readyz` | a route table is published (no token) |
+//! | GET | `/metrics` | Prometheus exposition |
+//! | GET | `/api/v1/tenants` | every tenant: pools, weight, state, live figures |
+//! | GET | `/api/v1/tenants/{name}` | one tenant |
+//! | PUT | `/api/v1/tenants/{name}/weight` | `{"weight": 25}` |
+//! | POST | `/api/v1/tenants/{name}/{promote,rollback,pause,resume}` | change the canary's state |
+//! | POST | `/api/v1/reload` | re-read the config file |
+//! | GET | `/api/v1/config` | generation, source file and hash, last reload |
+//! | GET | `/api/v1/journal?since=…` | decisions after `since` (Unix ms or RFC 3339) |
 //!
 //! It runs as a Pingora service (`ServeHttp`), so it shares the server's
 //! lifecycle: graceful shutdown, and its listening socket is handed over on
@@ -15,71 +28,421 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 
-use crate::control::Control;
+use crate::config::Weight;
+use crate::control::{Actor, Control, ControlError, Operation};
+use crate::metrics::Outcome;
+use crate::routing::Version;
+
+/// Largest request body read.
+const MAX_BODY: usize = 64 * 1024;
+/// Most journal entries returned at once (the newest).
+const MAX_JOURNAL_ENTRIES: usize = 1_000;
+
+/// The admin bearer token.
+pub struct Token(Vec<u8>);
 
 /// The admin application.
 pub struct Admin {
     control: Arc<Control>,
     registry: prometheus::Registry,
+    token: Token,
 }
 
-impl Admin {
-    /// Serve `control`'s state and `registry`'s metrics.
-    pub fn new(control: Arc<Control>, registry: prometheus::Registry) -> Self {
-        Admin { control, registry }
+/// A refused admin request.
+#[derive(Debug)]
+pub struct AdminError {
+    status: StatusCode,
+    message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: f64,
+}
+
+impl Token {
+    /// A token.
+    pub fn new(secret: &str) -> Self {
+        Token(secret.as_bytes().to_vec())
     }
 
-    fn metrics(&self) -> Response<Vec<u8>> {
-        let mut body = Vec::new();
-        let encoder = TextEncoder::new();
-        match encoder.encode(&self.registry.gather(), &mut body) {
-            Ok(()) => reply(StatusCode::OK, encoder.format_type(), body),
-            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    /// Does `Authorization` carry this token? Constant time in the token.
+    fn admits(&self, header: Option<&HeaderValue>) -> bool {
+        let Some(given) = header.and_then(|h| h.as_bytes().strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        given.len() == self.0.len() && bool::from(given.ct_eq(&self.0))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl AdminError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        AdminError {
+            status,
+            message: message.into(),
         }
     }
 }
 
-fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+/// The one place control-plane errors become statuses.
+impl From<ControlError> for AdminError {
+    fn from(e: ControlError) -> Self {
+        let status = match &e {
+            ControlError::UnknownTenant(_) => StatusCode::NOT_FOUND,
+            ControlError::NoCanary(_) | ControlError::Config(_) | ControlError::NoSource => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ControlError::Conflict(_) | ControlError::StaleGeneration { .. } => StatusCode::CONFLICT,
+        };
+        AdminError::new(status, e.to_string())
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>, generation: u64) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("Content-Type", content_type)
         .header("Content-Length", body.len())
         .header("Cache-Control", "no-store")
+        .header("ETag", format!("\"{generation}\""))
         .body(body)
         .expect("static response parts are valid")
 }
 
-/// A JSON error body: `{"error": "..."}`.
-pub fn json_error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
-    let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
-    reply(status, "application/json", body)
+fn json_reply(status: StatusCode, value: &Value, generation: u64) -> Response<Vec<u8>> {
+    reply(
+        status,
+        "application/json",
+        serde_json::to_vec(value).unwrap_or_default(),
+        generation,
+    )
+}
+
+impl Admin {
+    /// Serve `control`'s state and `registry`'s metrics to holders of `token`.
+    pub fn new(control: Arc<Control>, registry: prometheus::Registry, token: Token) -> Self {
+        Admin {
+            control,
+            registry,
+            token,
+        }
+    }
+
+    async fn handle(&self, session: &mut ServerSession) -> Result<Response<Vec<u8>>, AdminError> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_owned();
+        let query = req.uri.query().unwrap_or("").to_owned();
+        let generation = self.control.generation();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => {
+                return Ok(reply(StatusCode::OK, "text/plain", b"ok\n".to_vec(), generation))
+            }
+            (&Method::GET, "/readyz") => {
+                let tenants = self.control.routes().load().tenants().len();
+                let body = format!("ready: {tenants} tenants\n").into_bytes();
+                return Ok(reply(StatusCode::OK, "text/plain", body, generation));
+            }
+            (_, "/healthz" | "/readyz") => {
+                return Err(AdminError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET"))
+            }
+            _ => {}
+        }
+        if !self.token.admits(req.headers.get(http::header::AUTHORIZATION)) {
+            return Err(AdminError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token",
+            ));
+        }
+        let if_match = match req.headers.get(http::header::IF_MATCH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        AdminError::new(StatusCode::BAD_REQUEST, "If-Match must be a generation number")
+                    })?,
+            ),
+        };
+
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match segments.as_slice() {
+            ["metrics"] => {
+                allow(&method, &[Method::GET])?;
+                let mut body = Vec::new();
+                let encoder = TextEncoder::new();
+                encoder
+                    .encode(&self.registry.gather(), &mut body)
+                    .map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                Ok(reply(StatusCode::OK, encoder.format_type(), body, generation))
+            }
+            ["api", "v1", "tenants"] => {
+                allow(&method, &[Method::GET])?;
+                let tenants = self.tenants(None).await?;
+                Ok(json_reply(
+                    StatusCode::OK,
+                    &json!({ "tenants": tenants, "generation": generation }),
+                    generation,
+                ))
+            }
+            ["api", "v1", "tenants", name] => {
+                allow(&method, &[Method::GET])?;
+                let mut tenants = self.tenants(Some(name)).await?;
+                let t = tenants
+                    .pop()
+                    .ok_or_else(|| AdminError::new(StatusCode::NOT_FOUND, format!("no tenant `{name}`")))?;
+                Ok(json_reply(StatusCode::OK, &t, generation))
+            }
+            ["api", "v1", "tenants", name, action] => {
+                let name = (*name).to_owned();
+                let op = match *action {
+                    "weight" => {
+                        allow(&method, &[Method::PUT])?;
+                        let body = read_body(session).await?;
+                        let w: WeightBody = serde_json::from_slice(&body).map_err(|e| {
+                            AdminError::new(
+                                StatusCode::BAD_REQUEST,
+                                format!("expected {{\"weight\": <percent>}}: {e}"),
+                            )
+                        })?;
+                        let weight = Weight::from_percent(w.weight).ok_or_else(|| {
+                            AdminError::new(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                format!(
+                                    "`{}` is not a percentage from 0 to 100 with at most two decimals",
+                                    w.weight
+                                ),
+                            )
+                        })?;
+                        Operation::Weight(weight)
+                    }
+                    "promote" | "rollback" | "pause" | "resume" => {
+                        allow(&method, &[Method::POST])?;
+                        match *action {
+                            "promote" => Operation::Promote,
+                            "rollback" => Operation::Rollback,
+                            "pause" => Operation::Pause,
+                            _ => Operation::Resume,
+                        }
+                    }
+                    _ => return Err(AdminError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+                };
+                self.control.operate(&name, op, Actor::Api, if_match).await?;
+                let mut tenants = self.tenants(Some(&name)).await?;
+                let generation = self.control.generation();
+                Ok(json_reply(
+                    StatusCode::OK,
+                    &tenants.pop().unwrap_or(Value::Null),
+                    generation,
+                ))
+            }
+            ["api", "v1", "reload"] => {
+                allow(&method, &[Method::POST])?;
+                if let Some(given) = if_match.filter(|g| *g != generation) {
+                    return Err(ControlError::StaleGeneration {
+                        given,
+                        current: generation,
+                    }
+                    .into());
+                }
+                let status = self.control.reload(Actor::Api, true).await?;
+                let generation = self.control.generation();
+                Ok(json_reply(
+                    StatusCode::OK,
+                    &serde_json::to_value(&status).unwrap_or_default(),
+                    generation,
+                ))
+            }
+            ["api", "v1", "config"] => {
+                allow(&method, &[Method::GET])?;
+                let (source, hash, last) = self.control.source().await;
+                let config = self.control.config().await;
+                let value = json!({
+                    "generation": generation,
+                    "source": source.map(|p| p.display().to_string()),
+                    "source_hash": format!("{hash:016x}"),
+                    "last_reload": last,
+                    "tenants": config.tenants.len(),
+                    "pools": config.pools.len(),
+                    "policies": config.policies.len(),
+                });
+                Ok(json_reply(StatusCode::OK, &value, generation))
+            }
+            ["api", "v1", "journal"] => {
+                allow(&method, &[Method::GET])?;
+                let since = parse_since(&query)?;
+                let entries = self.journal(since).await;
+                Ok(json_reply(
+                    StatusCode::OK,
+                    &json!({ "entries": entries }),
+                    generation,
+                ))
+            }
+            _ => Err(AdminError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+        }
+    }
+
+    /// Tenants as the API shows them (all, or the one named).
+    async fn tenants(&self, only: Option<&str>) -> Result<Vec<Value>, AdminError> {
+        let config = self.control.config().await;
+        let rollouts = self.control.rollouts().await;
+        let table = self.control.routes().load_full();
+        let mut out = Vec::new();
+        for t in table.tenants() {
+            if only.is_some_and(|n| n != t.name()) {
+                continue;
+            }
+            let Some(tc) = config.tenants.get(t.name()) else {
+                continue;
+            };
+            let rollout = rollouts.get(t.name());
+            let figures = |v: Version| {
+                let s = t.stats().version(v).snapshot();
+                let outcomes: serde_json::Map<String, Value> = Outcome::ALL
+                    .iter()
+                    .map(|o| (o.as_str().to_owned(), json!(s.outcomes[o.index()])))
+                    .collect();
+                let count: u64 = s.latency.iter().sum();
+                json!({
+                    "requests": s.requests(),
+                    "errors": s.errors(),
+                    "outcomes": outcomes,
+                    "mean_latency_ms": if count == 0 { Value::Null } else { json!(s.latency_sum_us as f64 / count as f64 / 1000.0) },
+                })
+            };
+            out.push(json!({
+                "name": t.name(),
+                "hosts": tc.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "stable": tc.stable,
+                "canary": tc.canary,
+                "policy": tc.policy,
+                "weight": if t.canary().is_some() { t.weight().percent() } else { 0.0 },
+                "state": t.canary().map(|_| t.rollout_state().as_str()),
+                "reason": rollout.and_then(|r| r.reason.clone()),
+                "last_breach": rollout.and_then(|r| r.figures.clone()),
+                "verdict": t.stats().verdict(),
+                "figures": { "stable": figures(Version::Stable), "canary": figures(Version::Canary) },
+            }));
+        }
+        if only.is_some() && out.is_empty() {
+            return Err(AdminError::new(
+                StatusCode::NOT_FOUND,
+                format!("no tenant `{}`", only.unwrap_or_default()),
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn journal(&self, since: Option<u64>) -> Vec<Value> {
+        let dir = self.control.config().await.state_dir.clone();
+        let text =
+            std::fs::read_to_string(dir.join(crate::control::journal::JOURNAL_FILE)).unwrap_or_default();
+        let mut entries: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| since.is_none_or(|s| e["unix_ms"].as_u64().is_some_and(|t| t > s)))
+            .collect();
+        let skip = entries.len().saturating_sub(MAX_JOURNAL_ENTRIES);
+        entries.drain(..skip);
+        entries
+    }
+}
+
+fn allow(method: &Method, allowed: &[Method]) -> Result<(), AdminError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        Err(AdminError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("use {}", names.join(" or ")),
+        ))
+    }
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, AdminError> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(AdminError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(AdminError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unreadable body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// `since=` as Unix milliseconds or RFC 3339.
+fn parse_since(query: &str) -> Result<Option<u64>, AdminError> {
+    let Some(raw) = query.split('&').find_map(|kv| kv.strip_prefix("since=")) else {
+        return Ok(None);
+    };
+    let raw = raw
+        .replace("%3A", ":")
+        .replace("%3a", ":")
+        .replace("%2B", "+")
+        .replace("%2b", "+");
+    if let Ok(ms) = raw.parse::<u64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(&raw)
+        .ok()
+        .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            AdminError::new(
+                StatusCode::BAD_REQUEST,
+                "since must be Unix milliseconds or RFC 3339",
+            )
+        })
 }
 
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_owned();
-        match (method, path.as_str()) {
-            (Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            (Method::GET, "/readyz") => {
-                let tenants = self.control.routes().load().tenants().len();
-                reply(
-                    StatusCode::OK,
-                    "text/plain",
-                    format!("ready: {tenants} tenants\n").into_bytes(),
-                )
+        match self.handle(session).await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut r = json_reply(
+                    e.status,
+                    &json!({ "error": e.message }),
+                    self.control.generation(),
+                );
+                if e.status == StatusCode::UNAUTHORIZED {
+                    r.headers_mut()
+                        .insert("WWW-Authenticate", HeaderValue::from_static("Bearer"));
+                }
+                r
             }
-            (Method::GET, "/metrics") => self.metrics(),
-            (_, "/healthz" | "/readyz" | "/metrics") => {
-                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
-            _ => json_error(StatusCode::NOT_FOUND, "no such endpoint"),
         }
     }
 }

@@ -23,6 +23,7 @@ pub use crate::analysis::verdict::Thresholds;
 mod locate;
 pub(crate) mod raw;
 mod validate;
+pub mod watch;
 
 /// Header a client may send to pick a version, where its policy allows it.
 pub const DEFAULT_OVERRIDE_HEADER: &str = "X-Fledge-Version";
@@ -83,6 +84,19 @@ pub struct Cookies {
 pub struct AdminConfig {
     /// Its address; loopback by default.
     pub listen: SocketAddr,
+    /// Where the bearer token comes from; never the config file itself.
+    pub token: TokenSource,
+}
+
+/// Where the admin token is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// An environment variable.
+    Env(String),
+    /// A file (its content, trimmed).
+    File(PathBuf),
+    /// Neither: a random token is written to `state_dir/admin.token`.
+    Generated,
 }
 
 /// How a canary is judged.

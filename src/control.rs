@@ -21,9 +21,14 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
 use crate::analysis::rollout::{Change, Rollout, RolloutState};
 use crate::analysis::verdict::{Breach, Verdict};
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Problem, Weight};
 use crate::routing::{CookieKey, RouteTable};
 
 use self::journal::Entry;
@@ -37,6 +42,9 @@ pub mod store;
 pub struct Control {
     routes: Arc<ArcSwap<RouteTable>>,
     cookie_key: Arc<CookieKey>,
+    source: Option<PathBuf>,
+    generation: AtomicU64,
+    reloads: Arc<ReloadCounters>,
     inner: Mutex<Inner>,
 }
 
@@ -45,6 +53,77 @@ struct Inner {
     rollouts: BTreeMap<String, Rollout>,
     store: Store,
     journal: Journal,
+    source_hash: u64,
+    last_reload: Option<ReloadStatus>,
+}
+
+/// Reloads applied, rejected and found unchanged, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    /// Applied.
+    pub applied: AtomicU64,
+    /// Refused (the old config kept serving).
+    pub rejected: AtomicU64,
+    /// The file had not changed.
+    pub unchanged: AtomicU64,
+}
+
+/// The outcome of the last reload attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// `applied`, `rejected` or `unchanged`.
+    pub result: &'static str,
+    /// Who asked.
+    pub actor: Actor,
+    /// When, RFC 3339.
+    pub time: String,
+    /// Why it was refused (file, line, key, reason), if it was.
+    pub reason: Option<String>,
+    /// Generation after it.
+    pub generation: u64,
+}
+
+/// What an operator can do to a canary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Operation {
+    /// Set the weight (not on a rolled-back canary: resume it first).
+    Weight(Weight),
+    /// Straight to 100 %, state `promoted`.
+    Promote,
+    /// Straight to 0 %, state `rolled_back`.
+    Rollback,
+    /// Freeze: no more steps (a breach still rolls back).
+    Pause,
+    /// Unfreeze a paused canary, or re-arm a rolled-back one from its start.
+    Resume,
+}
+
+/// Why an operation or reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such tenant.
+    #[error("no tenant `{0}`")]
+    UnknownTenant(String),
+    /// The tenant has no canary to operate on.
+    #[error("tenant `{0}` has no canary")]
+    NoCanary(String),
+    /// The operation does not apply in the canary's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` named another generation.
+    #[error("generation {given} is stale: the current one is {current}")]
+    StaleGeneration {
+        /// What the client sent.
+        given: u64,
+        /// What is current.
+        current: u64,
+    },
+    /// The config file was refused.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// There is no file to reload (the demo's embedded config).
+    #[error("this fledge runs an embedded config: there is no file to reload")]
+    NoSource,
 }
 
 /// One tenant's verdict of one analysis tick.
@@ -60,7 +139,7 @@ pub struct Judgement {
 
 /// A journal line to write, owned.
 struct Event {
-    tenant: String,
+    tenant: Option<String>,
     canary: Option<String>,
     event: &'static str,
     actor: Actor,
@@ -73,7 +152,11 @@ struct Event {
 impl Control {
     /// Read the previous run's states from `config.state_dir`, reconcile them
     /// with `config`, and build the first table.
-    pub fn start(config: Config, cookie_key: CookieKey) -> anyhow::Result<Control> {
+    pub fn start(config: Config, cookie_key: CookieKey, source: Option<PathBuf>) -> anyhow::Result<Control> {
+        let source_hash = source
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map_or(0, |b| xxhash_rust::xxh3::xxh3_64(&b));
         let dir = &config.state_dir;
         let store = Store::open(dir).with_context(|| format!("cannot use state_dir {}", dir.display()))?;
         let journal =
@@ -94,12 +177,17 @@ impl Control {
             rollouts,
             store,
             journal,
+            source_hash,
+            last_reload: None,
         };
         inner.record(events);
         inner.save();
         Ok(Control {
             routes: Arc::new(ArcSwap::from_pointee(table)),
             cookie_key,
+            source,
+            generation: AtomicU64::new(1),
+            reloads: Arc::default(),
             inner: Mutex::new(inner),
         })
     }
@@ -107,6 +195,23 @@ impl Control {
     /// The handle the data plane reads from.
     pub fn routes(&self) -> Arc<ArcSwap<RouteTable>> {
         Arc::clone(&self.routes)
+    }
+
+    /// Counts every published change: a reload, an operator's edit, an
+    /// automatic decision. `If-Match` compares against it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    /// Reload counters, for `/metrics`.
+    pub fn reload_counters(&self) -> Arc<ReloadCounters> {
+        Arc::clone(&self.reloads)
+    }
+
+    /// The config file, its content hash and the last reload's outcome.
+    pub async fn source(&self) -> (Option<PathBuf>, u64, Option<ReloadStatus>) {
+        let inner = self.inner.lock().await;
+        (self.source.clone(), inner.source_hash, inner.last_reload.clone())
     }
 
     /// The config in force.
@@ -179,7 +284,7 @@ impl Control {
                 }
             }
             events.push(Event {
-                tenant: j.tenant.to_string(),
+                tenant: Some(j.tenant.to_string()),
                 canary: Some(rollout.canary_pool.clone()),
                 event,
                 actor: Actor::Auto,
@@ -197,6 +302,204 @@ impl Control {
         self.publish(&inner);
     }
 
+    /// Re-read the config file. Unchanged content is a no-op unless
+    /// `force`. A refused file changes nothing: the old config keeps
+    /// serving, and the reason goes to the log, the journal, the metrics
+    /// and [`ReloadStatus`].
+    pub async fn reload(&self, actor: Actor, force: bool) -> Result<ReloadStatus, ControlError> {
+        let path = self.source.as_deref().ok_or(ControlError::NoSource)?;
+        let mut inner = self.inner.lock().await;
+        let (time, _) = Entry::now();
+        let file = path.display().to_string();
+        let parsed = std::fs::read(path)
+            .map_err(|source| ConfigError::Read {
+                file: file.clone(),
+                source,
+            })
+            .and_then(|bytes| {
+                let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+                if hash == inner.source_hash && !force {
+                    return Ok(None);
+                }
+                let text = String::from_utf8(bytes).map_err(|_| ConfigError::Invalid {
+                    file: file.clone(),
+                    problems: vec![Problem {
+                        line: None,
+                        path: "(file)".into(),
+                        reason: "is not UTF-8 text".into(),
+                    }],
+                })?;
+                crate::config::parse(&text, &file).map(|c| Some((c, hash)))
+            });
+        let status = |result, reason, generation| ReloadStatus {
+            result,
+            actor,
+            time: time.clone(),
+            reason,
+            generation,
+        };
+        match parsed {
+            Ok(None) => {
+                self.reloads.unchanged.fetch_add(1, Relaxed);
+                Ok(status("unchanged", None, self.generation()))
+            }
+            Err(e) => {
+                self.reloads.rejected.fetch_add(1, Relaxed);
+                let reason = e.to_string();
+                tracing::warn!(file = %file, reason = %reason, "config reload rejected: the running config keeps serving");
+                inner.record(vec![Event {
+                    tenant: None,
+                    canary: None,
+                    event: "reload_rejected",
+                    actor,
+                    before: None,
+                    after: None,
+                    reason: Some(reason.clone()),
+                    figures: None,
+                }]);
+                inner.last_reload = Some(status("rejected", Some(reason), self.generation()));
+                Err(ControlError::Config(e))
+            }
+            Ok(Some((mut config, hash))) => {
+                keep_fixed_settings(&inner.config, &mut config);
+                let previous = std::mem::take(&mut inner.rollouts);
+                let (rollouts, mut events) = reconcile(&config, previous, None);
+                for e in &mut events {
+                    e.actor = actor;
+                }
+                events.push(Event {
+                    tenant: None,
+                    canary: None,
+                    event: "reload",
+                    actor,
+                    before: None,
+                    after: None,
+                    reason: Some(format!("source hash {hash:016x}")),
+                    figures: None,
+                });
+                inner.rollouts = rollouts;
+                inner.config = Arc::new(config);
+                inner.source_hash = hash;
+                inner.record(events);
+                inner.save();
+                self.publish(&inner);
+                self.reloads.applied.fetch_add(1, Relaxed);
+                tracing::info!(file = %file, generation = self.generation(), tenants = inner.config.tenants.len(), "config reloaded");
+                let s = status("applied", None, self.generation());
+                inner.last_reload = Some(s.clone());
+                Ok(s)
+            }
+        }
+    }
+
+    /// An operator's change to a tenant's canary. `if_match`, when given,
+    /// must be the current generation.
+    pub async fn operate(
+        &self,
+        tenant: &str,
+        op: Operation,
+        actor: Actor,
+        if_match: Option<u64>,
+    ) -> Result<Rollout, ControlError> {
+        let mut inner = self.inner.lock().await;
+        let current = self.generation();
+        if let Some(given) = if_match.filter(|g| *g != current) {
+            return Err(ControlError::StaleGeneration { given, current });
+        }
+        let config = Arc::clone(&inner.config);
+        let t = config
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| ControlError::UnknownTenant(tenant.to_owned()))?;
+        let promotion = config.policies[&t.policy].promotion.as_ref();
+        let rollout = inner
+            .rollouts
+            .get_mut(tenant)
+            .ok_or_else(|| ControlError::NoCanary(tenant.to_owned()))?;
+        let before = Position::new(rollout.state, rollout.weight);
+        let conflict = |what: &str, state: RolloutState| {
+            ControlError::Conflict(format!("cannot {what} a canary that is {}", state.as_str()))
+        };
+        let event = match op {
+            Operation::Weight(w) => {
+                if rollout.state == RolloutState::RolledBack {
+                    return Err(ControlError::Conflict(
+                        "the canary is rolled_back: resume it first".into(),
+                    ));
+                }
+                rollout.weight = w;
+                rollout.step = None;
+                rollout.held = Duration::ZERO;
+                if rollout.state == RolloutState::Promoted && w.basis_points() < Weight::FULL {
+                    rollout.state = RolloutState::Progressing;
+                }
+                "weight"
+            }
+            Operation::Promote => {
+                if rollout.state == RolloutState::RolledBack {
+                    return Err(conflict("promote", rollout.state));
+                }
+                rollout.weight = Weight::from_basis_points(Weight::FULL).expect("100 % is a weight");
+                rollout.state = RolloutState::Promoted;
+                rollout.reason = Some("promoted by an operator".into());
+                "promoted"
+            }
+            Operation::Rollback => {
+                if rollout.state == RolloutState::RolledBack {
+                    return Err(conflict("roll back", rollout.state));
+                }
+                rollout.roll_back("manual", None);
+                if let Some(t) = self.routes.load().tenants().iter().find(|t| t.name() == tenant) {
+                    t.stats().count_rollback(None);
+                }
+                "rolled_back"
+            }
+            Operation::Pause => {
+                if rollout.state != RolloutState::Progressing {
+                    return Err(conflict("pause", rollout.state));
+                }
+                rollout.state = RolloutState::Paused;
+                rollout.reason = Some("paused by an operator".into());
+                "paused"
+            }
+            Operation::Resume => match rollout.state {
+                RolloutState::Paused => {
+                    rollout.state = RolloutState::Progressing;
+                    rollout.reason = None;
+                    "resumed"
+                }
+                RolloutState::RolledBack => {
+                    let pool = rollout.canary_pool.clone();
+                    *rollout = Rollout::start(&pool, t.canary_weight, promotion);
+                    "resumed"
+                }
+                state => return Err(conflict("resume", state)),
+            },
+        };
+        let after_rollout = rollout.clone();
+        let after = Position::new(rollout.state, rollout.weight);
+        tracing::info!(
+            tenant,
+            event,
+            from = before.weight,
+            to = after.weight,
+            "canary changed by an operator"
+        );
+        inner.record(vec![Event {
+            tenant: Some(tenant.to_owned()),
+            canary: Some(after_rollout.canary_pool.clone()),
+            event,
+            actor,
+            before: Some(before),
+            after: Some(after),
+            reason: after_rollout.reason.clone(),
+            figures: None,
+        }]);
+        inner.save();
+        self.publish(&inner);
+        Ok(after_rollout)
+    }
+
     /// Build and publish the table for `inner`: the only `store` of it.
     fn publish(&self, inner: &Inner) {
         let current = self.routes.load_full();
@@ -207,6 +510,7 @@ impl Control {
             &inner.rollouts,
         );
         self.routes.store(Arc::new(table));
+        self.generation.fetch_add(1, Relaxed);
     }
 }
 
@@ -219,7 +523,7 @@ impl Inner {
             let entry = Entry {
                 time,
                 unix_ms,
-                tenant: &e.tenant,
+                tenant: e.tenant.as_deref(),
                 canary: e.canary.as_deref(),
                 event: e.event,
                 actor: e.actor,
@@ -241,6 +545,35 @@ impl Inner {
     }
 }
 
+/// Settings a reload cannot change (listeners, threads, where state lives,
+/// the cookie key's source): the running ones stay, and the log says so.
+fn keep_fixed_settings(running: &Config, new: &mut Config) {
+    let mut fixed = Vec::new();
+    if new.listen != running.listen {
+        fixed.push("listen");
+        new.listen = running.listen;
+    }
+    if new.threads != running.threads {
+        fixed.push("threads");
+        new.threads = running.threads;
+    }
+    if new.admin.listen != running.admin.listen || new.admin.token != running.admin.token {
+        fixed.push("admin");
+        new.admin = running.admin.clone();
+    }
+    if new.state_dir != running.state_dir {
+        fixed.push("state_dir");
+        new.state_dir.clone_from(&running.state_dir);
+    }
+    if new.cookies.secret_env != running.cookies.secret_env {
+        fixed.push("cookies.secret_env");
+        new.cookies.secret_env.clone_from(&running.cookies.secret_env);
+    }
+    if !fixed.is_empty() {
+        tracing::warn!(keys = ?fixed, "changed keys are not reloadable and keep their running values: restart or upgrade (--upgrade) to apply them");
+    }
+}
+
 /// The rollouts `config` calls for, given the previous ones: unchanged
 /// canaries keep their state; a new canary pool starts a new rollout; a
 /// changed weight in the file is an operator's weight change (except on a
@@ -258,7 +591,7 @@ fn reconcile(
         };
         let promotion = config.policies[&t.policy].promotion.as_ref();
         let event = |event, before, after: &Rollout, reason: Option<String>| Event {
-            tenant: name.clone(),
+            tenant: Some(name.clone()),
             canary: Some(canary.clone()),
             event,
             actor: Actor::File,
@@ -297,7 +630,7 @@ fn reconcile(
     }
     for (name, r) in previous {
         events.push(Event {
-            tenant: name,
+            tenant: Some(name),
             canary: Some(r.canary_pool.clone()),
             event: "removed",
             actor: Actor::File,

@@ -103,8 +103,13 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, upgrade } => {
-            let config = config::load(&config)?;
-            let server = server::build(&config, &server::Options { upgrade })?;
+            let source = std::fs::canonicalize(&config).unwrap_or(config);
+            let config = config::load(&source)?;
+            let options = server::Options {
+                upgrade,
+                source: Some(source),
+            };
+            let server = server::build(&config, &options)?;
             server.run_forever()
         }
         Command::Check { config } => match config::load(&config) {

@@ -74,6 +74,7 @@ pub struct TenantStats {
 /// Prometheus view of the current route table.
 pub struct Exporter {
     routes: Arc<ArcSwap<RouteTable>>,
+    reloads: Arc<crate::control::ReloadCounters>,
     descs: Vec<Desc>,
 }
 
@@ -205,10 +206,11 @@ const WEIGHT: &str = "fledge_canary_weight";
 const STATE: &str = "fledge_canary_state";
 const VERDICT: &str = "fledge_canary_verdict";
 const ROLLBACKS: &str = "fledge_rollbacks_total";
+const RELOADS: &str = "fledge_config_reloads_total";
 
 impl Exporter {
     /// An exporter of whatever table `routes` holds.
-    pub fn new(routes: Arc<ArcSwap<RouteTable>>) -> Self {
+    pub fn new(routes: Arc<ArcSwap<RouteTable>>, reloads: Arc<crate::control::ReloadCounters>) -> Self {
         let desc = |name: &str, help: &str, labels: &[&str]| {
             Desc::new(
                 name.into(),
@@ -241,8 +243,13 @@ impl Exporter {
                 &["tenant", "verdict"],
             ),
             desc(ROLLBACKS, "Canary rollbacks by reason.", &["tenant", "reason"]),
+            desc(RELOADS, "Config reloads by result.", &["result"]),
         ];
-        Exporter { routes, descs }
+        Exporter {
+            routes,
+            reloads,
+            descs,
+        }
     }
 
     /// Register in `registry`.
@@ -384,6 +391,19 @@ impl Collector for Exporter {
             family(STATE, help(3), MetricType::GAUGE, states),
             family(VERDICT, help(4), MetricType::GAUGE, verdicts),
             family(ROLLBACKS, help(5), MetricType::COUNTER, rollbacks),
+            family(
+                RELOADS,
+                help(6),
+                MetricType::COUNTER,
+                [
+                    ("applied", &self.reloads.applied),
+                    ("rejected", &self.reloads.rejected),
+                    ("unchanged", &self.reloads.unchanged),
+                ]
+                .iter()
+                .map(|(result, n)| counter(&[("result", result)], n.load(Relaxed) as f64))
+                .collect(),
+            ),
         ]
         .into_iter()
         .filter(|f| !f.get_metric().is_empty())

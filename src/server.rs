@@ -1,7 +1,10 @@
-//! Assembles the Pingora [`Server`]: the proxy service on `listen`, and the
-//! control-plane background services. `main` only parses the command line
-//! and calls [`build`]; the demo calls it too.
+//! Assembles the Pingora [`Server`]: the proxy service on `listen`, the
+//! admin service on `admin.listen`, and the control-plane background
+//! services. `main` only parses the command line and calls [`build`]; the
+//! demo calls it too.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,14 +13,12 @@ use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
-
-use std::sync::Arc;
-
 use pingora::services::listening::Service;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Token};
 use crate::analysis::AnalysisService;
-use crate::config::Config;
+use crate::config::watch::ConfigWatcher;
+use crate::config::{Config, TokenSource};
 use crate::control::Control;
 use crate::metrics::Exporter;
 use crate::proxy::FledgeProxy;
@@ -31,6 +32,8 @@ const KEEPALIVE_REQUEST_LIMIT: u32 = 1_000;
 const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// On SIGTERM, in-flight requests get this long to finish.
 const GRACE_PERIOD_SECONDS: u64 = 10;
+/// File holding the generated admin token, inside `state_dir`.
+pub const GENERATED_TOKEN_FILE: &str = "admin.token";
 
 /// Process-level switches that are not part of the config file.
 #[derive(Debug, Default, Clone)]
@@ -38,14 +41,21 @@ pub struct Options {
     /// Take the listening sockets over from a running fledge (Pingora's
     /// graceful upgrade: start with this, then SIGQUIT the old process).
     pub upgrade: bool,
+    /// The config file, watched and reloaded; `None` for an embedded one.
+    pub source: Option<PathBuf>,
 }
 
 /// Build the server for `config`. It starts serving on `run_forever`.
 pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     let cookie_key = cookie_key(config)?;
-    let control = Arc::new(Control::start(config.clone(), cookie_key)?);
+    let control = Arc::new(Control::start(
+        config.clone(),
+        cookie_key,
+        options.source.clone(),
+    )?);
+    let token = admin_token(config)?;
     let registry = prometheus::Registry::new();
-    Exporter::new(control.routes())
+    Exporter::new(control.routes(), control.reload_counters())
         .register(&registry)
         .context("cannot register metrics")?;
 
@@ -73,6 +83,14 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
 
+    let mut admin = Service::new(
+        "fledge admin".to_owned(),
+        Admin::new(Arc::clone(&control), registry, token),
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+
     server.add_service(background_service(
         "health checks",
         HealthChecks::new(control.routes()),
@@ -81,14 +99,12 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
         "analysis",
         AnalysisService::new(Arc::clone(&control)),
     ));
-
-    let mut admin = Service::new(
-        "fledge admin".to_owned(),
-        Admin::new(Arc::clone(&control), registry),
-    );
-    admin.add_tcp(&config.admin.listen.to_string());
-    admin.threads = Some(1);
-    server.add_service(admin);
+    if let Some(path) = &options.source {
+        server.add_service(background_service(
+            "config watcher",
+            ConfigWatcher::new(Arc::clone(&control), path.clone()),
+        ));
+    }
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin.listen,
@@ -117,4 +133,45 @@ fn cookie_key(config: &Config) -> anyhow::Result<CookieKey> {
             Ok(CookieKey::random())
         }
     }
+}
+
+/// The admin token: from the environment, from a file, or generated into
+/// `state_dir/admin.token` (mode 0600) when neither is configured. Never
+/// logged.
+fn admin_token(config: &Config) -> anyhow::Result<Token> {
+    let secret = match &config.admin.token {
+        TokenSource::Env(var) => {
+            std::env::var(var).with_context(|| format!("admin.token_env names `{var}`, which is not set"))?
+        }
+        TokenSource::File(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read admin.token_file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        TokenSource::Generated => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let path = config.state_dir.join(GENERATED_TOKEN_FILE);
+            match std::fs::read_to_string(&path) {
+                Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+                _ => {
+                    let mut bytes = [0u8; 24];
+                    getrandom::getrandom(&mut bytes).context("no OS random source for the admin token")?;
+                    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                    std::fs::create_dir_all(&config.state_dir)?;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    f.write_all(token.as_bytes())?;
+                    tracing::info!(file = %path.display(), "no admin token configured: generated one");
+                    token
+                }
+            }
+        }
+    };
+    anyhow::ensure!(secret.len() >= 16, "the admin token is shorter than 16 bytes");
+    Ok(Token::new(&secret))
 }

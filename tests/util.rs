@@ -15,6 +15,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 
+/// The admin token every test proxy runs with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// A port that was free a moment ago (Pingora cannot report the port of a
 /// `:0` listener, so we pick one and hand it over).
 pub fn free_port() -> u16 {
@@ -49,16 +52,17 @@ impl TestProxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut text = config.replace("{listen}", &addr.to_string());
         if !text.contains("\nadmin:") {
-            text += &format!("admin:\n  listen: \"{admin}\"\n");
+            text += &format!("admin:\n  listen: \"{admin}\"\n  token_env: FLEDGE_TEST_ADMIN_TOKEN\n");
         }
         if !text.contains("\nstate_dir:") {
             text += &format!("state_dir: \"{}\"\n", dir.path().join("state").display());
         }
         std::fs::write(dir.path().join("fledge.yaml"), text).unwrap();
-        let env = env
+        let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        env.push(("FLEDGE_TEST_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()));
         let child = Self::spawn(&dir, &env);
         let mut proxy = TestProxy {
             child,
@@ -112,9 +116,26 @@ impl TestProxy {
             .collect()
     }
 
+    /// A request to the admin listener with the token.
+    pub async fn admin(&self, method: &str, path: &str, body: &str) -> Resp {
+        self.admin_with(method, path, body, &[]).await
+    }
+
+    pub async fn admin_with(&self, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> Resp {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let mut h = vec![("authorization", auth.as_str())];
+        h.extend_from_slice(headers);
+        if !body.is_empty() {
+            h.push(("content-type", "application/json"));
+        }
+        Client::new(self.admin)
+            .send(method, "", path, &h, full(body.to_owned()))
+            .await
+    }
+
     /// `GET /metrics` from the admin listener.
     pub async fn metrics(&self) -> String {
-        let r = Client::new(self.admin).get("", "/metrics", &[]).await;
+        let r = self.admin("GET", "/metrics", "").await;
         assert_eq!(r.status, 200);
         String::from_utf8(r.body.to_vec()).unwrap()
     }

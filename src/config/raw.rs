@@ -48,6 +48,8 @@ pub(crate) struct Cookies {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Admin {
     pub(crate) listen: Option<String>,
+    pub(crate) token_env: Option<String>,
+    pub(crate) token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use super::{
     AdminConfig, AnalysisPolicy, Config, ConfigError, Cookies, HealthCheckConfig, HostPattern, Policy,
-    PoolConfig, Problem, Promotion, TenantConfig, Thresholds, Timeouts, Weight, DEFAULT_OVERRIDE_HEADER,
-    DEFAULT_STICKY_COOKIE,
+    PoolConfig, Problem, Promotion, TenantConfig, Thresholds, Timeouts, TokenSource, Weight,
+    DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
 };
 
 /// Name of the policy used by tenants that name none.
@@ -122,10 +122,28 @@ impl Checker<'_> {
         let timeouts = self.timeouts(&raw.timeouts);
         let cookies = self.cookies(raw.cookies);
         let admin_listen = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+        let token = match (raw.admin.token_env, raw.admin.token_file) {
+            (Some(_), Some(_)) => {
+                self.problem("admin.token_file", "give `token_env` or `token_file`, not both");
+                TokenSource::Generated
+            }
+            (Some(var), None) => {
+                if !is_env_name(&var) {
+                    self.problem(
+                        "admin.token_env",
+                        format!("`{var}` is not an environment variable name"),
+                    );
+                }
+                TokenSource::Env(var)
+            }
+            (None, Some(file)) => TokenSource::File(PathBuf::from(file)),
+            (None, None) => TokenSource::Generated,
+        };
         let admin = AdminConfig {
             listen: self
                 .socket_addr("admin.listen", admin_listen)
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            token,
         };
         let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
         if state_dir.as_os_str().is_empty() {
@@ -232,10 +250,7 @@ impl Checker<'_> {
 
     fn cookies(&mut self, c: raw::Cookies) -> Cookies {
         if let Some(name) = &c.secret_env {
-            let ok = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !name.as_bytes()[0].is_ascii_digit();
-            if !ok {
+            if !is_env_name(name) {
                 self.problem(
                     "cookies.secret_env",
                     format!("`{name}` is not an environment variable name"),
@@ -620,6 +635,12 @@ fn default_analysis() -> AnalysisPolicy {
 fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
     let known: Vec<&str> = known.map(String::as_str).collect();
     format!("unknown {what} `{name}` (known: {})", known.join(", "))
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
 }
 
 fn is_cookie_name_byte(b: u8) -> bool {

@@ -43,12 +43,12 @@ pub struct Entry<'a> {
     pub time: String,
     /// Milliseconds since the Unix epoch.
     pub unix_ms: u64,
-    /// The tenant.
-    pub tenant: &'a str,
+    /// The tenant (`None` for whole-config events such as reloads).
+    pub tenant: Option<&'a str>,
     /// The canary pool concerned.
     pub canary: Option<&'a str>,
     /// What happened: `started`, `weight`, `step`, `promoted`, `rolled_back`,
-    /// `paused`, `resumed`, `removed`.
+    /// `paused`, `resumed`, `removed`, `reload`, `reload_rejected`.
     pub event: &'a str,
     /// Who decided.
     pub actor: Actor,
