@@ -103,7 +103,9 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, upgrade } => {
-            let source = std::fs::canonicalize(&config).unwrap_or(config);
+            // Absolute, but symlinks kept: a ConfigMap's file is a symlink
+            // into `..data`, and the watcher must watch its directory.
+            let source = std::path::absolute(&config).unwrap_or(config);
             let config = config::load(&source)?;
             let options = server::Options {
                 upgrade,

@@ -11,12 +11,14 @@
 //!   forwarded headers, HTTP/2.
 //! - `failover`: dead canary workers, no replayed POST, WebSocket workers.
 //! - `streaming`: 200 MB up and down without buffering; WebSocket idle.
+//! - `hot_reload`: 100 reloads under load, broken files refused.
 //! - `rollback`: automatic rollback and promotion, persisted across restarts.
 //! - `mock_odoo`: the mock answers like Odoo and its fault knobs work.
 //! - `cli`: `fledge check`.
 
 mod cli;
 mod failover;
+mod hot_reload;
 mod mock_odoo;
 mod rollback;
 mod routing;
