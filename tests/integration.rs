@@ -14,8 +14,10 @@
 //! - `hot_reload`: 100 reloads under load, broken files refused.
 //! - `rollback`: automatic rollback and promotion, persisted across restarts.
 //! - `mock_odoo`: the mock answers like Odoo and its fault knobs work.
-//! - `cli`: `fledge check`.
+//! - `admin`: the admin API, its auth, and `docs/admin-api.yaml`.
+//! - `cli`: `fledge check` and `fledge ctl`.
 
+mod admin;
 mod cli;
 mod failover;
 mod hot_reload;
