@@ -22,11 +22,13 @@
 //! Tools:
 //! - [`mock_odoo`]: an Odoo stand-in for tests, demos and rehearsals.
 //! - [`demo`]: the embedded demo (`fledge demo`).
+//! - [`ctl`]: `fledge ctl`, the admin API's command-line client.
 
 pub mod admin;
 pub mod analysis;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod demo;
 pub mod error;
 pub mod metrics;

@@ -56,6 +56,20 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Drive a running fledge through its admin API (token in FLEDGE_ADMIN_TOKEN).
+    Ctl {
+        /// Address of the admin listener.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Read the token from this file instead of FLEDGE_ADMIN_TOKEN.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// Run a mock Odoo worker (for tests, demos and rehearsals).
     MockOdoo {
         /// Address to listen on.
@@ -82,6 +96,47 @@ enum Command {
         /// How long /longpolling/poll holds a request, in milliseconds.
         #[arg(long, default_value_t = 50_000)]
         longpoll_hold_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Every tenant: state, weight, verdict, live figures.
+    Status,
+    /// Set a tenant's canary weight (percent).
+    Weight {
+        /// The tenant.
+        tenant: String,
+        /// Percent, 0 to 100.
+        percent: f64,
+    },
+    /// Send a tenant's canary to 100 %.
+    Promote {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Send a tenant's canary to 0 %.
+    Rollback {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Freeze a tenant's canary where it is.
+    Pause {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Unfreeze a paused canary or re-arm a rolled-back one.
+    Resume {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Re-read the config file.
+    Reload,
+    /// The decision journal.
+    Journal {
+        /// Only entries after this (Unix milliseconds or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -141,6 +196,51 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let server = server::build(&config, &server::Options::default())?;
             println!("{}", demo::instructions(&config));
             server.run_forever()
+        }
+        Command::Ctl {
+            admin,
+            token_file,
+            json,
+            command,
+        } => {
+            let token = match token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => std::env::var(fledge::ctl::TOKEN_ENV).ok(),
+            };
+            let target = fledge::ctl::Target { admin, token, json };
+            let command = match command {
+                CtlCommand::Status => fledge::ctl::Command::Status,
+                CtlCommand::Weight { tenant, percent } => fledge::ctl::Command::Weight { tenant, percent },
+                CtlCommand::Promote { tenant } => fledge::ctl::Command::Action {
+                    tenant,
+                    action: "promote",
+                },
+                CtlCommand::Rollback { tenant } => fledge::ctl::Command::Action {
+                    tenant,
+                    action: "rollback",
+                },
+                CtlCommand::Pause { tenant } => fledge::ctl::Command::Action {
+                    tenant,
+                    action: "pause",
+                },
+                CtlCommand::Resume { tenant } => fledge::ctl::Command::Action {
+                    tenant,
+                    action: "resume",
+                },
+                CtlCommand::Reload => fledge::ctl::Command::Reload,
+                CtlCommand::Journal { since } => fledge::ctl::Command::Journal { since },
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start a tokio runtime")?;
+            print!("{}", rt.block_on(fledge::ctl::run(&target, &command))?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::MockOdoo {
             listen,
