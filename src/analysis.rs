@@ -39,6 +39,7 @@ pub struct Analyzer {
 
 #[derive(Debug)]
 struct Tracked {
+    name: Arc<str>,
     epoch: u32,
     window: window::Window,
     last: verdict::Verdict,
@@ -61,21 +62,22 @@ impl Analyzer {
             seen += 1;
             let policy = &t.policy().analysis;
             let slots = usize::try_from(policy.window.as_millis() / TICK.as_millis()).unwrap_or(1);
-            let tracked = self
-                .windows
-                .entry(Arc::from(t.name()))
-                .or_insert_with(|| Tracked {
-                    epoch: t.epoch(),
-                    window: window::Window::new(slots),
-                    last: verdict::Verdict::Inconclusive,
-                });
-            if tracked.epoch != t.epoch() {
-                // A new canary pool: a fresh window.
-                *tracked = Tracked {
+            if !self.windows.contains_key(t.name()) {
+                let name: Arc<str> = Arc::from(t.name());
+                let fresh = Tracked {
+                    name: Arc::clone(&name),
                     epoch: t.epoch(),
                     window: window::Window::new(slots),
                     last: verdict::Verdict::Inconclusive,
                 };
+                self.windows.insert(name, fresh);
+            }
+            let tracked = self.windows.get_mut(t.name()).expect("inserted above");
+            if tracked.epoch != t.epoch() {
+                // A new canary pool: a fresh window.
+                tracked.epoch = t.epoch();
+                tracked.window = window::Window::new(slots);
+                tracked.last = verdict::Verdict::Inconclusive;
             }
             let stats = t.stats();
             tracked.window.push(
@@ -103,7 +105,7 @@ impl Analyzer {
             }
             stats.set_verdict(&tracked.last);
             out.push(Judgement {
-                tenant: Arc::from(t.name()),
+                tenant: Arc::clone(&tracked.name),
                 verdict: tracked.last.clone(),
                 new_requests,
             });

@@ -23,8 +23,26 @@ pub const SLOT_BOUNDS_US: [u64; 15] = [
 ];
 const SLOT_BUCKETS: usize = SLOT_BOUNDS_US.len() + 1;
 
+/// Which coarse bucket each fine bucket falls in, computed once.
+const COARSE_OF: [usize; LATENCY_BUCKETS] = {
+    let mut map = [SLOT_BUCKETS - 1; LATENCY_BUCKETS];
+    let mut fine = 0;
+    while fine < LATENCY_BOUNDS_US.len() {
+        let mut coarse = 0;
+        while coarse < SLOT_BOUNDS_US.len() && SLOT_BOUNDS_US[coarse] < LATENCY_BOUNDS_US[fine] {
+            coarse += 1;
+        }
+        map[fine] = coarse;
+        fine += 1;
+    }
+    map
+};
+
+/// One version's counters at one tick, coarsened, as cumulative totals
+/// modulo 2^32: the difference of two of them is exact as long as a
+/// window holds fewer than four billion requests.
 #[derive(Debug, Clone, Copy, Default)]
-struct Counts {
+struct Totals {
     requests: u32,
     errors: u32,
     latency: [u32; SLOT_BUCKETS],
@@ -32,43 +50,63 @@ struct Counts {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
-    stable: Counts,
-    canary: Counts,
+    stable: Totals,
+    canary: Totals,
 }
 
 /// One tenant's window.
+///
+/// Each slot holds the cumulative totals at its tick, so the traffic of any
+/// stretch of newest slots is one subtraction, and the stretch holding
+/// `min_requests` canary requests is found by binary search: a tick costs
+/// the same for a busy tenant as for a quiet one.
 #[derive(Debug)]
 pub struct Window {
     slots: VecDeque<Slot>,
     capacity: usize,
-    last: Option<(Snapshot, Snapshot)>,
 }
 
-/// Which coarse bucket each fine bucket falls in.
-fn coarse_of(fine: usize) -> usize {
-    match LATENCY_BOUNDS_US.get(fine) {
-        Some(&bound) => SLOT_BOUNDS_US.partition_point(|&b| b < bound),
-        None => SLOT_BUCKETS - 1,
+impl Totals {
+    fn of(s: &Snapshot) -> Self {
+        let mut t = Totals {
+            // Wrapping on purpose: see the type's doc.
+            requests: s.requests() as u32,
+            errors: s.errors() as u32,
+            latency: [0; SLOT_BUCKETS],
+        };
+        for (fine, &n) in s.latency.iter().enumerate() {
+            t.latency[COARSE_OF[fine]] = t.latency[COARSE_OF[fine]].wrapping_add(n as u32);
+        }
+        t
+    }
+
+    fn minus(&self, older: &Totals) -> Sample64 {
+        let mut latency = [0u64; SLOT_BUCKETS];
+        for (i, l) in latency.iter_mut().enumerate() {
+            *l = u64::from(self.latency[i].wrapping_sub(older.latency[i]));
+        }
+        Sample64 {
+            requests: u64::from(self.requests.wrapping_sub(older.requests)),
+            errors: u64::from(self.errors.wrapping_sub(older.errors)),
+            latency,
+        }
     }
 }
 
-fn delta(now: &Snapshot, before: Option<&Snapshot>) -> Counts {
-    let d = |a: u64, b: u64| u32::try_from(a.saturating_sub(b)).unwrap_or(u32::MAX);
-    let zero = Snapshot {
-        outcomes: Default::default(),
-        latency: [0; LATENCY_BUCKETS],
-        latency_sum_us: 0,
-    };
-    let before = before.unwrap_or(&zero);
-    let mut c = Counts {
-        requests: d(now.requests(), before.requests()),
-        errors: d(now.errors(), before.errors()),
-        latency: [0; SLOT_BUCKETS],
-    };
-    for i in 0..LATENCY_BUCKETS {
-        c.latency[coarse_of(i)] += d(now.latency[i], before.latency[i]);
+struct Sample64 {
+    requests: u64,
+    errors: u64,
+    latency: [u64; SLOT_BUCKETS],
+}
+
+impl Sample64 {
+    fn sample(&self, q: f64) -> Sample {
+        Sample {
+            requests: self.requests,
+            errors: self.errors,
+            latency_ms: quantile(&self.latency, q),
+        }
     }
-    c
 }
 
 /// The `q`-quantile (0..1) of a coarse histogram, interpolated within its
@@ -98,34 +136,38 @@ fn quantile(hist: &[u64; SLOT_BUCKETS], q: f64) -> Option<f64> {
 }
 
 impl Window {
-    /// A window of `slots` slots (window length over tick length).
+    /// A window spanning `slots` ticks.
     pub fn new(slots: usize) -> Self {
         Window {
-            slots: VecDeque::with_capacity(slots.max(1)),
-            capacity: slots.max(1),
-            last: None,
+            slots: VecDeque::new(),
+            // One more totals than slots: the oldest is the baseline.
+            capacity: slots.max(1) + 1,
         }
     }
 
-    /// Add a slot: what happened since the previous call, from cumulative
-    /// snapshots. The first call only sets the baseline.
+    /// Record the cumulative counters at this tick.
     pub fn push(&mut self, stable: Snapshot, canary: Snapshot) {
-        if let Some((s, c)) = &self.last {
-            let slot = Slot {
-                stable: delta(&stable, Some(s)),
-                canary: delta(&canary, Some(c)),
-            };
-            if self.slots.len() == self.capacity {
-                self.slots.pop_front();
-            }
-            self.slots.push_back(slot);
+        if self.slots.len() == self.capacity {
+            self.slots.pop_front();
         }
-        self.last = Some((stable, canary));
+        self.slots.push_back(Slot {
+            stable: Totals::of(&stable),
+            canary: Totals::of(&canary),
+        });
     }
 
-    /// Canary requests in the newest slot.
+    /// Canary requests since the previous tick.
     pub fn newest_canary_requests(&self) -> u64 {
-        self.slots.back().map_or(0, |s| u64::from(s.canary.requests))
+        let n = self.slots.len();
+        if n < 2 {
+            return 0;
+        }
+        u64::from(
+            self.slots[n - 1]
+                .canary
+                .requests
+                .wrapping_sub(self.slots[n - 2].canary.requests),
+        )
     }
 
     /// Stable and canary over the newest slots holding `min_requests` canary
@@ -147,34 +189,44 @@ impl Window {
     /// The shortest stretch sees a fault within moments of its start; the
     /// longer ones have the numbers to tell a real regression from noise.
     pub fn scales(&self, min_requests: u64, q: f64, mut judge: impl FnMut(Sample, Sample) -> bool) {
-        let mut sums = [(0u64, 0u64, [0u64; SLOT_BUCKETS]); 2];
-        let mut next = min_requests.max(1);
-        let sample = |(requests, errors, hist): &(u64, u64, [u64; SLOT_BUCKETS])| Sample {
-            requests: *requests,
-            errors: *errors,
-            latency_ms: quantile(hist, q),
-        };
-        let last = self.slots.len();
-        for (i, slot) in self.slots.iter().rev().enumerate() {
-            for (sum, counts) in sums.iter_mut().zip([&slot.stable, &slot.canary]) {
-                sum.0 += u64::from(counts.requests);
-                sum.1 += u64::from(counts.errors);
-                for (h, &n) in sum.2.iter_mut().zip(&counts.latency) {
-                    *h += u64::from(n);
-                }
-            }
-            let at_end = i + 1 == last;
-            if sums[1].0 >= next || at_end {
-                if judge(sample(&sums[0]), sample(&sums[1])) {
-                    return;
-                }
-                while next <= sums[1].0 {
-                    next = next.saturating_mul(2);
-                }
-            }
-        }
-        if last == 0 {
+        let Some(newest) = self.slots.back() else {
             judge(Sample::default(), Sample::default());
+            return;
+        };
+        let oldest = 0usize;
+        let canary_since =
+            |i: usize| u64::from(newest.canary.requests.wrapping_sub(self.slots[i].canary.requests));
+        let mut want = min_requests.max(1);
+        loop {
+            // The newest baseline index whose stretch holds `want` canary
+            // requests (counts grow as the baseline moves back in time).
+            let (mut lo, mut hi) = (oldest, self.slots.len() - 1);
+            let whole = canary_since(oldest) < want;
+            let start = if whole {
+                oldest
+            } else {
+                while lo < hi {
+                    let mid = (lo + hi).div_ceil(2);
+                    if canary_since(mid) >= want {
+                        lo = mid;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                lo
+            };
+            let base = &self.slots[start];
+            let (s, c) = (
+                newest.stable.minus(&base.stable),
+                newest.canary.minus(&base.canary),
+            );
+            let got = c.requests;
+            if judge(s.sample(q), c.sample(q)) || whole || start == oldest {
+                return;
+            }
+            while want <= got {
+                want = want.saturating_mul(2);
+            }
         }
     }
 }
