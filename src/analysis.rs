@@ -81,8 +81,8 @@ impl Analyzer {
             }
             let stats = t.stats();
             tracked.window.push(
-                stats.version(Version::Stable).snapshot(),
-                stats.version(Version::Canary).snapshot(),
+                &stats.version(Version::Stable).snapshot(),
+                &stats.version(Version::Canary).snapshot(),
             );
             let new_requests = tracked.window.newest_canary_requests();
             if new_requests > 0 {

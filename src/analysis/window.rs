@@ -146,13 +146,13 @@ impl Window {
     }
 
     /// Record the cumulative counters at this tick.
-    pub fn push(&mut self, stable: Snapshot, canary: Snapshot) {
+    pub fn push(&mut self, stable: &Snapshot, canary: &Snapshot) {
         if self.slots.len() == self.capacity {
             self.slots.pop_front();
         }
         self.slots.push_back(Slot {
-            stable: Totals::of(&stable),
-            canary: Totals::of(&canary),
+            stable: Totals::of(stable),
+            canary: Totals::of(canary),
         });
     }
 
@@ -237,10 +237,10 @@ mod tests {
     fn scales_double_until_the_whole_window() {
         let (s, c) = (VersionStats::default(), VersionStats::default());
         let mut w = Window::new(100);
-        w.push(s.snapshot(), c.snapshot());
+        w.push(&s.snapshot(), &c.snapshot());
         for _ in 0..100 {
             record(&c, 10, Outcome::Ok, 10);
-            w.push(s.snapshot(), c.snapshot());
+            w.push(&s.snapshot(), &c.snapshot());
         }
         let mut seen = Vec::new();
         w.scales(100, 0.99, |_, canary| {
@@ -264,19 +264,19 @@ mod tests {
     fn window_reads_the_newest_slots_holding_min_requests() {
         let (s, c) = (VersionStats::default(), VersionStats::default());
         let mut w = Window::new(300);
-        w.push(s.snapshot(), c.snapshot());
+        w.push(&s.snapshot(), &c.snapshot());
         // Ten healthy slots of 20 canary requests each...
         for _ in 0..10 {
             record(&s, 80, Outcome::Ok, 20);
             record(&c, 20, Outcome::Ok, 20);
-            w.push(s.snapshot(), c.snapshot());
+            w.push(&s.snapshot(), &c.snapshot());
         }
         // ...then two failing ones.
         for _ in 0..2 {
             record(&s, 80, Outcome::Ok, 20);
             record(&c, 14, Outcome::Ok, 20);
             record(&c, 6, Outcome::ServerError, 20);
-            w.push(s.snapshot(), c.snapshot());
+            w.push(&s.snapshot(), &c.snapshot());
         }
         let (stable, canary) = w.samples(40, 0.99);
         assert_eq!((canary.requests, canary.errors), (40, 12));
@@ -290,13 +290,13 @@ mod tests {
     fn old_slots_fall_out_and_client_aborts_are_not_judged() {
         let (s, c) = (VersionStats::default(), VersionStats::default());
         let mut w = Window::new(3);
-        w.push(s.snapshot(), c.snapshot());
+        w.push(&s.snapshot(), &c.snapshot());
         record(&c, 50, Outcome::ServerError, 10);
-        w.push(s.snapshot(), c.snapshot());
+        w.push(&s.snapshot(), &c.snapshot());
         for _ in 0..3 {
             record(&c, 10, Outcome::Ok, 10);
             record(&c, 10, Outcome::ClientAbort, 10);
-            w.push(s.snapshot(), c.snapshot());
+            w.push(&s.snapshot(), &c.snapshot());
         }
         let (_, canary) = w.samples(1_000, 0.99);
         assert_eq!((canary.requests, canary.errors), (30, 0));
@@ -306,10 +306,10 @@ mod tests {
     fn quantiles_interpolate_within_a_bucket() {
         let (s, c) = (VersionStats::default(), VersionStats::default());
         let mut w = Window::new(10);
-        w.push(s.snapshot(), c.snapshot());
+        w.push(&s.snapshot(), &c.snapshot());
         record(&c, 98, Outcome::Ok, 3);
         record(&c, 2, Outcome::Ok, 900);
-        w.push(s.snapshot(), c.snapshot());
+        w.push(&s.snapshot(), &c.snapshot());
         let (stable, canary) = w.samples(1, 0.99);
         let p99 = canary.latency_ms.unwrap();
         assert!((750.0..=1000.0).contains(&p99), "{p99}");
