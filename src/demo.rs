@@ -75,6 +75,12 @@ pub fn start_mocks(config: &Config) -> anyhow::Result<()> {
 /// The curl lines printed at start.
 pub fn instructions(config: &Config) -> String {
     let p = config.listen;
+    let a = config.admin.listen;
+    let token = config
+        .state_dir
+        .join(crate::server::GENERATED_TOKEN_FILE)
+        .display()
+        .to_string();
     format!(
         "\
 fledge demo: proxy on http://{p}, tenants `acme` (17.0 stable, 18.0 canary at 20%) and `globex` (17.0 only)
@@ -96,6 +102,14 @@ A JSON-RPC call:
 
 An unknown host:
   curl -si -H 'Host: nobody.localhost' http://{p}/
+
+The admin API, metrics and fledge ctl (token generated into the demo's state directory):
+  export FLEDGE_ADMIN_TOKEN=$(cat {token})
+  curl -s -H \"Authorization: Bearer $FLEDGE_ADMIN_TOKEN\" http://{a}/metrics | grep ^fledge_
+  fledge ctl --admin {a} status
+  fledge ctl --admin {a} weight acme 50
+  curl -s -X PUT -d '{{\"error_rate\": 0.5}}' http://127.0.0.1:19069/__mock/knobs   # break the canary: watch it roll back
+  fledge ctl --admin {a} journal
 
 Ctrl-C stops the demo.
 "
