@@ -34,7 +34,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// The analysis state: one window per canary tenant.
 #[derive(Debug, Default)]
 pub struct Analyzer {
-    windows: HashMap<Arc<str>, Tracked>,
+    windows: HashMap<Arc<str>, Tracked, ahash::RandomState>,
 }
 
 #[derive(Debug)]
@@ -62,17 +62,19 @@ impl Analyzer {
             seen += 1;
             let policy = &t.policy().analysis;
             let slots = usize::try_from(policy.window.as_millis() / TICK.as_millis()).unwrap_or(1);
-            if !self.windows.contains_key(t.name()) {
-                let name: Arc<str> = Arc::from(t.name());
-                let fresh = Tracked {
-                    name: Arc::clone(&name),
-                    epoch: t.epoch(),
-                    window: window::Window::new(slots),
-                    last: verdict::Verdict::Inconclusive,
-                };
-                self.windows.insert(name, fresh);
-            }
-            let tracked = self.windows.get_mut(t.name()).expect("inserted above");
+            let tracked = match self.windows.get_mut(t.name()) {
+                Some(tracked) => tracked,
+                None => {
+                    let name: Arc<str> = Arc::from(t.name());
+                    let fresh = Tracked {
+                        name: Arc::clone(&name),
+                        epoch: t.epoch(),
+                        window: window::Window::new(slots),
+                        last: verdict::Verdict::Inconclusive,
+                    };
+                    self.windows.entry(name).or_insert(fresh)
+                }
+            };
             if tracked.epoch != t.epoch() {
                 // A new canary pool: a fresh window.
                 tracked.epoch = t.epoch();

@@ -196,15 +196,26 @@ impl Window {
         let oldest = 0usize;
         let canary_since =
             |i: usize| u64::from(newest.canary.requests.wrapping_sub(self.slots[i].canary.requests));
+        let last = self.slots.len() - 1;
         let mut want = min_requests.max(1);
         loop {
-            // The newest baseline index whose stretch holds `want` canary
-            // requests (counts grow as the baseline moves back in time).
-            let (mut lo, mut hi) = (oldest, self.slots.len() - 1);
+            // The newest baseline whose stretch holds `want` canary requests.
+            // Gallop back from the newest slot (a busy tenant's stretch is
+            // short, and the slots it touches are adjacent in memory), then
+            // bisect the bracket.
             let whole = canary_since(oldest) < want;
             let start = if whole {
                 oldest
             } else {
+                let mut step = 1usize;
+                let mut hi = last;
+                let mut lo = last.saturating_sub(step);
+                while lo > oldest && canary_since(lo) < want {
+                    hi = lo;
+                    step *= 2;
+                    lo = last.saturating_sub(step).max(oldest);
+                }
+                // Now canary_since(lo) >= want (the oldest holds enough).
                 while lo < hi {
                     let mid = (lo + hi).div_ceil(2);
                     if canary_since(mid) >= want {
@@ -233,6 +244,33 @@ impl Window {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_shortest_stretch_is_the_one_a_linear_scan_finds() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..200 {
+            let (s, c) = (VersionStats::default(), VersionStats::default());
+            let mut w = Window::new(50);
+            w.push(&s.snapshot(), &c.snapshot());
+            let mut per_slot = Vec::new();
+            for _ in 0..rng.usize(1..80) {
+                let n = rng.usize(0..6);
+                record(&c, n, Outcome::Ok, 10);
+                per_slot.push(n as u64);
+                w.push(&s.snapshot(), &c.snapshot());
+            }
+            let kept = &per_slot[per_slot.len().saturating_sub(50)..];
+            let min = rng.u64(1..60);
+            let mut sum = 0;
+            for n in kept.iter().rev() {
+                sum += n;
+                if sum >= min {
+                    break;
+                }
+            }
+            assert_eq!(w.samples(min, 0.99).1.requests, sum, "min {min}, slots {kept:?}");
+        }
+    }
+
     #[test]
     fn scales_double_until_the_whole_window() {
         let (s, c) = (VersionStats::default(), VersionStats::default());
