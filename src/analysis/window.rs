@@ -50,9 +50,18 @@ struct Totals {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
+    tick: u64,
     stable: Totals,
     canary: Totals,
 }
+
+/// Ticks kept at full resolution: the last two seconds, where a sudden
+/// failure shows first.
+const FINE_TICKS: usize = 20;
+/// Older checkpoints are thinned to one in this many ticks (one a second):
+/// a 30 s window is then ~50 checkpoints (7 KiB), not 300 (43 KiB), which
+/// is what lets 10 000 tenants run canaries at once.
+const COARSE_EVERY: u64 = 10;
 
 /// One tenant's window.
 ///
@@ -63,7 +72,10 @@ struct Slot {
 #[derive(Debug)]
 pub struct Window {
     slots: VecDeque<Slot>,
-    capacity: usize,
+    span: u64,
+    tick: u64,
+    fine: usize,
+    coarse_every: u64,
 }
 
 impl Totals {
@@ -136,24 +148,47 @@ fn quantile(hist: &[u64; SLOT_BUCKETS], q: f64) -> Option<f64> {
 }
 
 impl Window {
-    /// A window spanning `slots` ticks.
+    /// A window spanning `slots` ticks: full resolution for the newest
+    /// ticks, one checkpoint a second beyond.
     pub fn new(slots: usize) -> Self {
+        Self::with_resolution(slots, FINE_TICKS, COARSE_EVERY)
+    }
+
+    /// A window keeping the newest `fine` ticks, then one tick in
+    /// `coarse_every`.
+    pub fn with_resolution(slots: usize, fine: usize, coarse_every: u64) -> Self {
         Window {
             slots: VecDeque::new(),
-            // One more totals than slots: the oldest is the baseline.
-            capacity: slots.max(1) + 1,
+            span: slots.max(1) as u64,
+            tick: 0,
+            fine,
+            coarse_every: coarse_every.max(1),
         }
     }
 
     /// Record the cumulative counters at this tick.
     pub fn push(&mut self, stable: &Snapshot, canary: &Snapshot) {
-        if self.slots.len() == self.capacity {
-            self.slots.pop_front();
-        }
+        self.tick += 1;
         self.slots.push_back(Slot {
+            tick: self.tick,
             stable: Totals::of(stable),
             canary: Totals::of(canary),
         });
+        // The checkpoint leaving the fine stretch survives only on a
+        // coarse boundary.
+        let len = self.slots.len();
+        if len > self.fine.saturating_add(1) {
+            let leaving = len - 1 - self.fine;
+            if self.slots[leaving].tick % self.coarse_every != 0 && leaving > 0 {
+                self.slots.remove(leaving);
+            }
+        }
+        // The front is the baseline: the newest checkpoint at or before the
+        // window's start.
+        let start = self.tick.saturating_sub(self.span);
+        while self.slots.len() > 1 && self.slots[1].tick <= start {
+            self.slots.pop_front();
+        }
     }
 
     /// Canary requests since the previous tick.
@@ -249,7 +284,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(3);
         for _ in 0..200 {
             let (s, c) = (VersionStats::default(), VersionStats::default());
-            let mut w = Window::new(50);
+            let mut w = Window::with_resolution(50, usize::MAX, 1);
             w.push(&s.snapshot(), &c.snapshot());
             let mut per_slot = Vec::new();
             for _ in 0..rng.usize(1..80) {
@@ -272,9 +307,42 @@ mod tests {
     }
 
     #[test]
+    fn old_checkpoints_are_thinned_and_the_whole_window_stays_exact() {
+        let (s, c) = (VersionStats::default(), VersionStats::default());
+        let mut w = Window::new(300);
+        w.push(&s.snapshot(), &c.snapshot());
+        for i in 0..1_000u64 {
+            record(
+                &c,
+                1,
+                if i % 10 == 0 {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Ok
+                },
+                10,
+            );
+            w.push(&s.snapshot(), &c.snapshot());
+            assert!(
+                w.slots.len() <= FINE_TICKS + 300 / 10 + 2,
+                "{} checkpoints",
+                w.slots.len()
+            );
+        }
+        // The whole window: 300 ticks of one request each, give or take the
+        // coarse spacing at its old end.
+        let (_, canary) = w.samples(u64::MAX, 0.99);
+        assert!((300..310).contains(&canary.requests), "{}", canary.requests);
+        assert!((30..32).contains(&canary.errors), "{}", canary.errors);
+        // The newest ticks are exact.
+        assert_eq!(w.samples(7, 0.99).1.requests, 7);
+        assert_eq!(w.newest_canary_requests(), 1);
+    }
+
+    #[test]
     fn scales_double_until_the_whole_window() {
         let (s, c) = (VersionStats::default(), VersionStats::default());
-        let mut w = Window::new(100);
+        let mut w = Window::with_resolution(100, usize::MAX, 1);
         w.push(&s.snapshot(), &c.snapshot());
         for _ in 0..100 {
             record(&c, 10, Outcome::Ok, 10);
@@ -301,7 +369,7 @@ mod tests {
     #[test]
     fn window_reads_the_newest_slots_holding_min_requests() {
         let (s, c) = (VersionStats::default(), VersionStats::default());
-        let mut w = Window::new(300);
+        let mut w = Window::with_resolution(300, usize::MAX, 1);
         w.push(&s.snapshot(), &c.snapshot());
         // Ten healthy slots of 20 canary requests each...
         for _ in 0..10 {
