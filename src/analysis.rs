@@ -95,7 +95,7 @@ impl Analyzer {
                     policy.thresholds.min_requests,
                     policy.quantile,
                     |stable, canary| {
-                        let v = verdict::evaluate(&policy.thresholds, &stable, &canary);
+                        let v = verdict::evaluate(&policy.thresholds, policy.quantile, &stable, &canary);
                         let stop = matches!(v, verdict::Verdict::Breach(_));
                         if stop || verdict.is_none() {
                             verdict = Some(v);

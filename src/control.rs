@@ -249,7 +249,11 @@ impl Control {
             };
             let after = Position::new(rollout.state, rollout.weight);
             let (event, reason, figures) = match &change {
-                Change::RolledBack(b) => ("rolled_back", Some(b.check.as_str().to_owned()), Some(b.clone())),
+                Change::RolledBack(b) => (
+                    "rolled_back",
+                    Some(b.check.as_str().to_owned()),
+                    Some((**b).clone()),
+                ),
                 Change::Stepped { .. } => ("step", Some("healthy for the step interval".to_owned()), None),
                 Change::Promoted { .. } => ("promoted", Some("healthy at every step".to_owned()), None),
             };

@@ -69,7 +69,7 @@ pub struct Promotion {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// Rolled back after enough breaches in a row.
-    RolledBack(Breach),
+    RolledBack(Box<Breach>),
     /// Moved to the next step.
     Stepped {
         /// Weight before.
@@ -169,7 +169,7 @@ impl Rollout {
                     self.since_breach = 0;
                 }
                 if self.breaches >= consecutive_breaches {
-                    self.roll_back(b.check.as_str(), Some(b.clone()));
+                    self.roll_back(b.check.as_str(), Some((**b).clone()));
                     return Some(Change::RolledBack(b.clone()));
                 }
                 None
@@ -237,13 +237,13 @@ mod tests {
     }
 
     fn breach() -> Verdict {
-        Verdict::Breach(Breach {
+        Verdict::Breach(Box::new(Breach {
             check: Check::ErrorRateIncrease,
             observed: 30.0,
             limit: 5.0,
             canary: Sample::default(),
             stable: Sample::default(),
-        })
+        }))
     }
 
     const TICK: Duration = Duration::from_millis(100);

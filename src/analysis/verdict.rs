@@ -12,6 +12,9 @@ pub struct Sample {
     pub errors: u64,
     /// The policy's latency quantile, in milliseconds (`None`: no latencies).
     pub latency_ms: Option<f64>,
+    /// Latencies by the window's buckets (`window::SLOT_BOUNDS_US`).
+    #[serde(skip)]
+    pub histogram: [u64; super::window::SLOT_BUCKETS],
 }
 
 /// A policy's thresholds. Each check is optional; absolute checks judge the
@@ -39,7 +42,7 @@ pub enum Verdict {
     /// Every configured check passed.
     Healthy,
     /// A check failed.
-    Breach(Breach),
+    Breach(Box<Breach>),
 }
 
 /// Which check failed, and the figures that made it fail.
@@ -84,6 +87,55 @@ pub const LATENCY_RATIO_FLOOR_MS: f64 = 50.0;
 // === impl Sample ===
 
 impl Sample {
+    /// A sample whose `requests` all took `latency_ms` (for tests and tools).
+    pub fn uniform(requests: u64, errors: u64, latency_ms: f64) -> Self {
+        let mut histogram = [0u64; super::window::SLOT_BUCKETS];
+        let us = latency_ms * 1000.0;
+        let i = super::window::SLOT_BOUNDS_US.partition_point(|&b| (b as f64) < us);
+        histogram[i] = requests;
+        Sample {
+            requests,
+            errors,
+            latency_ms: Some(latency_ms),
+            histogram,
+        }
+    }
+
+    /// How many latencies exceed `ms`, spreading each bucket evenly.
+    pub fn slower_than(&self, ms: f64) -> f64 {
+        let bounds = &super::window::SLOT_BOUNDS_US;
+        let us = ms * 1000.0;
+        let mut slower = 0.0;
+        for (i, &n) in self.histogram.iter().enumerate() {
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] as f64 };
+            let upper = bounds.get(i).map_or(f64::INFINITY, |&b| b as f64);
+            if lower >= us {
+                slower += n as f64;
+            } else if upper > us && upper.is_finite() {
+                slower += n as f64 * (upper - us) / (upper - lower);
+            } else if upper > us {
+                slower += n as f64;
+            }
+        }
+        slower
+    }
+
+    /// Are significantly more than `1 - q` of the latencies above `ms`? A
+    /// quantile read from a few requests is their slowest one, so the test
+    /// is on the share of slow requests, with the same confidence as the
+    /// error-rate checks.
+    fn significantly_slower(&self, ms: f64, q: f64) -> bool {
+        let n: u64 = self.histogram.iter().sum();
+        if n == 0 {
+            return false;
+        }
+        let slow = self.slower_than(ms);
+        let nn = n as f64 + 4.0;
+        let p = (slow + 2.0) / nn;
+        let margin = slow / n as f64 - (1.0 - q);
+        margin > CONFIDENCE_Z * (p * (1.0 - p) / nn).sqrt()
+    }
+
     /// Agresti–Coull estimate of the error proportion and its variance; the
     /// variance is what we use: unlike the plain one it is not 0 at 0 and
     /// 100 %, where a small sample would otherwise claim certainty.
@@ -145,19 +197,19 @@ impl Check {
 /// skipped, and if only relative checks are configured the verdict is
 /// inconclusive. So a platform-wide incident, where stable is as bad as the
 /// canary, never fails a relative policy.
-pub fn evaluate(t: &Thresholds, stable: &Sample, canary: &Sample) -> Verdict {
+pub fn evaluate(t: &Thresholds, quantile: f64, stable: &Sample, canary: &Sample) -> Verdict {
     if canary.requests < t.min_requests.max(1) {
         return Verdict::Inconclusive;
     }
     let stable_ok = stable.requests >= t.min_requests.max(1);
     let breach = |check, observed, limit| {
-        Verdict::Breach(Breach {
+        Verdict::Breach(Box::new(Breach {
             check,
             observed,
             limit,
             canary: *canary,
             stable: *stable,
-        })
+        }))
     };
     let canary_rate = canary.error_rate_percent();
 
@@ -177,7 +229,7 @@ pub fn evaluate(t: &Thresholds, stable: &Sample, canary: &Sample) -> Verdict {
         }
     }
     if let (Some(limit), Some(latency)) = (t.max_latency_ms, canary.latency_ms) {
-        if latency > limit {
+        if latency > limit && canary.significantly_slower(limit, quantile) {
             return breach(Check::Latency, latency, limit);
         }
     }
@@ -187,7 +239,11 @@ pub fn evaluate(t: &Thresholds, stable: &Sample, canary: &Sample) -> Verdict {
         stable.latency_ms,
         stable_ok,
     ) {
-        if c >= LATENCY_RATIO_FLOOR_MS && s > 0.0 && c / s > limit {
+        if c >= LATENCY_RATIO_FLOOR_MS
+            && s > 0.0
+            && c / s > limit
+            && canary.significantly_slower(s * limit, quantile)
+        {
             return breach(Check::LatencyRatio, c / s, limit);
         }
     }

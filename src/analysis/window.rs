@@ -21,7 +21,8 @@ pub const SLOT_BOUNDS_US: [u64; 15] = [
     5_000, 10_000, 25_000, 50_000, 100_000, 150_000, 250_000, 400_000, 500_000, 750_000, 1_000_000,
     1_500_000, 2_500_000, 5_000_000, 10_000_000,
 ];
-const SLOT_BUCKETS: usize = SLOT_BOUNDS_US.len() + 1;
+/// Buckets of the coarse histogram.
+pub const SLOT_BUCKETS: usize = SLOT_BOUNDS_US.len() + 1;
 
 /// Which coarse bucket each fine bucket falls in, computed once.
 const COARSE_OF: [usize; LATENCY_BUCKETS] = {
@@ -117,6 +118,7 @@ impl Sample64 {
             requests: self.requests,
             errors: self.errors,
             latency_ms: quantile(&self.latency, q),
+            histogram: self.latency,
         }
     }
 }

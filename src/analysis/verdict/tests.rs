@@ -1,11 +1,7 @@
 use super::*;
 
 fn sample(requests: u64, errors: u64, latency_ms: f64) -> Sample {
-    Sample {
-        requests,
-        errors,
-        latency_ms: Some(latency_ms),
-    }
+    Sample::uniform(requests, errors, latency_ms)
 }
 
 fn relative() -> Thresholds {
@@ -248,20 +244,26 @@ fn every_verdict_of_the_table() {
                 requests: 100,
                 errors: 0,
                 latency_ms: None,
+                histogram: Default::default(),
             },
             "healthy",
             None,
         ),
     ];
     for (name, t, stable, canary, label, check) in cases {
-        let v = evaluate(&t, &stable, &canary);
+        let v = evaluate(&t, 0.99, &stable, &canary);
         assert_eq!((v.as_str(), check_of(&v)), (label, check), "{name}: {v:?}");
     }
 }
 
 #[test]
 fn a_breach_carries_the_figures_that_caused_it() {
-    let v = evaluate(&relative(), &sample(1000, 10, 100.0), &sample(200, 60, 100.0));
+    let v = evaluate(
+        &relative(),
+        0.99,
+        &sample(1000, 10, 100.0),
+        &sample(200, 60, 100.0),
+    );
     let Verdict::Breach(b) = v else { panic!("{v:?}") };
     assert_eq!(b.check, Check::ErrorRateIncrease);
     assert!((b.observed - 29.0).abs() < 1e-9, "{}", b.observed);
@@ -281,7 +283,7 @@ fn equal_error_rates_rarely_breach_a_relative_check() {
         .filter(|_| {
             let (s, c) = (draw(50), draw(50));
             matches!(
-                evaluate(&relative(), &sample(50, s, 10.0), &sample(50, c, 10.0)),
+                evaluate(&relative(), 0.99, &sample(50, s, 10.0), &sample(50, c, 10.0)),
                 Verdict::Breach(_)
             )
         })
@@ -289,5 +291,27 @@ fn equal_error_rates_rarely_breach_a_relative_check() {
     assert!(
         breaches * 1000 < trials * 3,
         "{breaches} of {trials} equal samples breached"
+    );
+}
+
+/// One slow request among a few is a p99 of seconds, not a regression: the
+/// latency checks look at the share of slow requests (this rolled a
+/// healthy canary back on a loaded CI machine before).
+#[test]
+fn one_slow_request_in_a_small_sample_is_not_a_latency_breach() {
+    let mut canary = sample(16, 0, 8.0);
+    canary.histogram[0] = 15;
+    canary.histogram[5] = 1; // one request between 100 and 150 ms
+    canary.latency_ms = Some(140.0);
+    let stable = sample(3000, 0, 9.0);
+    let t = Thresholds {
+        min_requests: 10,
+        ..relative()
+    };
+    assert_eq!(evaluate(&t, 0.99, &stable, &canary), Verdict::Healthy);
+    // Whereas all of them slow is.
+    let slow = sample(16, 0, 900.0);
+    assert!(
+        matches!(evaluate(&t, 0.99, &stable, &slow), Verdict::Breach(b) if b.check == Check::LatencyRatio)
     );
 }
