@@ -4,7 +4,7 @@
 CARGO ?= cargo
 # Integration tests mostly wait on sockets and timers: run more of them at
 # once than there are cores.
-TEST_THREADS ?= 8
+TEST_THREADS ?= 4
 
 .PHONY: setup demo test fmt clippy doc bench ci
 
