@@ -170,7 +170,7 @@ impl Control {
             }
         };
         let cookie_key = Arc::new(cookie_key);
-        let (rollouts, events) = reconcile(&config, previous, distrust.as_deref());
+        let (rollouts, events) = reconcile(&config, previous, distrust.as_deref(), Actor::File);
         let table = RouteTable::build(&config, Arc::clone(&cookie_key), None, &rollouts);
         let mut inner = Inner {
             config: Arc::new(config),
@@ -259,15 +259,7 @@ impl Control {
             };
             match &change {
                 Change::RolledBack(b) => {
-                    if let Some(t) = self
-                        .routes
-                        .load()
-                        .tenants()
-                        .iter()
-                        .find(|t| t.name() == &*j.tenant)
-                    {
-                        t.stats().count_rollback(Some(b.check));
-                    }
+                    self.count_rollback(&j.tenant, Some(b.check));
                     tracing::warn!(
                         tenant = %j.tenant,
                         check = b.check.as_str(),
@@ -367,10 +359,7 @@ impl Control {
             Ok(Some((mut config, hash))) => {
                 keep_fixed_settings(&inner.config, &mut config);
                 let previous = std::mem::take(&mut inner.rollouts);
-                let (rollouts, mut events) = reconcile(&config, previous, None);
-                for e in &mut events {
-                    e.actor = actor;
-                }
+                let (rollouts, mut events) = reconcile(&config, previous, None, actor);
                 events.push(Event {
                     tenant: None,
                     canary: None,
@@ -453,9 +442,7 @@ impl Control {
                     return Err(conflict("roll back", rollout.state));
                 }
                 rollout.roll_back("manual", None);
-                if let Some(t) = self.routes.load().tenants().iter().find(|t| t.name() == tenant) {
-                    t.stats().count_rollback(None);
-                }
+                self.count_rollback(tenant, None);
                 "rolled_back"
             }
             Operation::Pause => {
@@ -502,6 +489,15 @@ impl Control {
         inner.save();
         self.publish(&inner);
         Ok(after_rollout)
+    }
+
+    /// Count a rollback of `tenant` (`check` `None`: an operator's) in its
+    /// counters, which every table shares.
+    fn count_rollback(&self, tenant: &str, check: Option<crate::analysis::verdict::Check>) {
+        let table = self.routes.load();
+        if let Some(i) = table.tenants().iter().position(|t| t.name() == tenant) {
+            table.tenants()[i].stats().count_rollback(check);
+        }
     }
 
     /// Build and publish the table for `inner`: the only `store` of it.
@@ -586,6 +582,7 @@ fn reconcile(
     config: &Config,
     mut previous: BTreeMap<String, Rollout>,
     distrust: Option<&str>,
+    actor: Actor,
 ) -> (BTreeMap<String, Rollout>, Vec<Event>) {
     let mut rollouts = BTreeMap::new();
     let mut events = Vec::new();
@@ -598,7 +595,7 @@ fn reconcile(
             tenant: Some(name.clone()),
             canary: Some(canary.clone()),
             event,
-            actor: Actor::File,
+            actor,
             before,
             after: Some(Position::new(after.state, after.weight)),
             reason,
@@ -637,7 +634,7 @@ fn reconcile(
             tenant: Some(name),
             canary: Some(r.canary_pool.clone()),
             event: "removed",
-            actor: Actor::File,
+            actor,
             before: Some(Position::new(r.state, r.weight)),
             after: None,
             reason: None,
