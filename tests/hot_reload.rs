@@ -92,24 +92,13 @@ async fn a_hundred_reloads_under_load_fail_no_request_and_keep_the_websocket() {
         t + &extra
     };
 
-    // A WebSocket that works before the first reload. (Opening one has, very
-    // rarely and only under the whole suite's load, been reset before its
-    // first echo; that is not what this test is about, so it retries.)
-    let mut ws = None;
-    for _ in 0..3 {
-        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        let (mut socket, _) = tokio_tungstenite::client_async(format!("ws://{HOST}/websocket"), tcp)
-            .await
-            .unwrap();
-        socket.send(Message::Text("before".into())).await.unwrap();
-        if let Some(Ok(Message::Text(t))) = socket.next().await {
-            if t == "before" {
-                ws = Some(socket);
-                break;
-            }
-        }
-    }
-    let mut ws = ws.expect("a working WebSocket before the reloads");
+    // A WebSocket that works before the first reload.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{HOST}/websocket"), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::Text("before".into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("before".into()));
 
     let load = start_load(proxy.addr, HOST, 200, false);
     let dir = proxy.dir.path().to_owned();

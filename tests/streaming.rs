@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::util::{mock, two_pools, Client, TestProxy};
@@ -116,4 +117,103 @@ async fn websocket_idle_timeout_is_the_configured_one() {
         .await
         .expect("not closed in 10 s");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}
+
+/// A worker that answers a WebSocket handshake as fast as it possibly can:
+/// its 101 is written the moment the proxy connects, before the request has
+/// even arrived, then it echoes frames. The proxy then reads the 101 before
+/// it has forwarded the end of the upgrade request's (empty) body: the order
+/// that a fast worker on a busy proxy produces by chance.
+async fn eager_websocket_worker() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let accept = derive_accept_key(EAGER_KEY.as_bytes());
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                tcp.write_all(head.as_bytes()).await?;
+                // Consume the request head; a handshake carries no body.
+                let mut request = Vec::new();
+                while !request.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if tcp.read(&mut byte).await? == 0 {
+                        return Ok(());
+                    }
+                    request.push(byte[0]);
+                }
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    tcp,
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() && ws.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    addr
+}
+
+/// The eager worker's 101 answers this key (the test's clients all use it).
+const EAGER_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A WebSocket carries frames from its first one on, whatever the order in
+/// which the proxy sees the worker's 101 and the end of the upgrade request.
+/// Pingora 0.9.1 tore the tunnel down when the 101 came first
+/// (cloudflare/pingora#946): the client got its 101, then EOF. fledge builds
+/// against a patched pingora-proxy (`vendor/`); without the patch about one
+/// socket in eight fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_to_a_worker_that_answers_at_once_carry_their_frames() {
+    const SOCKETS: usize = 100;
+    let worker = eager_websocket_worker().await;
+    let http = mock("17.0").await;
+    let config = format!(
+        r#"listen: "{{listen}}"
+threads: 2
+pools:
+  v17: {{ workers: ["{}"], websocket_workers: ["{worker}"] }}
+tenants:
+  acme:
+    hosts: ["{HOST}"]
+    stable: v17
+"#,
+        http.addr()
+    );
+    let proxy = TestProxy::start(&config);
+    let mut failures = Vec::new();
+    for i in 0..SOCKETS {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let request = http::Request::get(format!("ws://{HOST}/websocket"))
+            .header("host", HOST)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", EAGER_KEY)
+            .body(())
+            .unwrap();
+        let (mut socket, resp) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let text = format!("frame {i}");
+        socket.send(Message::Text(text.clone())).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t == text => {}
+            other => failures.push(format!("socket {i}: {other:?}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {SOCKETS} WebSockets lost their first frame: {failures:?}",
+        failures.len()
+    );
 }

@@ -84,7 +84,10 @@ impl TestProxy {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fledge"));
         cmd.args(["run", "--config"])
             .arg(dir.path().join("fledge.yaml"))
-            .env("FLEDGE_LOG", "info")
+            .env(
+                "FLEDGE_LOG",
+                std::env::var("FLEDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -190,8 +193,12 @@ impl Drop for TestProxy {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- fledge log (last 40 lines) ---");
+            let lines = std::env::var("FLEDGE_TEST_LOG_LINES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(40);
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+            eprintln!("--- fledge log (last {lines} lines) ---");
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
