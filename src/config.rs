@@ -46,6 +46,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The admin listener.
     pub admin: AdminConfig,
+    /// The TLS listener, if any.
+    pub tls: Option<TlsConfig>,
     /// Worker pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
     /// Canary policies by name (always holds `default`).
@@ -86,6 +88,15 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Where the bearer token comes from; never the config file itself.
     pub token: TokenSource,
+}
+
+/// TLS termination (not hot-reloadable; the certificates are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Where the proxy listens for HTTPS (HTTP/2 and HTTP/1.1 by ALPN).
+    pub listen: SocketAddr,
+    /// Directory of `name.crt` / `name.key` pairs, watched for changes.
+    pub certs_dir: PathBuf,
 }
 
 /// Where the admin token is read from.
@@ -160,6 +171,8 @@ pub struct TenantConfig {
     pub canary_weight: Weight,
     /// Name of the policy.
     pub policy: String,
+    /// Answer plain-HTTP requests with a 308 to the same URL on `https`.
+    pub redirect_http: bool,
 }
 
 /// A host name pattern.

@@ -298,6 +298,22 @@ impl Control {
         self.publish(&inner);
     }
 
+    /// Journal an event about the proxy as a whole rather than a tenant's
+    /// canary (a certificate loaded or refused, for one).
+    pub async fn note(&self, event: &'static str, actor: Actor, reason: String) {
+        let mut inner = self.inner.lock().await;
+        inner.record(vec![Event {
+            tenant: None,
+            canary: None,
+            event,
+            actor,
+            before: None,
+            after: None,
+            reason: Some(reason),
+            figures: None,
+        }]);
+    }
+
     /// Re-read the config file. Unchanged content is a no-op unless
     /// `force`. A refused file changes nothing: the old config keeps
     /// serving, and the reason goes to the log, the journal, the metrics
@@ -560,6 +576,13 @@ fn keep_fixed_settings(running: &Config, new: &mut Config) {
     if new.admin.listen != running.admin.listen || new.admin.token != running.admin.token {
         fixed.push("admin");
         new.admin = running.admin.clone();
+    }
+    if new.tls != running.tls {
+        // Certificates reload on their own; the listener and where the
+        // certificates live do not. A redirect to a TLS listener that does
+        // not run is not made (see `RouteTable`).
+        fixed.push("tls");
+        new.tls.clone_from(&running.tls);
     }
     if new.state_dir != running.state_dir {
         fixed.push("state_dir");

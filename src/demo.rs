@@ -72,6 +72,31 @@ pub fn start_mocks(config: &Config) -> anyhow::Result<()> {
     ready_rx.recv().context("mock Odoo thread died")?
 }
 
+/// Write a self-signed certificate for `localhost`, `*.localhost` and every
+/// exact or wildcard host of `config`'s tenants into `dir`, as its `default`
+/// pair: made at start, never committed, never trusted by anything but the
+/// `curl -k` of the instructions.
+pub fn self_signed_certificate(config: &Config, dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut names = vec!["localhost".to_owned(), "*.localhost".to_owned()];
+    for t in config.tenants.values() {
+        for h in &t.hosts {
+            let name = match h {
+                crate::config::HostPattern::Exact(n) => n.clone(),
+                crate::config::HostPattern::Wildcard(s) => format!("*.{s}"),
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let made = rcgen::generate_simple_self_signed(names).context("cannot make the demo certificate")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let pair = dir.join(crate::tls::DEFAULT_PAIR);
+    std::fs::write(pair.with_extension("crt"), made.cert.pem())?;
+    std::fs::write(pair.with_extension("key"), made.key_pair.serialize_pem())?;
+    Ok(())
+}
+
 /// The curl lines printed at start.
 pub fn instructions(config: &Config) -> String {
     let p = config.listen;
@@ -81,6 +106,22 @@ pub fn instructions(config: &Config) -> String {
         .join(crate::server::GENERATED_TOKEN_FILE)
         .display()
         .to_string();
+    let https = match &config.tls {
+        Some(tls) => {
+            let s = tls.listen;
+            let port = s.port();
+            format!(
+                "
+HTTPS (self-signed certificate, hence -k), HTTP/2 by ALPN:
+  curl -sk --resolve acme.localhost:{port}:{ip} -o /dev/null -w '%{{http_version}} %{{http_code}}\\n' https://acme.localhost:{port}/web/login
+globex redirects plain HTTP to HTTPS (308):
+  curl -si -H 'Host: globex.localhost' http://{p}/web/login | grep -i -E '^(HTTP|location)'
+",
+                ip = s.ip()
+            )
+        }
+        None => String::new(),
+    };
     format!(
         "\
 fledge demo: proxy on http://{p}, tenants `acme` (17.0 stable, 18.0 canary at 20%) and `globex` (17.0 only)
@@ -102,7 +143,7 @@ A JSON-RPC call:
 
 An unknown host:
   curl -si -H 'Host: nobody.localhost' http://{p}/
-
+{https}
 The admin API, metrics and fledge ctl (token generated into the demo's state directory):
   export FLEDGE_ADMIN_TOKEN=$(cat {token})
   curl -s -H \"Authorization: Bearer $FLEDGE_ADMIN_TOKEN\" http://{a}/metrics | grep ^fledge_

@@ -9,6 +9,7 @@
 //! - [`proxy`]: Pingora `ProxyHttp` hooks gluing routing to upstream, and
 //!   outcome classification (JSON-RPC errors included).
 //! - [`upstream`]: worker pools, load balancing and health checks.
+//! - [`tls`]: the certificate resolver the TLS listener asks (by SNI).
 //! - [`metrics`]: lock-free per-(tenant, version) counters; Prometheus view.
 //!
 //! Control plane:
@@ -17,6 +18,8 @@
 //!   state file and the decision journal.
 //! - [`analysis`]: the tick loop judging canaries (window, verdict, rollout).
 //! - [`admin`]: the admin listener (`/metrics`, health).
+//! - [`tls`] (its `load` and `watch`): certificates read, checked, reloaded.
+//! - [`watch`]: debounced directory watching (config and certificates).
 //! - [`server`]: assembles the Pingora server and its services.
 //!
 //! Tools:
@@ -36,7 +39,9 @@ pub mod mock_odoo;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 #[cfg(test)]
 mod test_util;

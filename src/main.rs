@@ -192,6 +192,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             // The demo's canary states live as long as the demo.
             config.state_dir = std::env::temp_dir().join(format!("fledge-demo-{}", std::process::id()));
+            if config.tls.is_some() {
+                let certs_dir = config.state_dir.join("certs");
+                demo::self_signed_certificate(&config, &certs_dir)?;
+                if let Some(tls) = &mut config.tls {
+                    tls.certs_dir = certs_dir;
+                }
+            }
             demo::start_mocks(&config)?;
             let server = server::build(&config, &server::Options::default())?;
             println!("{}", demo::instructions(&config));

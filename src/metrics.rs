@@ -258,7 +258,7 @@ impl Exporter {
     }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
         .iter()
         .map(|(k, v)| {
@@ -270,7 +270,7 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
         .collect()
 }
 
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+pub(crate) fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_owned());
     f.set_help(help.to_owned());
@@ -279,7 +279,7 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
     f
 }
 
-fn counter(pairs: &[(&str, &str)], value: f64) -> Metric {
+pub(crate) fn counter(pairs: &[(&str, &str)], value: f64) -> Metric {
     let mut c = Counter::default();
     c.set_value(value);
     let mut m = Metric::default();
@@ -288,7 +288,7 @@ fn counter(pairs: &[(&str, &str)], value: f64) -> Metric {
     m
 }
 
-fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
+pub(crate) fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
     let mut g = Gauge::default();
     g.set_value(value);
     let mut m = Metric::default();

@@ -106,6 +106,26 @@ fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// `308` to the same URL on the TLS listener (the method and body are kept
+/// by the client, unlike with a 301). Not a request of any version: no
+/// worker sees it and no counter records it.
+async fn redirect_to_https(session: &mut Session, port: u16) -> Result<()> {
+    let req = session.req_header();
+    let host = host_of(req).unwrap_or("");
+    // The host matched a tenant, so it is a name, with an optional port.
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{port}{path}")
+    };
+    let mut resp = ResponseHeader::build(308, Some(3))?;
+    resp.insert_header("Location", location)?;
+    resp.insert_header("Content-Length", "0")?;
+    session.write_response_header(Box::new(resp), true).await
+}
+
 #[async_trait]
 impl ProxyHttp for FledgeProxy {
     type CTX = RequestCtx;
@@ -143,6 +163,12 @@ impl ProxyHttp for FledgeProxy {
             reason = route.reason.as_str(),
             "routed"
         );
+        if let Some(port) = ctx.table.tenants()[route.tenant].https_redirect() {
+            if !is_tls(session) {
+                redirect_to_https(session, port).await?;
+                return Ok(true);
+            }
+        }
         ctx.route = Some(route);
         ctx.served = route.version;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -23,6 +24,8 @@ use crate::control::Control;
 use crate::metrics::Exporter;
 use crate::proxy::FledgeProxy;
 use crate::routing::CookieKey;
+use crate::tls::watch::CertWatcher;
+use crate::tls::{CertStore, TlsExporter};
 use crate::upstream::HealthChecks;
 
 /// Requests served on one client connection before it is closed (nginx's
@@ -58,6 +61,16 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     Exporter::new(control.routes(), control.reload_counters())
         .register(&registry)
         .context("cannot register metrics")?;
+    let certs = match &config.tls {
+        Some(tls) => {
+            let (store, report) = CertStore::open(&tls.certs_dir)?;
+            registry
+                .register(Box::new(TlsExporter::new(Arc::clone(store.certificates()))))
+                .context("cannot register metrics")?;
+            Some((store, report))
+        }
+        None => None,
+    };
 
     let conf = ServerConf {
         threads: config.threads,
@@ -81,6 +94,15 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
         .server_options(server_options)
         .build();
     proxy.add_tcp(&config.listen.to_string());
+    if let (Some(tls), Some((store, _))) = (&config.tls, &certs) {
+        // Pingora's rustls listener: TLS 1.2 and 1.3 only; ALPN h2, then
+        // http/1.1 (WebSockets); certificates from our resolver.
+        let mut settings = TlsSettings::intermediate("", "").context("cannot set up TLS")?;
+        settings
+            .set_cert_resolver(Arc::clone(store.certificates()) as Arc<dyn pingora::tls::ResolvesServerCert>);
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+    }
     server.add_service(proxy);
 
     let mut admin = Service::new(
@@ -99,6 +121,12 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
         "analysis",
         AnalysisService::new(Arc::clone(&control)),
     ));
+    if let Some((certs, report)) = certs {
+        server.add_service(background_service(
+            "certificate watcher",
+            CertWatcher::new(Arc::clone(&control), certs, report),
+        ));
+    }
     if let Some(path) = &options.source {
         server.add_service(background_service(
             "config watcher",
@@ -107,6 +135,7 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     }
     tracing::info!(
         listen = %config.listen,
+        tls = ?config.tls.as_ref().map(|t| t.listen),
         admin = %config.admin.listen,
         state_dir = %config.state_dir.display(),
         tenants = config.tenants.len(),

@@ -22,6 +22,8 @@ pub(crate) struct File {
     pub(crate) state_dir: Option<String>,
     #[serde(default)]
     pub(crate) admin: Admin,
+    #[serde(default)]
+    pub(crate) tls: Option<Tls>,
     pub(crate) pools: BTreeMap<String, Pool>,
     #[serde(default)]
     pub(crate) policies: BTreeMap<String, Policy>,
@@ -50,6 +52,13 @@ pub(crate) struct Admin {
     pub(crate) listen: Option<String>,
     pub(crate) token_env: Option<String>,
     pub(crate) token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tls {
+    pub(crate) listen: String,
+    pub(crate) certs_dir: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,4 +132,6 @@ pub(crate) struct Tenant {
     pub(crate) canary_weight: Option<f64>,
     #[serde(default)]
     pub(crate) policy: Option<String>,
+    #[serde(default)]
+    pub(crate) redirect_http: bool,
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use super::{
     AdminConfig, AnalysisPolicy, Config, ConfigError, Cookies, HealthCheckConfig, HostPattern, Policy,
-    PoolConfig, Problem, Promotion, TenantConfig, Thresholds, Timeouts, TokenSource, Weight,
+    PoolConfig, Problem, Promotion, TenantConfig, Thresholds, Timeouts, TlsConfig, TokenSource, Weight,
     DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
 };
 
@@ -145,6 +145,22 @@ impl Checker<'_> {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
             token,
         };
+        let tls = raw.tls.map(|t| {
+            let tls_listen = self.socket_addr("tls.listen", &t.listen);
+            if tls_listen == Some(listen) {
+                self.problem(
+                    "tls.listen",
+                    "is also `listen`: give the TLS listener its own port",
+                );
+            }
+            if t.certs_dir.is_empty() {
+                self.problem("tls.certs_dir", "must not be empty");
+            }
+            TlsConfig {
+                listen: tls_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
+                certs_dir: PathBuf::from(t.certs_dir),
+            }
+        });
         let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
         if state_dir.as_os_str().is_empty() {
             self.problem("state_dir", "must not be empty");
@@ -184,7 +200,7 @@ impl Checker<'_> {
             .tenants
             .into_iter()
             .map(|(name, t)| {
-                let tenant = self.tenant(&name, t, &pools, &policies);
+                let tenant = self.tenant(&name, t, &pools, &policies, tls.is_some());
                 (name, tenant)
             })
             .collect();
@@ -197,6 +213,7 @@ impl Checker<'_> {
             cookies,
             state_dir,
             admin,
+            tls,
             pools,
             policies,
             tenants,
@@ -477,8 +494,15 @@ impl Checker<'_> {
         t: raw::Tenant,
         pools: &BTreeMap<String, PoolConfig>,
         policies: &BTreeMap<String, Policy>,
+        has_tls: bool,
     ) -> TenantConfig {
         let base = format!("tenants.{name}");
+        if t.redirect_http && !has_tls {
+            self.problem(
+                format!("{base}.redirect_http"),
+                "redirects to https need a `tls` listener",
+            );
+        }
         self.name("tenants", name);
         if t.hosts.is_empty() {
             self.problem(format!("{base}.hosts"), "a tenant needs at least one host name");
@@ -539,6 +563,7 @@ impl Checker<'_> {
             canary: t.canary,
             canary_weight,
             policy,
+            redirect_http: t.redirect_http,
         }
     }
 

@@ -1,28 +1,18 @@
 //! Control plane: reload the config when its file changes, or on SIGHUP.
 //!
-//! We watch the file's *directory*, not the file: editors and deploy tools
-//! replace files by renaming a new one over them, and Kubernetes updates a
-//! ConfigMap by swapping its `..data` symlink, neither of which a watch on
-//! the old inode would see. Any event in the directory schedules a reload
-//! after a short quiet period (bursts of events become one reload); the
-//! reload compares the content hash and does nothing if the file did not
-//! change, so unrelated files in the directory cost one read.
+//! The file's directory is watched ([`crate::watch`] says why); the reload
+//! compares the content hash and does nothing if the file did not change.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use notify::{RecursiveMode, Watcher as _};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::control::{Actor, Control};
-
-/// Quiet time after the last event before reloading: long enough to let a
-/// writer finish, short enough to feel immediate.
-const DEBOUNCE: Duration = Duration::from_millis(150);
+use crate::watch::{self, DirWatch};
 
 /// The watcher service.
 pub struct ConfigWatcher {
@@ -40,19 +30,12 @@ impl ConfigWatcher {
 #[async_trait]
 impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
         let dir = self
             .path
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = tx.send(());
-            }
-        })
-        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-        let _watcher = match watcher {
+        let mut changes = match DirWatch::new(&dir) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot watch the config directory: reload with SIGHUP or the admin API");
@@ -73,22 +56,13 @@ impl BackgroundService for ConfigWatcher {
                     None => std::future::pending().await,
                 }
             };
-            let (actor, force) = tokio::select! {
-                Some(()) = events.recv() => {
-                    // Let the burst end.
-                    loop {
-                        tokio::select! {
-                            Some(()) = events.recv() => continue,
-                            _ = tokio::time::sleep(DEBOUNCE) => break,
-                        }
-                    }
-                    (Actor::File, false)
-                }
-                _ = hup => (Actor::File, true),
+            let force = tokio::select! {
+                () = watch::changed(&mut changes) => false,
+                _ = hup => true,
                 _ = shutdown.changed() => return,
             };
             // Errors are logged, journaled and counted by `reload` itself.
-            let _ = self.control.reload(actor, force).await;
+            let _ = self.control.reload(Actor::File, force).await;
         }
     }
 }

@@ -48,7 +48,8 @@ pub struct Entry<'a> {
     /// The canary pool concerned.
     pub canary: Option<&'a str>,
     /// What happened: `started`, `weight`, `step`, `promoted`, `rolled_back`,
-    /// `paused`, `resumed`, `removed`, `reload`, `reload_rejected`.
+    /// `paused`, `resumed`, `removed`, `reload`, `reload_rejected`,
+    /// `tls_cert_loaded`, `tls_cert_rejected`, `tls_cert_removed`.
     pub event: &'a str,
     /// Who decided.
     pub actor: Actor,

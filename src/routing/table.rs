@@ -25,6 +25,7 @@ pub struct TenantRoute {
     seed: u64,
     epoch: u32,
     stats: Arc<TenantStats>,
+    https_redirect: Option<u16>,
 }
 
 /// Per-request settings that come from the config but are not routes.
@@ -83,6 +84,12 @@ impl TenantRoute {
     /// cookies from another canary are ignored.
     pub fn epoch(&self) -> u32 {
         self.epoch
+    }
+
+    /// The TLS listener's port, when plain-HTTP requests are to be
+    /// redirected there (`redirect_http` and a running TLS listener).
+    pub fn https_redirect(&self) -> Option<u16> {
+        self.https_redirect
     }
 
     /// A canary pool is set and gets a share of clients.
@@ -186,6 +193,11 @@ impl RouteTable {
                 ),
                 seed: xxh3_64(name.as_bytes()),
                 epoch: xxh3_64(epoch_input.as_bytes()) as u32,
+                https_redirect: config
+                    .tls
+                    .as_ref()
+                    .filter(|_| t.redirect_http)
+                    .map(|tls| tls.listen.port()),
             });
         }
 
