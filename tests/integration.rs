@@ -25,4 +25,5 @@ mod mock_odoo;
 mod rollback;
 mod routing;
 mod streaming;
+mod tls;
 mod util;

@@ -33,13 +33,16 @@ pub struct TestProxy {
     child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener, where the config has `{tls_listen}`.
+    pub tls: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     env: Vec<(String, String)>,
 }
 
 impl TestProxy {
     /// Start fledge with `config`, where `{listen}` stands for the address
-    /// it must listen on. Waits until it accepts connections.
+    /// it must listen on (and `{tls_listen}` for its TLS listener's). Waits
+    /// until it accepts connections.
     pub fn start(config: &str) -> TestProxy {
         Self::start_with_env(config, &[])
     }
@@ -51,6 +54,11 @@ impl TestProxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut text = config.replace("{listen}", &addr.to_string());
+        let tls = config.contains("{tls_listen}").then(|| {
+            let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            text = text.replace("{tls_listen}", &tls.to_string());
+            tls
+        });
         if !text.contains("\nadmin:") {
             text += &format!("admin:\n  listen: \"{admin}\"\n  token_env: FLEDGE_TEST_ADMIN_TOKEN\n");
         }
@@ -68,6 +76,7 @@ impl TestProxy {
             child,
             addr,
             admin,
+            tls,
             dir,
             env,
         };
@@ -158,6 +167,7 @@ impl TestProxy {
             }
             if std::net::TcpStream::connect(self.addr).is_ok()
                 && std::net::TcpStream::connect(self.admin).is_ok()
+                && self.tls.is_none_or(|a| std::net::TcpStream::connect(a).is_ok())
             {
                 return;
             }
