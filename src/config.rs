@@ -40,6 +40,8 @@ pub struct Config {
     pub threads: usize,
     /// Downstream and upstream timeouts.
     pub timeouts: Timeouts,
+    /// Limits on what a client may send.
+    pub limits: Limits,
     /// Sticky cookie settings.
     pub cookies: Cookies,
     /// Where canary states and the decision journal are kept.
@@ -67,6 +69,20 @@ pub struct Timeouts {
     pub client_keepalive: Duration,
     /// How long an idle WebSocket or long-polling connection stays open.
     pub websocket_idle: Duration,
+}
+
+/// Limits on client requests, tighter than Pingora's own (256 header fields,
+/// 1 MiB of header block) and in line with Envoy's, nginx's and HAProxy's.
+/// A request over one is answered before it is routed, and the connection
+/// is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Request line and header fields together, in bytes (431 above).
+    pub max_header_bytes: usize,
+    /// Header fields (431 above).
+    pub max_header_fields: usize,
+    /// Request target, in bytes (414 above).
+    pub max_request_line_bytes: usize,
 }
 
 /// Sticky cookie settings.

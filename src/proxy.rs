@@ -36,7 +36,10 @@ use crate::routing::{Decision, RequestView, RouteTable, Version, BUCKET_COOKIE, 
 
 pub mod classify;
 mod ctx;
+pub mod limits;
 
+/// The default override header, as `http` spells names.
+const DEFAULT_OVERRIDE_HEADER_LC: &str = "x-fledge-version";
 /// Response header telling which version served a request.
 pub const VERSION_HEADER: &str = "X-Fledge-Version";
 /// How long an idle upstream connection stays in the pool: below the
@@ -138,6 +141,13 @@ impl ProxyHttp for FledgeProxy {
 
     /// Route the request: decided once, here, and kept in the context.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let limits = &ctx.table.tuning().limits;
+        if let Some(refusal) = limits::check(session.req_header(), limits, DEFAULT_OVERRIDE_HEADER_LC) {
+            tracing::debug!(?refusal, "request refused before routing");
+            session.set_keepalive(None);
+            session.respond_error(refusal.status()).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let view = RequestView {
             host: host_of(req).unwrap_or(""),

@@ -20,6 +20,7 @@
 mod admin;
 mod cli;
 mod failover;
+mod hostile;
 mod hot_reload;
 mod mock_odoo;
 mod rollback;

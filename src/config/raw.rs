@@ -17,6 +17,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) timeouts: Timeouts,
     #[serde(default)]
+    pub(crate) limits: Limits,
+    #[serde(default)]
     pub(crate) cookies: Cookies,
     #[serde(default)]
     pub(crate) state_dir: Option<String>,
@@ -37,6 +39,14 @@ pub(crate) struct Timeouts {
     pub(crate) upstream_read_seconds: Option<u64>,
     pub(crate) client_keepalive_seconds: Option<u64>,
     pub(crate) websocket_idle_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Limits {
+    pub(crate) max_header_bytes: Option<u64>,
+    pub(crate) max_header_fields: Option<u64>,
+    pub(crate) max_request_line_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

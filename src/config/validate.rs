@@ -14,9 +14,9 @@ use super::raw;
 use std::path::PathBuf;
 
 use super::{
-    AdminConfig, AnalysisPolicy, Config, ConfigError, Cookies, HealthCheckConfig, HostPattern, Policy,
-    PoolConfig, Problem, Promotion, TenantConfig, Thresholds, Timeouts, TlsConfig, TokenSource, Weight,
-    DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
+    AdminConfig, AnalysisPolicy, Config, ConfigError, Cookies, HealthCheckConfig, HostPattern, Limits,
+    Policy, PoolConfig, Problem, Promotion, TenantConfig, Thresholds, Timeouts, TlsConfig, TokenSource,
+    Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
 };
 
 /// Name of the policy used by tenants that name none.
@@ -120,6 +120,7 @@ impl Checker<'_> {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let timeouts = self.timeouts(&raw.timeouts);
+        let limits = self.limits(&raw.limits);
         let cookies = self.cookies(raw.cookies);
         let admin_listen = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
         let token = match (raw.admin.token_env, raw.admin.token_file) {
@@ -210,6 +211,7 @@ impl Checker<'_> {
             listen,
             threads,
             timeouts,
+            limits,
             cookies,
             state_dir,
             admin,
@@ -262,6 +264,33 @@ impl Checker<'_> {
                 t.websocket_idle_seconds,
                 3_600,
             )),
+        }
+    }
+
+    fn limits(&mut self, l: &raw::Limits) -> Limits {
+        // Pingora's parser stops at 1 MiB and 256 fields: ours must fit.
+        let mut bounded = |path: &str, value: Option<u64>, default: u64, max: u64| {
+            let v = self.positive(path, value, default);
+            if v > max {
+                self.problem(path, format!("must be at most {max} (Pingora's own limit)"));
+                return usize::try_from(default).unwrap_or(usize::MAX);
+            }
+            usize::try_from(v).unwrap_or(usize::MAX)
+        };
+        Limits {
+            max_header_bytes: bounded(
+                "limits.max_header_bytes",
+                l.max_header_bytes,
+                64 * 1024,
+                1024 * 1024,
+            ),
+            max_header_fields: bounded("limits.max_header_fields", l.max_header_fields, 100, 256),
+            max_request_line_bytes: bounded(
+                "limits.max_request_line_bytes",
+                l.max_request_line_bytes,
+                8 * 1024,
+                1024 * 1024,
+            ),
         }
     }
 

@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::{CookieKey, RouteTable, Version};
 use crate::analysis::rollout::{Rollout, RolloutState};
-use crate::config::{Config, HostPattern, Policy, Timeouts, Weight};
+use crate::config::{Config, HostPattern, Limits, Policy, Timeouts, Weight};
 use crate::metrics::TenantStats;
 use crate::upstream::Pool;
 
@@ -33,6 +33,8 @@ pub struct TenantRoute {
 pub struct Tuning {
     /// Timeouts applied to downstream and upstream connections.
     pub timeouts: Timeouts,
+    /// Limits on what a client may send.
+    pub limits: Limits,
     /// `Max-Age` of fledge's cookies.
     pub cookie_max_age_seconds: u64,
 }
@@ -220,6 +222,7 @@ impl RouteTable {
             cookie_key,
             tuning: Tuning {
                 timeouts: config.timeouts.clone(),
+                limits: config.limits.clone(),
                 cookie_max_age_seconds: config.cookies.max_age_seconds,
             },
         }

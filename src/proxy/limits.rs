@@ -1,0 +1,178 @@
+//! Data plane: what a client may send, checked before routing.
+//!
+//! Pingora's own parser allows 256 header fields and a 1 MiB header block;
+//! fledge answers above its configured, tighter limits (`limits:`) with 431
+//! or 414, before any routing, and closes the connection. One pass over the
+//! headers, no allocation.
+
+use pingora::http::RequestHeader;
+
+use crate::config::Limits;
+
+/// Header names whose underscore spellings are refused: WSGI servers (Odoo's
+/// werkzeug) map `X_Forwarded_For` and `X-Forwarded-For` to the same
+/// variable, so an underscore copy could stand in for a header fledge sets
+/// or strips.
+const GUARDED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+
+/// Why a request is refused before it is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Request target over `max_request_line_bytes`: 414.
+    UriTooLong,
+    /// Header block over `max_header_bytes` or fields over
+    /// `max_header_fields`: 431.
+    HeadersTooLarge,
+    /// An underscore spelling of a header fledge sets or strips: 400.
+    UnderscoreAlias,
+    /// `Transfer-Encoding` other than one `chunked`: 400. Pingora already
+    /// refuses most such framings; it forwards `chunked, chunked`, two
+    /// `Transfer-Encoding` lines and `gzip, chunked`, which HAProxy and
+    /// nginx refuse, and which a worker behind us might read otherwise.
+    TransferEncoding,
+}
+
+impl Refusal {
+    /// The status answered.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::UriTooLong => 414,
+            Refusal::HeadersTooLarge => 431,
+            Refusal::UnderscoreAlias | Refusal::TransferEncoding => 400,
+        }
+    }
+}
+
+/// Check `req` against `limits`; `override_header` is the default policy's
+/// override header name (lower case), whose underscore spelling is refused
+/// too.
+pub fn check(req: &RequestHeader, limits: &Limits, override_header: &str) -> Option<Refusal> {
+    let target = req.raw_path().len();
+    if target > limits.max_request_line_bytes {
+        return Some(Refusal::UriTooLong);
+    }
+    if req.headers.len() > limits.max_header_fields {
+        return Some(Refusal::HeadersTooLarge);
+    }
+    // Request line plus "name: value\r\n" per field: what the client sent,
+    // give or take whitespace.
+    let mut bytes = req.method.as_str().len() + target + 12;
+    for (name, value) in &req.headers {
+        let name = name.as_str();
+        bytes += name.len() + value.len() + 4;
+        if name.contains('_') && is_alias(name, override_header) {
+            return Some(Refusal::UnderscoreAlias);
+        }
+    }
+    if bytes > limits.max_header_bytes {
+        return Some(Refusal::HeadersTooLarge);
+    }
+    let mut encodings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (encodings.next(), encodings.next()) {
+        (None, _) => None,
+        (Some(te), None) if te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(Refusal::TransferEncoding),
+    }
+}
+
+/// `name` with `_` read as `-` is a guarded header (names are lower case).
+fn is_alias(name: &str, override_header: &str) -> bool {
+    let same = |guarded: &str| {
+        guarded.len() == name.len()
+            && guarded
+                .bytes()
+                .zip(name.bytes())
+                .all(|(g, n)| g == n || (g == b'-' && n == b'_'))
+    };
+    same(override_header) || GUARDED.iter().any(|g| same(g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_header_bytes: 1024,
+            max_header_fields: 10,
+            max_request_line_bytes: 100,
+        }
+    }
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn requests_within_the_limits_pass() {
+        let r = req(
+            "/web/login?x=1",
+            &[("host", "a"), ("x_custom", "1"), ("cookie", "a=b")],
+        );
+        assert_eq!(check(&r, &limits(), "x-fledge-version"), None);
+    }
+
+    #[test]
+    fn each_limit_has_its_status() {
+        let long = format!("/{}", "a".repeat(100));
+        assert_eq!(
+            check(&req(&long, &[]), &limits(), "x").map(Refusal::status),
+            Some(414)
+        );
+        let many: Vec<(String, &str)> = (0..11).map(|i| (format!("x-h{i}"), "v")).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            check(&req("/", &many), &limits(), "x").map(Refusal::status),
+            Some(431)
+        );
+        let big = "v".repeat(1000);
+        assert_eq!(
+            check(&req("/", &[("x-big", &big)]), &limits(), "x").map(Refusal::status),
+            Some(431)
+        );
+    }
+
+    #[test]
+    fn underscore_spellings_of_guarded_headers_are_refused() {
+        for name in [
+            "x_fledge_version",
+            "x_forwarded_for",
+            "x-forwarded_proto",
+            "x_forwarded-host",
+        ] {
+            let r = req("/", &[(name, "canary")]);
+            assert_eq!(
+                check(&r, &limits(), "x-fledge-version"),
+                Some(Refusal::UnderscoreAlias),
+                "{name}"
+            );
+        }
+        // Other underscores are the application's business.
+        assert_eq!(
+            check(&req("/", &[("x_odoo_db", "acme")]), &limits(), "x-fledge-version"),
+            None
+        );
+    }
+
+    #[test]
+    fn only_a_single_chunked_transfer_encoding_passes() {
+        let te = |values: &[&str]| {
+            let headers: Vec<(&str, &str)> = values.iter().map(|v| ("transfer-encoding", *v)).collect();
+            check(&req("/", &headers), &limits(), "x")
+        };
+        assert_eq!(te(&["chunked"]), None);
+        assert_eq!(te(&["Chunked "]), None);
+        for bad in [
+            &["chunked", "chunked"][..],
+            &["chunked, chunked"],
+            &["gzip, chunked"],
+            &["gzip"],
+        ] {
+            assert_eq!(te(bad), Some(Refusal::TransferEncoding), "{bad:?}");
+        }
+    }
+}

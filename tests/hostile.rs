@@ -1,0 +1,200 @@
+//! Hostile clients: the smuggling and bad-input table of RELIABILITY.md §3,
+//! over raw sockets. Every case gets its own tenant and its own counting
+//! mock worker, so the cases run at once and each worker's count is that
+//! case's alone. Two things are checked per case: the status the client
+//! gets, and that **no worker ever sees more requests than the client
+//! meant to send** (a smuggled request would be one more).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::{mock, TestProxy};
+
+/// One case: raw bytes, the statuses accepted for the first response, and
+/// how many requests the client meant (the most its worker may see).
+struct Case {
+    name: &'static str,
+    raw: String,
+    expect: &'static [u16],
+    meant: u64,
+}
+
+const OK: &[u16] = &[200];
+const BAD: &[u16] = &[400];
+/// Refused, whichever way: bad request, not implemented, or the connection
+/// closed without an answer (status 0).
+const REFUSED: &[u16] = &[0, 400, 501];
+
+fn case(name: &'static str, raw: impl Into<String>, expect: &'static [u16], meant: u64) -> Case {
+    Case {
+        name,
+        raw: raw.into(),
+        expect,
+        meant,
+    }
+}
+
+/// The cases; `{h}` is the case's own host name.
+fn cases() -> Vec<Case> {
+    let post = |headers: &str, body: &str| {
+        format!("POST /web/dataset/call_kw HTTP/1.1\r\nHost: {{h}}\r\n{headers}\r\n{body}")
+    };
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: {h}\r\n\r\n";
+    vec![
+        // Content-Length.
+        case("cl.te", post("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", &format!("0\r\n\r\n{smuggled}")), &[200, 400], 1),
+        case("te.cl", post("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", &format!("8\r\nSMUGGLED\r\n0\r\n\r\n{smuggled}")), &[200, 400], 1),
+        case("cl duplicate, differing", post("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"), BAD, 0),
+        case("cl list, differing", post("Content-Length: 5, 6\r\n", "hello!"), BAD, 0),
+        case("cl duplicate, same", post("Content-Length: 5\r\nContent-Length: 5\r\n", "hello"), &[200, 400], 1),
+        case("cl +5", post("Content-Length: +5\r\n", "hello"), BAD, 0),
+        case("cl -1", post("Content-Length: -1\r\n", "hello"), BAD, 0),
+        case("cl 0x10", post("Content-Length: 0x10\r\n", "hello"), BAD, 0),
+        case("cl 1_0", post("Content-Length: 1_0\r\n", "hello"), BAD, 0),
+        case("cl 5 5", post("Content-Length: 5 5\r\n", "hello"), BAD, 0),
+        case("cl empty", post("Content-Length: \r\n", "hello"), BAD, 0),
+        case("cl overflow", post("Content-Length: 99999999999999999999\r\n", "hello"), BAD, 0),
+        case("cl non-ascii digit", post("Content-Length: \u{0665}\r\n", "hello"), BAD, 0),
+        case("cl with spaces around (legal)", post("Content-Length:  5 \r\n", "hello"), OK, 1),
+        case("space before colon", post("Content-Length : 5\r\n", "hello"), BAD, 0),
+        case("underscore content_length", post("Content_Length: 40\r\n", smuggled), &[200, 400], 1),
+        case("empty header name", post(": x\r\nContent-Length: 5\r\n", "hello"), BAD, 0),
+        case("leading whitespace before first header", "GET / HTTP/1.1\r\n\tHost: {h}\r\n\r\n", BAD, 0),
+        // Transfer-Encoding.
+        case("te chunked, chunked", post("Transfer-Encoding: chunked, chunked\r\n", "0\r\n\r\n"), REFUSED, 0),
+        case("te chunked, gzip", post("Transfer-Encoding: chunked, gzip\r\n", "0\r\n\r\n"), REFUSED, 0),
+        case("te gzip", post("Transfer-Encoding: gzip\r\n", "hello"), REFUSED, 0),
+        case("te gzip, chunked", post("Transfer-Encoding: gzip, chunked\r\n", "0\r\n\r\n"), REFUSED, 0),
+        case("te xchunked", post("Transfer-Encoding: xchunked\r\n", "0\r\n\r\n"), REFUSED, 0),
+        case("te vertical tab", post("Transfer-Encoding: \x0bchunked\r\n", "0\r\n\r\n"), REFUSED, 0),
+        case("te on two lines", post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"), REFUSED, 0),
+        case("te with http/1.0", "POST / HTTP/1.0\r\nHost: {h}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", REFUSED, 0),
+        case("te obs-folded", post("X-Pad: a\r\n Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "hello"), BAD, 0),
+        // Chunked bodies: the header went on before the body was seen to be
+        // bad, so the worker may have the request, never a second one.
+        case("chunk size Z", post("Transfer-Encoding: chunked\r\n", &format!("Z\r\nabc\r\n0\r\n\r\n{smuggled}")), &[0, 400, 502], 1),
+        case("chunk size 0x5", post("Transfer-Encoding: chunked\r\n", "0x5\r\nhello\r\n0\r\n\r\n"), &[0, 400, 502], 1),
+        case("chunk size -5", post("Transfer-Encoding: chunked\r\n", "-5\r\nhello\r\n0\r\n\r\n"), &[0, 400, 502], 1),
+        case("chunk size overflow", post("Transfer-Encoding: chunked\r\n", "ffffffffffffffffffff\r\nhello\r\n0\r\n\r\n"), &[0, 400, 502], 1),
+        case("chunk longer than its size", post("Transfer-Encoding: chunked\r\n", &format!("3\r\nabcdef\r\n0\r\n\r\n{smuggled}")), &[0, 200, 400, 502], 1),
+        case("chunk bare lf", post("Transfer-Encoding: chunked\r\n", &format!("0\n\r\n{smuggled}")), &[0, 200, 400, 502], 2),
+        // Header syntax.
+        case("obs-fold", post("X-Custom: a\r\n b\r\nContent-Length: 5\r\n", "hello"), BAD, 0),
+        case("obs-fold on content-length", post("Content-Length:\r\n 5\r\n", "hello"), BAD, 0),
+        case("nul in a value", post("X-Custom: a\0b\r\nContent-Length: 5\r\n", "hello"), BAD, 0),
+        case("bare cr in a value", post("X-Custom: a\rb\r\nContent-Length: 5\r\n", "hello"), BAD, 0),
+        case("8-bit byte in a name", post("X-Cust\u{e9}m: a\r\nContent-Length: 5\r\n", "hello"), BAD, 0),
+        // (Pingora's h2c detection waits for 24 bytes before it parses a
+        // request: a shorter one is answered at the read timeout, hence
+        // the padding header.)
+        case("no host", "GET / HTTP/1.1\r\nUser-Agent: hostile\r\n\r\n", &[400, 404], 0),
+        case("two hosts", "GET / HTTP/1.1\r\nHost: {h}\r\nHost: {h}\r\n\r\n", BAD, 0),
+        case("host list", "GET / HTTP/1.1\r\nHost: {h}, other.example.com\r\n\r\n", &[400, 404], 0),
+        case("host with userinfo", "GET / HTTP/1.1\r\nHost: user@{h}\r\n\r\n", &[400, 404], 0),
+        // Request line.
+        case("lf inside the request line", "GET /\nHTTP/1.1\r\nHost: {h}\r\n\r\n", &[0, 400], 0),
+        case("http/1.32", "GET / HTTP/1.32\r\nHost: {h}\r\n\r\n", &[0, 400, 505], 0),
+        case("http/0.9", "GET /\r\n\r\n", &[0, 400], 0),
+        case("illegal method", "G=\":<>(e),[T];?\" / HTTP/1.1\r\nHost: {h}\r\n\r\n", &[0, 400], 0),
+        case("connect", "CONNECT {h}:443 HTTP/1.1\r\nHost: {h}:443\r\n\r\n", &[400, 405], 0),
+        // Sizes (fledge's limits: 8 KiB target, 100 fields, 64 KiB block).
+        case("10 KiB target", format!("GET /{} HTTP/1.1\r\nHost: {{h}}\r\n\r\n", "a".repeat(10 * 1024)), &[414], 0),
+        case("101 header fields", format!("GET / HTTP/1.1\r\nHost: {{h}}\r\n{}\r\n", "X-F: v\r\n".repeat(100)), &[431], 0),
+        case("257 header fields", format!("GET / HTTP/1.1\r\nHost: {{h}}\r\n{}\r\n", "X-F: v\r\n".repeat(256)), &[400, 431], 0),
+        case("70 KiB header block", format!("GET / HTTP/1.1\r\nHost: {{h}}\r\n{}\r\n", format!("X-Big: {}\r\n", "v".repeat(7000)).repeat(10)), &[431], 0),
+        case("60 KiB header block (under)", format!("GET /web/login HTTP/1.1\r\nHost: {{h}}\r\n{}\r\n", format!("X-Big: {}\r\n", "v".repeat(6000)).repeat(10)), OK, 1),
+        // Routing-control headers.
+        case("underscore override header", "GET / HTTP/1.1\r\nHost: {h}\r\nX_Fledge_Version: canary\r\n\r\n", BAD, 0),
+        case("underscore forwarded-for", "GET / HTTP/1.1\r\nHost: {h}\r\nX_Forwarded_For: 10.0.0.1\r\n\r\n", BAD, 0),
+        // Connections and upgrades.
+        case("upgrade refused, then a pipelined request", format!("GET /web/login HTTP/1.1\r\nHost: {{h}}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n{smuggled}"), OK, 2),
+        case("h2c upgrade", "GET /web/login HTTP/1.1\r\nHost: {h}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n", &[200, 400], 1),
+        // Pingora answers the first and closes (no pipelining): the others
+        // are never parsed, by us or by the worker.
+        case("three pipelined requests", "GET /web/login HTTP/1.1\r\nHost: {h}\r\n\r\nGET /b HTTP/1.1\r\nHost: {h}\r\n\r\nGET /c HTTP/1.1\r\nHost: {h}\r\n\r\n", OK, 3),
+        case("bytes after a content-length body", post("Content-Length: 5\r\n", &format!("hello{smuggled}")), OK, 2),
+        case("expect: foo", post("Expect: foo\r\nContent-Length: 5\r\n", "hello"), &[200, 417], 1),
+    ]
+}
+
+/// First status line's code in `answer` (0: none).
+fn first_status(answer: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(answer);
+    text.strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Send `raw`, read what comes back until the proxy closes or goes quiet.
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> Vec<u8> {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.write_all(raw).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => return answer,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smuggling_table_gets_its_statuses_and_smuggles_nothing() {
+    let cases = cases();
+    let mut workers = Vec::new();
+    let mut config = String::from("listen: \"{listen}\"\nthreads: 2\npools:\n");
+    for i in 0..cases.len() {
+        let w = mock("17.0").await;
+        config += &format!("  p{i}: {{ workers: [\"{}\"] }}\n", w.addr());
+        workers.push(w);
+    }
+    config += "tenants:\n";
+    for i in 0..cases.len() {
+        config += &format!("  t{i}:\n    hosts: [\"case{i}.example.com\"]\n    stable: p{i}\n");
+    }
+    let proxy = TestProxy::start(&config);
+
+    let runs = cases.iter().enumerate().map(|(i, c)| {
+        let raw = c.raw.replace("{h}", &format!("case{i}.example.com"));
+        let addr = proxy.addr;
+        async move { exchange(addr, raw.as_bytes()).await }
+    });
+    let answers = futures_util::future::join_all(runs).await;
+    // Let any request still on its way land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut wrong = Vec::new();
+    for ((c, answer), worker) in cases.iter().zip(&answers).zip(&workers) {
+        let status = first_status(answer);
+        let seen = worker.stats().requests;
+        let verdict = if !c.expect.contains(&status) {
+            "WRONG STATUS"
+        } else if seen > c.meant {
+            "SMUGGLED"
+        } else {
+            "ok"
+        };
+        if std::env::var_os("FLEDGE_TEST_VERBOSE").is_some() || verdict != "ok" {
+            let head = String::from_utf8_lossy(&answer[..answer.len().min(60)]).replace("\r\n", " | ");
+            eprintln!(
+                "{verdict:12} {:45} status {status:3} (want {:?}), worker saw {seen} (meant {}): {head}",
+                c.name, c.expect, c.meant
+            );
+        }
+        if verdict != "ok" {
+            wrong.push(c.name);
+        }
+    }
+    assert!(cases.len() >= 40, "the table has {} cases", cases.len());
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases wrong: {wrong:?}",
+        wrong.len(),
+        cases.len()
+    );
+}
