@@ -35,6 +35,8 @@ const KEEPALIVE_REQUEST_LIMIT: u32 = 1_000;
 const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// On SIGTERM, in-flight requests get this long to finish.
 const GRACE_PERIOD_SECONDS: u64 = 10;
+/// Unix socket of the graceful upgrade, inside `state_dir`.
+pub const UPGRADE_SOCKET: &str = "upgrade.sock";
 /// File holding the generated admin token, inside `state_dir`.
 pub const GENERATED_TOKEN_FILE: &str = "admin.token";
 
@@ -72,8 +74,18 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
         None => None,
     };
 
+    // The socket a new process (`--upgrade`) takes the listeners from: in
+    // our state directory rather than Pingora's shared /tmp default, so two
+    // fledge instances on one host never hand each other their sockets.
+    let upgrade_sock = std::path::absolute(config.state_dir.join(UPGRADE_SOCKET))
+        .context("cannot resolve state_dir")?
+        .display()
+        .to_string();
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
     let conf = ServerConf {
         threads: config.threads,
+        upgrade_sock,
         grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()

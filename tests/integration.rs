@@ -22,6 +22,7 @@ mod cli;
 mod failover;
 mod hostile;
 mod hot_reload;
+mod lifecycle;
 mod mock_odoo;
 mod rollback;
 mod routing;

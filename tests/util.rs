@@ -85,6 +85,10 @@ impl TestProxy {
     }
 
     fn spawn(dir: &tempfile::TempDir, env: &Vec<(String, String)>) -> Child {
+        Self::spawn_with(dir, env, &[])
+    }
+
+    fn spawn_with(dir: &tempfile::TempDir, env: &Vec<(String, String)>, args: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,6 +97,7 @@ impl TestProxy {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fledge"));
         cmd.args(["run", "--config"])
             .arg(dir.path().join("fledge.yaml"))
+            .args(args)
             .env(
                 "FLEDGE_LOG",
                 std::env::var("FLEDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -113,6 +118,46 @@ impl TestProxy {
         let _ = self.child.wait();
         self.child = Self::spawn(&self.dir, &self.env);
         self.wait_ready();
+    }
+
+    /// Pingora's graceful upgrade: start a new process with `--upgrade`,
+    /// let it take the listening sockets from this one (SIGQUIT), and wait
+    /// for the old one to drain and exit. The new process is this proxy's
+    /// from then on.
+    pub fn upgrade(&mut self) {
+        let mut new = Self::spawn_with(&self.dir, &self.env, &["--upgrade"]);
+        // The new process listens on the upgrade socket before the old one
+        // may send it anything.
+        let sock = self.state_dir().join("upgrade.sock");
+        for _ in 0..200 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(
+            sock.exists(),
+            "the new process never listened on {}",
+            sock.display()
+        );
+        let old_pid = self.child.id().to_string();
+        let quit = Command::new("kill").args(["-QUIT", &old_pid]).status().unwrap();
+        assert!(quit.success());
+        // The old process drains (grace period), then exits.
+        for _ in 0..600 {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "the old process did not exit"
+        );
+        std::mem::swap(&mut self.child, &mut new);
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the new process exited with {status}:\n{}", self.log());
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
