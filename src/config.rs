@@ -69,6 +69,9 @@ pub struct Timeouts {
     pub client_keepalive: Duration,
     /// How long an idle WebSocket or long-polling connection stays open.
     pub websocket_idle: Duration,
+    /// On SIGTERM (or after handing the sockets over in an upgrade), how
+    /// long in-flight requests get to finish (not hot-reloadable).
+    pub shutdown_grace: Duration,
 }
 
 /// Limits on client requests, tighter than Pingora's own (256 header fields,

@@ -569,6 +569,10 @@ fn keep_fixed_settings(running: &Config, new: &mut Config) {
         fixed.push("listen");
         new.listen = running.listen;
     }
+    if new.timeouts.shutdown_grace != running.timeouts.shutdown_grace {
+        fixed.push("timeouts.shutdown_grace_seconds");
+        new.timeouts.shutdown_grace = running.timeouts.shutdown_grace;
+    }
     if new.threads != running.threads {
         fixed.push("threads");
         new.threads = running.threads;

@@ -33,8 +33,6 @@ use crate::upstream::HealthChecks;
 const KEEPALIVE_REQUEST_LIMIT: u32 = 1_000;
 /// Idle HTTP/2 client connections are closed after this long.
 const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// On SIGTERM, in-flight requests get this long to finish.
-const GRACE_PERIOD_SECONDS: u64 = 10;
 /// Unix socket of the graceful upgrade, inside `state_dir`.
 pub const UPGRADE_SOCKET: &str = "upgrade.sock";
 /// File holding the generated admin token, inside `state_dir`.
@@ -86,7 +84,7 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     let conf = ServerConf {
         threads: config.threads,
         upgrade_sock,
-        grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
+        grace_period_seconds: Some(config.timeouts.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };

@@ -47,3 +47,38 @@ async fn a_graceful_upgrade_under_load_fails_no_request_and_keeps_the_canary_sta
     drop(load);
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_slow_requests_in_flight_finish() {
+    use fledge::mock_odoo::Knobs;
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let config = two_pools(&[&s], &[&c], 0.0, "") + "timeouts:\n  shutdown_grace_seconds: 3\n";
+    let mut proxy = TestProxy::start(&config);
+    s.set_knobs(Knobs {
+        latency_ms: 1500,
+        ..Knobs::default()
+    });
+    let addr = proxy.addr;
+    let slow: Vec<_> = (0..5)
+        .map(|i| {
+            tokio::spawn(async move {
+                crate::util::Client::new(addr)
+                    .get(HOST, &format!("/web/login?slow={i}"), &[])
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    for request in slow {
+        assert_eq!(request.await.unwrap(), 200, "{}", proxy.log());
+    }
+    // Gone after the grace period (3 s) and Pingora's runtime shutdown.
+    let exited = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(15)));
+    assert!(exited, "still running 15 s after SIGTERM");
+}

@@ -39,6 +39,7 @@ pub(crate) struct Timeouts {
     pub(crate) upstream_read_seconds: Option<u64>,
     pub(crate) client_keepalive_seconds: Option<u64>,
     pub(crate) websocket_idle_seconds: Option<u64>,
+    pub(crate) shutdown_grace_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -264,6 +264,7 @@ impl Checker<'_> {
                 t.websocket_idle_seconds,
                 3_600,
             )),
+            shutdown_grace: Duration::from_secs(t.shutdown_grace_seconds.unwrap_or(10)),
         }
     }
 
