@@ -136,7 +136,10 @@ async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> Vec<u8> {
     let mut answer = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
-        match tokio::time::timeout(Duration::from_millis(1500), tcp.read(&mut buf)).await {
+        // Up to 5 s for the answer to start (a busy machine), then 1.5 s of
+        // quiet ends it (an open keep-alive connection).
+        let wait = if answer.is_empty() { 5000 } else { 1500 };
+        match tokio::time::timeout(Duration::from_millis(wait), tcp.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
             _ => return answer,
         }

@@ -219,6 +219,8 @@ async fn get_h1(
         .header("host", host)
         .body(crate::util::full(Bytes::new()))
         .unwrap();
+    // The connection takes the next request once it has finished the last.
+    send.ready().await.unwrap();
     let resp = send.send_request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     http::Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
@@ -300,6 +302,7 @@ async fn http2_and_websockets_over_tls_reach_http1_workers() {
         let req = http::Request::get("https://acme.example.com/__mock/echo")
             .body(crate::util::full(Bytes::new()))
             .unwrap();
+        send.ready().await.unwrap();
         let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), http::Version::HTTP_2);

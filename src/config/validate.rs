@@ -257,7 +257,7 @@ impl Checker<'_> {
             client_keepalive: Duration::from_secs(self.positive(
                 "timeouts.client_keepalive_seconds",
                 t.client_keepalive_seconds,
-                60,
+                75,
             )),
             websocket_idle: Duration::from_secs(self.positive(
                 "timeouts.websocket_idle_seconds",
