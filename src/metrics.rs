@@ -211,15 +211,6 @@ const RELOADS: &str = "fledge_config_reloads_total";
 impl Exporter {
     /// An exporter of whatever table `routes` holds.
     pub fn new(routes: Arc<ArcSwap<RouteTable>>, reloads: Arc<crate::control::ReloadCounters>) -> Self {
-        let desc = |name: &str, help: &str, labels: &[&str]| {
-            Desc::new(
-                name.into(),
-                help.into(),
-                labels.iter().map(|l| (*l).to_owned()).collect(),
-                Default::default(),
-            )
-            .expect("static metric descriptions are valid")
-        };
         let descs = vec![
             desc(
                 REQUESTS,
@@ -256,6 +247,17 @@ impl Exporter {
     pub fn register(self, registry: &prometheus::Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self))
     }
+}
+
+/// A metric family's description (static names and labels).
+pub(crate) fn desc(name: &str, help: &str, labels: &[&str]) -> Desc {
+    Desc::new(
+        name.into(),
+        help.into(),
+        labels.iter().map(|l| (*l).to_owned()).collect(),
+        Default::default(),
+    )
+    .expect("static metric descriptions are valid")
 }
 
 pub(crate) fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {

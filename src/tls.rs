@@ -261,15 +261,7 @@ pub struct TlsExporter {
 impl TlsExporter {
     /// Export `certs`.
     pub fn new(certs: Arc<Certificates>) -> Self {
-        let desc = |name: &str, help: &str, labels: &[&str]| {
-            Desc::new(
-                name.to_owned(),
-                help.to_owned(),
-                labels.iter().map(|l| (*l).to_owned()).collect(),
-                Default::default(),
-            )
-            .expect("valid metric description")
-        };
+        use crate::metrics::desc;
         let descs = vec![
             desc(
                 EXPIRY,
