@@ -86,6 +86,11 @@ pub struct Limits {
     pub max_header_fields: usize,
     /// Request target, in bytes (414 above).
     pub max_request_line_bytes: usize,
+    /// Open client connections, all listeners together; more are closed on
+    /// arrival.
+    pub max_connections: usize,
+    /// Open client connections from one address.
+    pub max_connections_per_ip: u32,
 }
 
 /// Sticky cookie settings.

@@ -35,6 +35,7 @@ use crate::metrics::Outcome;
 use crate::routing::{Decision, RequestView, RouteTable, Version, BUCKET_COOKIE, VERSION_COOKIE};
 
 pub mod classify;
+pub mod connections;
 mod ctx;
 pub mod limits;
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -22,6 +21,7 @@ use crate::config::watch::ConfigWatcher;
 use crate::config::{Config, TokenSource};
 use crate::control::Control;
 use crate::metrics::Exporter;
+use crate::proxy::connections::{ConnectionExporter, Connections, Guarded};
 use crate::proxy::FledgeProxy;
 use crate::routing::CookieKey;
 use crate::tls::watch::CertWatcher;
@@ -99,10 +99,16 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     server_options.h2c = true;
     server_options.keepalive_request_limit = Some(KEEPALIVE_REQUEST_LIMIT);
     server_options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
-    let mut proxy = ProxyServiceBuilder::new(&server.configuration, FledgeProxy::new(control.routes()))
-        .name("fledge proxy")
-        .server_options(server_options)
-        .build();
+    let mut app = pingora::proxy::http_proxy(&server.configuration, FledgeProxy::new(control.routes()));
+    app.server_options = Some(server_options);
+    let connections = Connections::new();
+    registry
+        .register(Box::new(ConnectionExporter::new(Arc::clone(&connections))))
+        .context("cannot register metrics")?;
+    let mut proxy = Service::new(
+        "fledge proxy".to_owned(),
+        Guarded::new(app, control.routes(), connections),
+    );
     proxy.add_tcp(&config.listen.to_string());
     if let (Some(tls), Some((store, _))) = (&config.tls, &certs) {
         // Pingora's rustls listener: TLS 1.2 and 1.3 only; ALPN h2, then

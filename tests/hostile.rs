@@ -201,3 +201,97 @@ async fn the_smuggling_table_gets_its_statuses_and_smuggles_nothing() {
         cases.len()
     );
 }
+
+/// A kept-alive HTTP/1.1 connection from `source`.
+async fn connection_from(
+    source: &str,
+    proxy: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<crate::util::Body> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(proxy).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// A request on `send`; `None` when the connection was closed on us.
+async fn status_on(send: &mut hyper::client::conn::http1::SendRequest<crate::util::Body>) -> Option<u16> {
+    send.ready().await.ok()?;
+    let req = http::Request::get("/web/login")
+        .header("host", "case0.example.com")
+        .body(crate::util::full(bytes::Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    http_body_util::BodyExt::collect(resp.into_body()).await.ok()?;
+    Some(status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_a_cap_are_closed_and_open_ones_spared() {
+    let worker = mock("17.0").await;
+    let config = format!(
+        "listen: \"{{listen}}\"\nthreads: 2\nlimits:\n  max_connections: 8\n  max_connections_per_ip: 5\n\
+         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
+        worker.addr()
+    );
+    let proxy = TestProxy::start(&config);
+    // The start-up probes' connections are gone before we count.
+    let idle = crate::util::eventually(5, || async {
+        proxy.metric("fledge_connections_open").await == Some(0.0)
+    })
+    .await;
+    assert!(idle, "{}", proxy.metrics().await);
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        let mut c = connection_from("127.0.0.1", proxy.addr).await;
+        assert_eq!(status_on(&mut c).await, Some(200));
+        first.push(c);
+    }
+    // A sixth from the same address: closed on arrival.
+    let mut sixth = connection_from("127.0.0.1", proxy.addr).await;
+    assert_eq!(
+        status_on(&mut sixth).await,
+        None,
+        "the per-address cap let a 6th in"
+    );
+    // Others fill the total...
+    let mut second = Vec::new();
+    for _ in 0..3 {
+        let mut c = connection_from("127.0.0.2", proxy.addr).await;
+        assert_eq!(status_on(&mut c).await, Some(200));
+        second.push(c);
+    }
+    // ...and a ninth, from anywhere, is closed.
+    let mut ninth = connection_from("127.0.0.3", proxy.addr).await;
+    assert_eq!(status_on(&mut ninth).await, None, "the total cap let a 9th in");
+    // The open ones were not harmed.
+    for c in first.iter_mut().chain(second.iter_mut()) {
+        assert_eq!(status_on(c).await, Some(200));
+    }
+    // A closed connection gives its place back.
+    drop(first.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let mut c = connection_from("127.0.0.1", proxy.addr).await;
+        if status_on(&mut c).await == Some(200) {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        again.is_some(),
+        "the place of a closed connection never came back"
+    );
+    let refused = |cap: &str| format!("fledge_connections_refused_total{{cap=\"{cap}\"}}");
+    assert!(proxy.metric(&refused("per_ip")).await >= Some(1.0));
+    assert!(proxy.metric(&refused("total")).await >= Some(1.0));
+    assert_eq!(proxy.metric("fledge_connections_open").await, Some(8.0));
+}

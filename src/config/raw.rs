@@ -48,6 +48,8 @@ pub(crate) struct Limits {
     pub(crate) max_header_bytes: Option<u64>,
     pub(crate) max_header_fields: Option<u64>,
     pub(crate) max_request_line_bytes: Option<u64>,
+    pub(crate) max_connections: Option<u64>,
+    pub(crate) max_connections_per_ip: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

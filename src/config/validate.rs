@@ -269,11 +269,12 @@ impl Checker<'_> {
     }
 
     fn limits(&mut self, l: &raw::Limits) -> Limits {
-        // Pingora's parser stops at 1 MiB and 256 fields: ours must fit.
+        // Pingora's parser stops at 1 MiB and 256 fields: ours must fit;
+        // the connection caps are bounded to catch a slipped digit.
         let mut bounded = |path: &str, value: Option<u64>, default: u64, max: u64| {
             let v = self.positive(path, value, default);
             if v > max {
-                self.problem(path, format!("must be at most {max} (Pingora's own limit)"));
+                self.problem(path, format!("must be at most {max}"));
                 return usize::try_from(default).unwrap_or(usize::MAX);
             }
             usize::try_from(v).unwrap_or(usize::MAX)
@@ -292,6 +293,14 @@ impl Checker<'_> {
                 8 * 1024,
                 1024 * 1024,
             ),
+            max_connections: bounded("limits.max_connections", l.max_connections, 20_000, 10_000_000),
+            max_connections_per_ip: u32::try_from(bounded(
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip,
+                1_000,
+                10_000_000,
+            ))
+            .unwrap_or(u32::MAX),
         }
     }
 

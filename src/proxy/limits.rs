@@ -96,6 +96,8 @@ mod tests {
             max_header_bytes: 1024,
             max_header_fields: 10,
             max_request_line_bytes: 100,
+            max_connections: 10,
+            max_connections_per_ip: 10,
         }
     }
 

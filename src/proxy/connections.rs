@@ -1,0 +1,221 @@
+//! Data plane, per connection: caps on open client connections, in total
+//! and per client address. Pingora has none (RELIABILITY.md §0).
+//!
+//! [`Guarded`] wraps the proxy's Pingora app: it sees each accepted
+//! connection (after the TLS handshake, on the TLS listener) before any byte
+//! of HTTP is read, counts it, and drops it at once when a cap is reached;
+//! connections already open are untouched. It then runs the connection's
+//! requests itself (Pingora's keep-alive reuse loop, moved here) so that it
+//! knows when the connection ends.
+//!
+//! Per-address counts live in a fixed table of atomic counters indexed by a
+//! keyed hash of the address: no lock, no allocation, bounded memory
+//! whatever the number of clients. Two addresses that share a slot share a
+//! cap, which errs towards refusing; with 65 536 slots that takes thousands
+//! of clients at once, each near the cap.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
+
+use crate::routing::RouteTable;
+
+const SLOTS: usize = 1 << 16;
+
+/// Counts shared by the guard and the metrics.
+pub struct Connections {
+    open: AtomicUsize,
+    per_ip: Box<[AtomicU32]>,
+    hasher: ahash::RandomState,
+    refused_total: AtomicU64,
+    refused_per_ip: AtomicU64,
+}
+
+/// The proxy app behind the caps.
+pub struct Guarded<A> {
+    inner: Arc<A>,
+    routes: Arc<ArcSwap<RouteTable>>,
+    counts: Arc<Connections>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+struct Admitted<'a> {
+    counts: &'a Connections,
+    slot: Option<usize>,
+}
+
+impl Connections {
+    /// Empty counts.
+    pub fn new() -> Arc<Connections> {
+        Arc::new(Connections {
+            open: AtomicUsize::new(0),
+            per_ip: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            hasher: ahash::RandomState::new(),
+            refused_total: AtomicU64::new(0),
+            refused_per_ip: AtomicU64::new(0),
+        })
+    }
+
+    /// Take a place for a connection from `ip`, or `None` at a cap.
+    fn admit(&self, ip: Option<IpAddr>, max_total: usize, max_per_ip: u32) -> Option<Admitted<'_>> {
+        if self.open.fetch_add(1, Relaxed) >= max_total {
+            self.open.fetch_sub(1, Relaxed);
+            self.refused_total.fetch_add(1, Relaxed);
+            return None;
+        }
+        let mut admitted = Admitted {
+            counts: self,
+            slot: None,
+        };
+        if let Some(ip) = ip {
+            let slot = (self.hasher.hash_one(ip) as usize) % SLOTS;
+            if self.per_ip[slot].fetch_add(1, Relaxed) >= max_per_ip {
+                self.per_ip[slot].fetch_sub(1, Relaxed);
+                self.refused_per_ip.fetch_add(1, Relaxed);
+                // Dropping `admitted` gives the total place back.
+                return None;
+            }
+            admitted.slot = Some(slot);
+        }
+        Some(admitted)
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.counts.open.fetch_sub(1, Relaxed);
+        if let Some(slot) = self.slot {
+            self.counts.per_ip[slot].fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl<A> Guarded<A> {
+    /// Cap the connections `inner` serves, with the limits of the current
+    /// route table (so a reload changes them for new connections).
+    pub fn new(inner: A, routes: Arc<ArcSwap<RouteTable>>, counts: Arc<Connections>) -> Self {
+        Guarded {
+            inner: Arc::new(inner),
+            routes,
+            counts,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let (max_total, max_per_ip) = {
+            let table = self.routes.load();
+            let limits = &table.tuning().limits;
+            (limits.max_connections, limits.max_connections_per_ip)
+        };
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let Some(_admitted) = self.counts.admit(ip, max_total, max_per_ip) else {
+            tracing::debug!(?ip, "connection refused at a cap");
+            // Dropping the stream closes it.
+            return None;
+        };
+        // Pingora's reuse loop (services/listening.rs), kept inside the
+        // admission so that the place is held as long as the connection.
+        let mut next = self.inner.process_new(stream, shutdown).await;
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+// === metrics ===
+
+const OPEN: &str = "fledge_connections_open";
+const REFUSED: &str = "fledge_connections_refused_total";
+
+/// Prometheus view of the connection counts.
+pub struct ConnectionExporter {
+    counts: Arc<Connections>,
+    descs: Vec<Desc>,
+}
+
+impl ConnectionExporter {
+    /// Export `counts`.
+    pub fn new(counts: Arc<Connections>) -> Self {
+        use crate::metrics::desc;
+        let descs = vec![
+            desc(OPEN, "Client connections open on the proxy listeners.", &[]),
+            desc(
+                REFUSED,
+                "Client connections closed on arrival at a cap, by cap.",
+                &["cap"],
+            ),
+        ];
+        ConnectionExporter { counts, descs }
+    }
+}
+
+impl Collector for ConnectionExporter {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use crate::metrics::{counter, family, gauge};
+        let c = &self.counts;
+        vec![
+            family(
+                OPEN,
+                &self.descs[0].help,
+                MetricType::GAUGE,
+                vec![gauge(&[], c.open.load(Relaxed) as f64)],
+            ),
+            family(
+                REFUSED,
+                &self.descs[1].help,
+                MetricType::COUNTER,
+                vec![
+                    counter(&[("cap", "total")], c.refused_total.load(Relaxed) as f64),
+                    counter(&[("cap", "per_ip")], c.refused_per_ip.load(Relaxed) as f64),
+                ],
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_hold_and_places_come_back() {
+        let c = Connections::new();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = c.admit(Some(a), 3, 2);
+        let second = c.admit(Some(a), 3, 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(c.admit(Some(a), 3, 2).is_none(), "a third from one address");
+        let other = c.admit(Some(b), 3, 2);
+        assert!(other.is_some());
+        assert!(c.admit(Some(b), 3, 2).is_none(), "a fourth in total");
+        assert_eq!(c.refused_per_ip.load(Relaxed), 1);
+        assert_eq!(c.refused_total.load(Relaxed), 1);
+        drop(first);
+        let again = c.admit(Some(a), 3, 2);
+        assert!(again.is_some(), "a place came back");
+        assert_eq!(c.open.load(Relaxed), 3);
+    }
+}
