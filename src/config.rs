@@ -91,6 +91,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open client connections from one address.
     pub max_connections_per_ip: u32,
+    /// Longest time a request header may take, all of it (slow clients).
+    pub header_timeout: Duration,
 }
 
 /// Sticky cookie settings.

@@ -53,12 +53,14 @@ const NO_TENANT_BODY: &[u8] = b"fledge: no tenant is configured for this host\n"
 /// The proxy: reads the route table, never writes it.
 pub struct FledgeProxy {
     routes: Arc<ArcSwap<RouteTable>>,
+    connections: Arc<connections::Connections>,
 }
 
 impl FledgeProxy {
-    /// A proxy serving whatever table `routes` holds.
-    pub fn new(routes: Arc<ArcSwap<RouteTable>>) -> Self {
-        FledgeProxy { routes }
+    /// A proxy serving whatever table `routes` holds; `connections` learns
+    /// when each request header is complete (the header deadline).
+    pub fn new(routes: Arc<ArcSwap<RouteTable>>, connections: Arc<connections::Connections>) -> Self {
+        FledgeProxy { routes, connections }
     }
 }
 
@@ -142,6 +144,9 @@ impl ProxyHttp for FledgeProxy {
 
     /// Route the request: decided once, here, and kept in the context.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(socket) = session.digest().and_then(|d| d.socket_digest.as_ref()) {
+            self.connections.header_seen(socket);
+        }
         let limits = &ctx.table.tuning().limits;
         if let Some(refusal) = limits::check(session.req_header(), limits, DEFAULT_OVERRIDE_HEADER_LC) {
             tracing::debug!(?refusal, "request refused before routing");

@@ -99,9 +99,12 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     server_options.h2c = true;
     server_options.keepalive_request_limit = Some(KEEPALIVE_REQUEST_LIMIT);
     server_options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
-    let mut app = pingora::proxy::http_proxy(&server.configuration, FledgeProxy::new(control.routes()));
-    app.server_options = Some(server_options);
     let connections = Connections::new();
+    let mut app = pingora::proxy::http_proxy(
+        &server.configuration,
+        FledgeProxy::new(control.routes(), Arc::clone(&connections)),
+    );
+    app.server_options = Some(server_options);
     registry
         .register(Box::new(ConnectionExporter::new(Arc::clone(&connections))))
         .context("cannot register metrics")?;

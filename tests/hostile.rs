@@ -295,3 +295,54 @@ async fn connections_over_a_cap_are_closed_and_open_ones_spared() {
     assert!(proxy.metric(&refused("total")).await >= Some(1.0));
     assert_eq!(proxy.metric("fledge_connections_open").await, Some(8.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_sent_byte_by_byte_is_cut_at_the_deadline_and_idle_keep_alive_is_not() {
+    let worker = mock("17.0").await;
+    let config = format!(
+        "listen: \"{{listen}}\"\nthreads: 2\nlimits:\n  header_timeout_seconds: 2\n\
+         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
+        worker.addr()
+    );
+    let proxy = TestProxy::start(&config);
+
+    // Slowloris: a header that never ends, a byte every 300 ms, each read
+    // restarting Pingora's own timer.
+    let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(b"GET /web/login HTTP/1.1\r\nHost: case0.example.com\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut closed_after = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("a slow header was never cut");
+    assert!(
+        closed_after >= Duration::from_secs(2),
+        "cut too early: {closed_after:?}"
+    );
+    assert!(
+        closed_after < Duration::from_secs(8),
+        "cut too late: {closed_after:?}"
+    );
+    assert_eq!(worker.stats().requests, 0);
+
+    // A kept-alive connection idle past the deadline is not cut: the clock
+    // starts at a request's first byte.
+    let mut kept = connection_from("127.0.0.1", proxy.addr).await;
+    assert_eq!(status_on(&mut kept).await, Some(200));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_on(&mut kept).await, Some(200));
+    assert!(proxy.metric("fledge_slow_headers_total").await >= Some(1.0));
+}

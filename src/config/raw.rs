@@ -50,6 +50,7 @@ pub(crate) struct Limits {
     pub(crate) max_request_line_bytes: Option<u64>,
     pub(crate) max_connections: Option<u64>,
     pub(crate) max_connections_per_ip: Option<u64>,
+    pub(crate) header_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

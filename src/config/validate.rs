@@ -301,6 +301,11 @@ impl Checker<'_> {
                 10_000_000,
             ))
             .unwrap_or(u32::MAX),
+            header_timeout: Duration::from_secs(self.positive(
+                "limits.header_timeout_seconds",
+                l.header_timeout_seconds,
+                15,
+            )),
         }
     }
 

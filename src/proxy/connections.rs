@@ -8,6 +8,15 @@
 //! requests itself (Pingora's keep-alive reuse loop, moved here) so that it
 //! knows when the connection ends.
 //!
+//! It also bounds the time a request header may take as a whole (Pingora's
+//! timer restarts on every read, so a client sending a byte every 59 s
+//! holds a connection for as long as it likes): from the request's first
+//! byte (on TLS, which cannot be peeked: from the connection's start, for
+//! its first request), the header must be complete within
+//! `limits.header_timeout_seconds`, or the connection is closed.
+//! "Complete" is learnt from the proxy's `request_filter`, which marks the
+//! connection (by its socket digest) in [`Connections::header_seen`].
+//!
 //! Per-address counts live in a fixed table of atomic counters indexed by a
 //! keyed hash of the address: no lock, no allocation, bounded memory
 //! whatever the number of clients. Two addresses that share a slot share a
@@ -21,7 +30,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
+use pingora::protocols::SocketDigest;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
@@ -37,6 +47,9 @@ pub struct Connections {
     hasher: ahash::RandomState,
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
+    /// Request headers completed, by connection (slot of its socket digest).
+    headers: Box<[AtomicU32]>,
+    slow_headers: AtomicU64,
 }
 
 /// The proxy app behind the caps.
@@ -61,7 +74,19 @@ impl Connections {
             hasher: ahash::RandomState::new(),
             refused_total: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
+            headers: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            slow_headers: AtomicU64::new(0),
         })
+    }
+
+    fn header_slot(&self, digest: &Arc<SocketDigest>) -> usize {
+        (self.hasher.hash_one(Arc::as_ptr(digest) as usize) as usize) % SLOTS
+    }
+
+    /// A request header of the connection behind `digest` is complete.
+    /// Called by the proxy once per request.
+    pub fn header_seen(&self, digest: &Arc<SocketDigest>) {
+        self.headers[self.header_slot(digest)].fetch_add(1, Relaxed);
     }
 
     /// Take a place for a connection from `ip`, or `None` at a cap.
@@ -113,13 +138,20 @@ impl<A> Guarded<A> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let (max_total, max_per_ip) = {
+        let (max_total, max_per_ip, header_timeout, idle) = {
             let table = self.routes.load();
-            let limits = &table.tuning().limits;
-            (limits.max_connections, limits.max_connections_per_ip)
+            let tuning = table.tuning();
+            let limits = &tuning.limits;
+            (
+                limits.max_connections,
+                limits.max_connections_per_ip,
+                limits.header_timeout,
+                tuning.timeouts.client_keepalive,
+            )
         };
-        let ip = stream
-            .get_socket_digest()
+        let digest = stream.get_socket_digest();
+        let ip = digest
+            .as_ref()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let Some(_admitted) = self.counts.admit(ip, max_total, max_per_ip) else {
             tracing::debug!(?ip, "connection refused at a cap");
@@ -128,9 +160,50 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         };
         // Pingora's reuse loop (services/listening.rs), kept inside the
         // admission so that the place is held as long as the connection.
-        let mut next = self.inner.process_new(stream, shutdown).await;
-        while let Some(stream) = next {
-            next = self.inner.process_new(stream, shutdown).await;
+        let mut next = Some(stream);
+        let mut first = true;
+        while let Some(mut stream) = next.take() {
+            let tls = stream.get_ssl_digest().is_some();
+            let deadline = match &digest {
+                // HTTP/2 over TLS: one call serves the whole connection, and
+                // h2 bounds its own headers (64 KiB, CONTINUATION cap).
+                _ if tls && stream.selected_alpn_proto() == Some(ALPN::H2) => None,
+                // TLS cannot be peeked: bound the first request only, from
+                // the end of the handshake.
+                Some(d) if tls => first.then_some(d),
+                Some(d) => {
+                    // Wait for the request's first byte (the keep-alive
+                    // idle time, as Pingora would), then start the clock.
+                    let mut byte = [0u8; 1];
+                    match tokio::time::timeout(idle, stream.try_peek(&mut byte)).await {
+                        Ok(Ok(true)) => Some(d),
+                        Ok(Ok(false)) => None,
+                        Ok(Err(_)) | Err(_) => return None,
+                    }
+                }
+                None => None,
+            };
+            first = false;
+            let served = self.inner.process_new(stream, shutdown);
+            next = match deadline {
+                None => served.await,
+                Some(d) => {
+                    let slot = self.counts.header_slot(d);
+                    let before = self.counts.headers[slot].load(Relaxed);
+                    tokio::pin!(served);
+                    tokio::select! {
+                        next = &mut served => next,
+                        () = tokio::time::sleep(header_timeout) => {
+                            if self.counts.headers[slot].load(Relaxed) == before {
+                                self.counts.slow_headers.fetch_add(1, Relaxed);
+                                tracing::debug!(?ip, "request header not complete in time: connection closed");
+                                return None;
+                            }
+                            served.await
+                        }
+                    }
+                }
+            };
         }
         None
     }
@@ -144,6 +217,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 
 const OPEN: &str = "fledge_connections_open";
 const REFUSED: &str = "fledge_connections_refused_total";
+const SLOW: &str = "fledge_slow_headers_total";
 
 /// Prometheus view of the connection counts.
 pub struct ConnectionExporter {
@@ -161,6 +235,11 @@ impl ConnectionExporter {
                 REFUSED,
                 "Client connections closed on arrival at a cap, by cap.",
                 &["cap"],
+            ),
+            desc(
+                SLOW,
+                "Client connections closed because a request header took longer than limits.header_timeout_seconds.",
+                &[],
             ),
         ];
         ConnectionExporter { counts, descs }
@@ -190,6 +269,12 @@ impl Collector for ConnectionExporter {
                     counter(&[("cap", "total")], c.refused_total.load(Relaxed) as f64),
                     counter(&[("cap", "per_ip")], c.refused_per_ip.load(Relaxed) as f64),
                 ],
+            ),
+            family(
+                SLOW,
+                &self.descs[2].help,
+                MetricType::COUNTER,
+                vec![counter(&[], c.slow_headers.load(Relaxed) as f64)],
             ),
         ]
     }

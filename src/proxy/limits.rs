@@ -98,6 +98,7 @@ mod tests {
             max_request_line_bytes: 100,
             max_connections: 10,
             max_connections_per_ip: 10,
+            header_timeout: std::time::Duration::from_secs(15),
         }
     }
 
