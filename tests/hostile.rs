@@ -346,3 +346,111 @@ async fn a_header_sent_byte_by_byte_is_cut_at_the_deadline_and_idle_keep_alive_i
     assert_eq!(status_on(&mut kept).await, Some(200));
     assert!(proxy.metric("fledge_slow_headers_total").await >= Some(1.0));
 }
+
+/// A worker that misbehaves on request: the path names the fault. `/ok`
+/// answers properly and keeps the connection for the next request.
+async fn faulty_worker() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                loop {
+                    // One request head (GETs only: no bodies).
+                    let end = loop {
+                        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut buf = [0u8; 4096];
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                    pending.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let answer: &[u8] = match path.as_str() {
+                        "/ok" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                        "/close-before-headers" => return,
+                        "/garbage-status" => b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nhi",
+                        "/cl-and-te" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSMUGGLE",
+                        "/longer-than-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSMUGGLE",
+                        "/reset-mid-body" => {
+                            let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+                            let _ = tcp.set_linger(Some(Duration::ZERO));
+                            return;
+                        }
+                        _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                    };
+                    if tcp.write_all(answer).await.is_err() || path != "/ok" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_workers_get_502s_and_never_mix_responses_between_clients() {
+    let worker = faulty_worker().await;
+    let config = format!(
+        "listen: \"{{listen}}\"\nthreads: 2\npools:\n  p: {{ workers: [\"{worker}\"] }}\n\
+         tenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n"
+    );
+    let proxy = TestProxy::start(&config);
+    let client = crate::util::Client::new(proxy.addr);
+    let host = "case0.example.com";
+
+    // Each fault, many times, while other clients fetch `/ok` on the same
+    // worker (and, through fledge's pool, maybe on the same upstream
+    // connections): every `/ok` must get its own `ok`.
+    let mut bystanders = Vec::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        bystanders.push(tokio::spawn(async move {
+            let mut wrong = Vec::new();
+            for _ in 0..40 {
+                let r = client.get(host, "/ok", &[]).await;
+                if r.status != 200 || r.body != "ok" {
+                    wrong.push(format!("{} {:?}", r.status, r.body));
+                }
+            }
+            wrong
+        }));
+    }
+    for _ in 0..10 {
+        for (path, want) in [
+            ("/close-before-headers", &[502][..]),
+            ("/garbage-status", &[502]),
+            ("/cl-and-te", &[200, 502]),
+        ] {
+            let r = client.get(host, path, &[]).await;
+            assert!(want.contains(&r.status.as_u16()), "{path}: {}", r.status);
+            assert!(
+                !r.body.windows(7).any(|w| w == b"SMUGGLE"),
+                "{path}: {:?}",
+                r.body
+            );
+        }
+        // The client gets the 5 bytes the length promised, nothing more.
+        let r = client.get(host, "/longer-than-length", &[]).await;
+        assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"hello"[..]));
+        // Headers were sent: the client must see the body cut short, not a
+        // complete response.
+        let r = client.get(host, "/reset-mid-body", &[]).await;
+        assert!(
+            r.status == 599 || r.body.len() < 100,
+            "{} with {} bytes",
+            r.status,
+            r.body.len()
+        );
+    }
+    for b in bystanders {
+        let wrong = b.await.unwrap();
+        assert!(wrong.is_empty(), "responses mixed up: {wrong:?}");
+    }
+}
