@@ -379,7 +379,7 @@ async fn faulty_worker() -> std::net::SocketAddr {
                         "/longer-than-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSMUGGLE",
                         "/reset-mid-body" => {
                             let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
-                            let _ = tcp.set_linger(Some(Duration::ZERO));
+                            let _ = tcp.set_zero_linger();
                             return;
                         }
                         _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
