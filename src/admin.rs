@@ -216,22 +216,7 @@ impl Admin {
                     "weight" => {
                         allow(&method, &[Method::PUT])?;
                         let body = read_body(session).await?;
-                        let w: WeightBody = serde_json::from_slice(&body).map_err(|e| {
-                            AdminError::new(
-                                StatusCode::BAD_REQUEST,
-                                format!("expected {{\"weight\": <percent>}}: {e}"),
-                            )
-                        })?;
-                        let weight = Weight::from_percent(w.weight).ok_or_else(|| {
-                            AdminError::new(
-                                StatusCode::UNPROCESSABLE_ENTITY,
-                                format!(
-                                    "`{}` is not a percentage from 0 to 100 with at most two decimals",
-                                    w.weight
-                                ),
-                            )
-                        })?;
-                        Operation::Weight(weight)
+                        Operation::Weight(parse_weight(&body)?)
                     }
                     "promote" | "rollback" | "pause" | "resume" => {
                         allow(&method, &[Method::POST])?;
@@ -401,8 +386,27 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, AdminError> {
     }
 }
 
+/// The body of `PUT .../weight`: `{"weight": <percent>}`.
+pub(crate) fn parse_weight(body: &[u8]) -> Result<Weight, AdminError> {
+    let w: WeightBody = serde_json::from_slice(body).map_err(|e| {
+        AdminError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"weight\": <percent>}}: {e}"),
+        )
+    })?;
+    Weight::from_percent(w.weight).ok_or_else(|| {
+        AdminError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "`{}` is not a percentage from 0 to 100 with at most two decimals",
+                w.weight
+            ),
+        )
+    })
+}
+
 /// `since=` as Unix milliseconds or RFC 3339.
-fn parse_since(query: &str) -> Result<Option<u64>, AdminError> {
+pub(crate) fn parse_since(query: &str) -> Result<Option<u64>, AdminError> {
     let Some(raw) = query.split('&').find_map(|kv| kv.strip_prefix("since=")) else {
         return Ok(None);
     };

@@ -25,6 +25,7 @@
 //! Tools:
 //! - [`mock_odoo`]: an Odoo stand-in for tests, demos and rehearsals.
 //! - [`demo`]: the embedded demo (`fledge demo`).
+//! - [`fuzz`]: entry points of the fuzz targets (`fuzz/`), replayed in tests.
 //! - [`ctl`]: `fledge ctl`, the admin API's command-line client.
 
 pub mod admin;
@@ -34,6 +35,7 @@ pub mod control;
 pub mod ctl;
 pub mod demo;
 pub mod error;
+pub mod fuzz;
 pub mod metrics;
 pub mod mock_odoo;
 pub mod proxy;
