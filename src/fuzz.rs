@@ -15,8 +15,11 @@ use crate::config::Config;
 use crate::proxy::classify::JsonRpcSniffer;
 use crate::routing::{CookieKey, RequestView, RouteTable};
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (as in `fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("config", config),
     ("routing", routing),
     ("http1_request", http1_request),
