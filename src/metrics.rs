@@ -207,6 +207,7 @@ const STATE: &str = "fledge_canary_state";
 const VERDICT: &str = "fledge_canary_verdict";
 const ROLLBACKS: &str = "fledge_rollbacks_total";
 const RELOADS: &str = "fledge_config_reloads_total";
+const EJECTIONS: &str = "fledge_worker_ejections_total";
 
 impl Exporter {
     /// An exporter of whatever table `routes` holds.
@@ -235,6 +236,11 @@ impl Exporter {
             ),
             desc(ROLLBACKS, "Canary rollbacks by reason.", &["tenant", "reason"]),
             desc(RELOADS, "Config reloads by result.", &["result"]),
+            desc(
+                EJECTIONS,
+                "Workers taken out of their pool after failures in a row, by pool (counted since the pool was last changed).",
+                &["pool"],
+            ),
         ];
         Exporter {
             routes,
@@ -405,6 +411,16 @@ impl Collector for Exporter {
                 .iter()
                 .map(|(result, n)| counter(&[("result", result)], n.load(Relaxed) as f64))
                 .collect(),
+            ),
+            family(
+                EJECTIONS,
+                help(7),
+                MetricType::COUNTER,
+                table
+                    .pools()
+                    .iter()
+                    .map(|p| counter(&[("pool", p.name())], p.ejections() as f64))
+                    .collect(),
             ),
         ]
         .into_iter()

@@ -38,6 +38,7 @@ pub mod classify;
 pub mod connections;
 mod ctx;
 pub mod limits;
+pub mod retry;
 
 /// The default override header, as `http` spells names.
 const DEFAULT_OVERRIDE_HEADER_LC: &str = "x-fledge-version";
@@ -54,13 +55,22 @@ const NO_TENANT_BODY: &[u8] = b"fledge: no tenant is configured for this host\n"
 pub struct FledgeProxy {
     routes: Arc<ArcSwap<RouteTable>>,
     connections: Arc<connections::Connections>,
+    retries: Arc<retry::RetryBudget>,
 }
 
 impl FledgeProxy {
     /// A proxy serving whatever table `routes` holds; `connections` learns
     /// when each request header is complete (the header deadline).
-    pub fn new(routes: Arc<ArcSwap<RouteTable>>, connections: Arc<connections::Connections>) -> Self {
-        FledgeProxy { routes, connections }
+    pub fn new(
+        routes: Arc<ArcSwap<RouteTable>>,
+        connections: Arc<connections::Connections>,
+        retries: Arc<retry::RetryBudget>,
+    ) -> Self {
+        FledgeProxy {
+            routes,
+            connections,
+            retries,
+        }
     }
 }
 
@@ -112,6 +122,19 @@ fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// Tell `pool` how `worker` answered; an ejection is worth a log line.
+fn report_worker(pool: &crate::upstream::Pool, websocket: bool, worker: std::net::SocketAddr, ok: bool) {
+    if let Some(length) = pool.report(websocket, worker, ok) {
+        tracing::warn!(
+            pool = pool.name(),
+            %worker,
+            seconds = length.as_secs(),
+            "worker ejected after {} failures in a row",
+            crate::upstream::EJECT_AFTER
+        );
+    }
+}
+
 /// `308` to the same URL on the TLS listener (the method and body are kept
 /// by the client, unlike with a 301). Not a request of any version: no
 /// worker sees it and no counter records it.
@@ -139,7 +162,7 @@ impl ProxyHttp for FledgeProxy {
     /// One snapshot of the route table per request (`load_full`, not a guard:
     /// the context outlives many awaits).
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.routes.load_full())
+        RequestCtx::new(self.routes.load_full(), self.retries.enter())
     }
 
     /// Route the request: decided once, here, and kept in the context.
@@ -224,6 +247,7 @@ impl ProxyHttp for FledgeProxy {
             addr = stable.select(ws).or_else(|| stable.select_any(ws));
         }
         let addr = addr.ok_or_else(|| Error::explain(crate::error::NO_WORKER, "pool has no worker"))?;
+        ctx.peer = Some(addr);
 
         let timeouts = &ctx.table.tuning().timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -250,11 +274,16 @@ impl ProxyHttp for FledgeProxy {
         if let Some(route) = ctx.route {
             // The attempt counts against the version that failed it, even
             // when the retry on stable then succeeds.
-            let stats = ctx.table.tenants()[route.tenant].stats();
-            stats.version(ctx.served).record(Outcome::ConnectFailure, None);
+            let tenant = &ctx.table.tenants()[route.tenant];
+            tenant
+                .stats()
+                .version(ctx.served)
+                .record(Outcome::ConnectFailure, None);
+            if let Some(worker) = ctx.peer.take() {
+                report_worker(tenant.pool(ctx.served), ctx.long_lived, worker, false);
+            }
         }
-        if !ctx.connect_retried {
-            ctx.connect_retried = true;
+        if ctx.in_flight.try_retry() {
             ctx.served = Version::Stable;
             e.set_retry(true);
         }
@@ -366,8 +395,15 @@ impl ProxyHttp for FledgeProxy {
         if let Some(route) = ctx.route {
             let outcome = classify::outcome(status, e, ctx.sniffer.is_error());
             let latency = (!session.was_upgraded()).then(|| ctx.started.elapsed());
-            let stats = ctx.table.tenants()[route.tenant].stats();
-            stats.version(ctx.served).record(outcome, latency);
+            let tenant = &ctx.table.tenants()[route.tenant];
+            tenant.stats().version(ctx.served).record(outcome, latency);
+            if let Some(worker) = ctx.peer {
+                let failed = matches!(
+                    outcome,
+                    Outcome::ServerError | Outcome::ConnectFailure | Outcome::Timeout | Outcome::Reset
+                );
+                report_worker(tenant.pool(ctx.served), ctx.long_lived, worker, !failed);
+            }
         }
         tracing::debug!(
             status,

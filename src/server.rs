@@ -22,6 +22,7 @@ use crate::config::{Config, TokenSource};
 use crate::control::Control;
 use crate::metrics::Exporter;
 use crate::proxy::connections::{ConnectionExporter, Connections, Guarded};
+use crate::proxy::retry::{RetryBudget, RetryExporter};
 use crate::proxy::FledgeProxy;
 use crate::routing::CookieKey;
 use crate::tls::watch::CertWatcher;
@@ -100,9 +101,13 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     server_options.keepalive_request_limit = Some(KEEPALIVE_REQUEST_LIMIT);
     server_options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
     let connections = Connections::new();
+    let retries = Arc::new(RetryBudget::default());
+    registry
+        .register(Box::new(RetryExporter::new(Arc::clone(&retries))))
+        .context("cannot register metrics")?;
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
-        FledgeProxy::new(control.routes(), Arc::clone(&connections)),
+        FledgeProxy::new(control.routes(), Arc::clone(&connections), retries),
     );
     app.server_options = Some(server_options);
     registry

@@ -5,10 +5,17 @@
 //! and, when the pool has them, one for its WebSocket workers (Odoo's gevent
 //! port). Pools are built with the route table and carried over by a reload
 //! that does not change them, so their health state survives.
+//!
+//! Besides the active TCP checks, each worker has a passive one (outlier
+//! detection, as Envoy's `consecutive_5xx`): the proxy reports every
+//! answer; after [`EJECT_AFTER`] failures in a row (5xx, refused connect,
+//! timeout, reset) the worker is left out of selection for 30 s, doubling
+//! with each ejection up to 5 minutes, unless it is the last worker of its
+//! kind that could serve.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +34,11 @@ use crate::routing::RouteTable;
 
 /// Granularity of the health-check loop.
 const HEALTH_TICK: Duration = Duration::from_millis(100);
+/// Failures in a row that eject a worker.
+pub const EJECT_AFTER: u32 = 5;
+/// First ejection; each further one doubles it, up to [`EJECT_MAX`].
+const EJECT_BASE: Duration = Duration::from_secs(30);
+const EJECT_MAX: Duration = Duration::from_secs(300);
 
 /// A named set of workers running one release.
 pub struct Pool {
@@ -34,6 +46,7 @@ pub struct Pool {
     config: PoolConfig,
     http: Workers,
     websocket: Option<Workers>,
+    ejections: AtomicU64,
 }
 
 /// Workers behind one port kind, with their health.
@@ -47,6 +60,22 @@ struct Workers {
     lb: LoadBalancer<RoundRobin>,
     members: Vec<Backend>,
     next: AtomicUsize,
+    /// Passive health, by member index.
+    outliers: Box<[Outlier]>,
+    /// Members with an ejection set (expired ones are cleared lazily): while
+    /// 0, selection does not read the clock.
+    ejected: AtomicUsize,
+    /// Origin of the `until_ms` clock.
+    epoch: Instant,
+}
+
+/// A worker's passive health.
+#[derive(Default)]
+struct Outlier {
+    failures: AtomicU32,
+    /// Ejected until this many ms after `epoch`; 0: not ejected.
+    until_ms: AtomicU64,
+    ejections: AtomicU32,
 }
 
 /// Background service: TCP health checks of every pool in the current table.
@@ -67,11 +96,14 @@ impl Pool {
             check.peer_template.options.connection_timeout = Some(config.health_check.timeout);
             lb.set_health_check(check);
             lb.parallel_health_check = true;
-            let members = lb.backends().get_backend().iter().cloned().collect();
+            let members: Vec<Backend> = lb.backends().get_backend().iter().cloned().collect();
             Workers {
                 lb,
+                outliers: members.iter().map(|_| Outlier::default()).collect(),
                 members,
                 next: AtomicUsize::new(0),
+                ejected: AtomicUsize::new(0),
+                epoch: Instant::now(),
             }
         };
         Pool {
@@ -79,6 +111,7 @@ impl Pool {
             http: lb(&config.workers),
             websocket: (!config.websocket_workers.is_empty()).then(|| lb(&config.websocket_workers)),
             config: config.clone(),
+            ejections: AtomicU64::new(0),
         }
     }
 
@@ -111,6 +144,22 @@ impl Pool {
         self.workers(websocket).select(false)
     }
 
+    /// How the answer of `worker` went (`ok`: not a worker failure). After
+    /// [`EJECT_AFTER`] failures in a row the worker is ejected; returns the
+    /// ejection's length when this report caused one.
+    pub fn report(&self, websocket: bool, worker: SocketAddr, ok: bool) -> Option<Duration> {
+        let ejected = self.workers(websocket).report(worker, ok);
+        if ejected.is_some() {
+            self.ejections.fetch_add(1, Relaxed);
+        }
+        ejected
+    }
+
+    /// Ejections since the pool was built.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Relaxed)
+    }
+
     /// Probe every worker once.
     pub async fn check_health(&self) {
         self.http.lb.backends().run_health_check(true).await;
@@ -126,10 +175,74 @@ impl Workers {
     fn select(&self, healthy_only: bool) -> Option<SocketAddr> {
         let n = self.members.len();
         let start = self.next.fetch_add(1, Relaxed);
+        let now = (healthy_only && self.ejected.load(Relaxed) > 0).then(|| self.now_ms());
         (0..n)
-            .map(|i| &self.members[start.wrapping_add(i) % n])
-            .find(|b| !healthy_only || self.lb.backends().ready(b))
-            .and_then(|b| b.addr.as_inet().copied())
+            .map(|i| start.wrapping_add(i) % n)
+            .find(|&i| {
+                !healthy_only
+                    || (self.lb.backends().ready(&self.members[i])
+                        && now.is_none_or(|t| !self.is_ejected(i, t)))
+            })
+            .and_then(|i| self.members[i].addr.as_inet().copied())
+    }
+
+    fn now_ms(&self) -> u64 {
+        // Never 0, which means "not ejected".
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Ejected at `now`; an ejection found expired is cleared.
+    fn is_ejected(&self, i: usize, now: u64) -> bool {
+        let until = self.outliers[i].until_ms.load(Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if until > now {
+            return true;
+        }
+        if self.outliers[i]
+            .until_ms
+            .compare_exchange(until, 0, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.ejected.fetch_sub(1, Relaxed);
+        }
+        false
+    }
+
+    fn report(&self, worker: SocketAddr, ok: bool) -> Option<Duration> {
+        let i = self
+            .members
+            .iter()
+            .position(|b| b.addr.as_inet() == Some(&worker))?;
+        let o = &self.outliers[i];
+        if ok {
+            if o.failures.load(Relaxed) != 0 {
+                o.failures.store(0, Relaxed);
+            }
+            return None;
+        }
+        if o.failures.fetch_add(1, Relaxed) + 1 < EJECT_AFTER {
+            return None;
+        }
+        let now = self.now_ms();
+        // Never the last worker that could serve.
+        let others = (0..self.members.len())
+            .filter(|&j| j != i && self.lb.backends().ready(&self.members[j]) && !self.is_ejected(j, now))
+            .count();
+        if others == 0 || self.is_ejected(i, now) {
+            return None;
+        }
+        let times = o.ejections.fetch_add(1, Relaxed).min(4);
+        let length = (EJECT_BASE * 2u32.pow(times)).min(EJECT_MAX);
+        let until = now.saturating_add(u64::try_from(length.as_millis()).unwrap_or(u64::MAX));
+        if o.until_ms.swap(until, Relaxed) == 0 {
+            self.ejected.fetch_add(1, Relaxed);
+        }
+        o.failures.store(0, Relaxed);
+        Some(length)
     }
 }
 

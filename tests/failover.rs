@@ -123,3 +123,64 @@ tenants:
     }
     assert_eq!(http.stats().websockets, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_failing_in_a_row_is_ejected_but_never_the_last_one() {
+    let (good, bad, lonely) = (mock("17.0").await, mock("17.0").await, mock("17.0").await);
+    let failing = Knobs {
+        error_rate: 1.0,
+        ..Knobs::default()
+    };
+    bad.set_knobs(failing.clone());
+    lonely.set_knobs(failing);
+    let config = format!(
+        r#"listen: "{{listen}}"
+threads: 2
+pools:
+  two: {{ workers: ["{}", "{}"] }}
+  one: {{ workers: ["{}"] }}
+tenants:
+  acme:
+    hosts: ["{HOST}"]
+    stable: two
+  beta:
+    hosts: ["beta.example.com"]
+    stable: one
+"#,
+        good.addr(),
+        bad.addr(),
+        lonely.addr()
+    );
+    let proxy = TestProxy::start(&config);
+    let client = Client::new(proxy.addr);
+
+    // Round robin sends every other request to the failing worker until its
+    // fifth failure in a row; then it is left out.
+    let mut failed = 0;
+    for _ in 0..100 {
+        if client.get(HOST, "/web/login", &[]).await.status != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 5, "failed requests");
+    assert_eq!(bad.stats().requests, 5);
+    assert_eq!(good.stats().requests, 95);
+    assert_eq!(
+        proxy.metric("fledge_worker_ejections_total{pool=\"two\"}").await,
+        Some(1.0)
+    );
+
+    // The only worker of a pool stays in it, failing or not: its 500s reach
+    // the client as they are, never a 503 for an empty pool.
+    for _ in 0..20 {
+        assert_eq!(
+            client.get("beta.example.com", "/web/login", &[]).await.status,
+            500
+        );
+    }
+    assert_eq!(lonely.stats().requests, 20);
+    assert_eq!(
+        proxy.metric("fledge_worker_ejections_total{pool=\"one\"}").await,
+        Some(0.0)
+    );
+}

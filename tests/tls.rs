@@ -361,7 +361,7 @@ async fn a_renewed_certificate_serves_new_handshakes_and_open_connections_carry_
 
     let new = ca.leaf_between(&["acme.example.com"], 2021, 2095);
     install(certs.path(), "acme", &new.crt, &new.key);
-    let renewed = eventually(5, || async {
+    let renewed = eventually(15, || async {
         served(tls, Some("acme.example.com")).await.ok() == Some(new.der.clone())
     })
     .await;
@@ -425,7 +425,7 @@ async fn broken_pairs_are_refused_and_the_last_good_one_keeps_serving() {
     ];
     for (i, (what, crt, key, reason)) in cases.iter().enumerate() {
         install(certs.path(), "acme", crt, key);
-        let refused = eventually(5, || async {
+        let refused = eventually(15, || async {
             proxy.journal().iter().any(|e| {
                 e["event"] == "tls_cert_rejected"
                     && e["reason"].as_str().unwrap().starts_with(reason.as_str())
@@ -451,7 +451,7 @@ async fn broken_pairs_are_refused_and_the_last_good_one_keeps_serving() {
     // A good pair again is taken at once.
     let fixed = ca.leaf(&["acme.example.com"]);
     install(certs.path(), "acme", &fixed.crt, &fixed.key);
-    let taken = eventually(5, || async {
+    let taken = eventually(15, || async {
         served(tls, Some("acme.example.com")).await.ok() == Some(fixed.der.clone())
     })
     .await;

@@ -1,10 +1,12 @@
 //! Per-request state, created once in `new_ctx` and read by every hook.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::classify::JsonRpcSniffer;
+use super::retry::InFlight;
 use crate::routing::{Route, RouteTable, Version};
 
 /// What the hooks of one request share.
@@ -19,8 +21,11 @@ pub struct RequestCtx {
     pub(crate) served: Version,
     /// `/websocket` or `/longpolling/`: long-lived, to the WebSocket workers.
     pub(crate) long_lived: bool,
-    /// The one retry after a connect failure has been spent.
-    pub(crate) connect_retried: bool,
+    /// The worker of the current attempt, until its outcome is reported
+    /// to its pool (passive health).
+    pub(crate) peer: Option<SocketAddr>,
+    /// This request in the retry budget (and its retry, once taken).
+    pub(crate) in_flight: InFlight,
     /// When the request header was read.
     pub(crate) started: Instant,
     /// Watches a JSON-RPC response for an `error` member.
@@ -28,13 +33,14 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub(crate) fn new(table: Arc<RouteTable>) -> Self {
+    pub(crate) fn new(table: Arc<RouteTable>, in_flight: InFlight) -> Self {
         RequestCtx {
             table,
             route: None,
             served: Version::Stable,
             long_lived: false,
-            connect_retried: false,
+            peer: None,
+            in_flight,
             started: Instant::now(),
             sniffer: JsonRpcSniffer::default(),
         }
