@@ -454,3 +454,127 @@ async fn faulty_workers_get_502s_and_never_mix_responses_between_clients() {
         assert!(wrong.is_empty(), "responses mixed up: {wrong:?}");
     }
 }
+
+/// A reference proxy started for the comparison, stopped on drop.
+struct Reference {
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        // SIGTERM, so that nginx's master takes its worker down with it.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx and HAProxy in front of `worker`, configured as a proxy for Odoo
+/// would be (keep-alive upstream, `X-Forwarded-*`), each on a free port.
+fn references(worker: std::net::SocketAddr) -> Vec<Reference> {
+    let mut refs = Vec::new();
+    let port = crate::util::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n\
+         upstream odoo {{ server {worker}; keepalive 16; }}\n\
+         server {{ listen 127.0.0.1:{port}; large_client_header_buffers 4 64k;\n\
+         location / {{ proxy_pass http://odoo; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+         proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr; }} }}\n}}\n",
+        d = dir.path().display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    if let Ok(child) = std::process::Command::new("nginx")
+        .args(["-p"])
+        .arg(dir.path())
+        .args(["-c"])
+        .arg(dir.path().join("nginx.conf"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        refs.push(Reference {
+            name: "nginx",
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            child,
+            _dir: dir,
+        });
+    }
+    let port = crate::util::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "global\n  maxconn 1024\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  \
+         timeout server 10s\n  option forwardfor\n  option http-server-close\n\
+         frontend f\n  bind 127.0.0.1:{port}\n  default_backend odoo\nbackend odoo\n  server w {worker}\n"
+    );
+    std::fs::write(dir.path().join("haproxy.cfg"), conf).unwrap();
+    if let Ok(child) = std::process::Command::new("haproxy")
+        .arg("-f")
+        .arg(dir.path().join("haproxy.cfg"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        refs.push(Reference {
+            name: "haproxy",
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            child,
+            _dir: dir,
+        });
+    }
+    refs
+}
+
+/// The table through fledge, nginx and HAProxy, one case at a time against
+/// one counting worker: where do the verdicts differ? Prints a Markdown
+/// table (and writes it to `FLEDGE_VERDICTS_OUT` when set). Not a gate:
+/// `cargo test --test integration -- --ignored --nocapture verdicts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a comparison to read, needs nginx and haproxy"]
+async fn verdicts_of_fledge_nginx_and_haproxy_side_by_side() {
+    let worker = mock("17.0").await;
+    let config = format!(
+        "listen: \"{{listen}}\"\nthreads: 1\npools:\n  p: {{ workers: [\"{}\"] }}\n\
+         tenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
+        worker.addr()
+    );
+    let proxy = TestProxy::start(&config);
+    let refs = references(worker.addr());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut targets = vec![("fledge", proxy.addr)];
+    targets.extend(refs.iter().map(|r| (r.name, r.addr)));
+
+    let mut out = format!(
+        "| case | {} |\n|---|{}\n",
+        targets.iter().map(|t| t.0).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(targets.len())
+    );
+    let mut differ = 0;
+    for c in cases() {
+        let raw = c.raw.replace("{h}", "case0.example.com");
+        let mut cells = Vec::new();
+        for (_, addr) in &targets {
+            let before = worker.stats().requests;
+            let answer = exchange(*addr, raw.as_bytes()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let seen = worker.stats().requests - before;
+            cells.push(format!("{} ({seen})", first_status(&answer)));
+        }
+        let statuses: Vec<&str> = cells.iter().map(|c| c.split(' ').next().unwrap()).collect();
+        if statuses.iter().any(|s| *s != statuses[0]) {
+            differ += 1;
+        }
+        out += &format!("| {} | {} |\n", c.name, cells.join(" | "));
+    }
+    out += &format!(
+        "\nStatus (requests the worker saw). {differ} of {} cases get different statuses.\n",
+        cases().len()
+    );
+    println!("{out}");
+    if let Some(path) = std::env::var_os("FLEDGE_VERDICTS_OUT") {
+        std::fs::write(path, &out).unwrap();
+    }
+}
