@@ -174,11 +174,27 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 Some(d) => {
                     // Wait for the request's first byte (the keep-alive
                     // idle time, as Pingora would), then start the clock.
+                    // A shutdown (SIGTERM, or an upgrade handing over)
+                    // closes an idle connection at once, as nginx does, so
+                    // that its client moves on while idle rather than find
+                    // it reset under a request when the process exits.
                     let mut byte = [0u8; 1];
-                    match tokio::time::timeout(idle, stream.try_peek(&mut byte)).await {
-                        Ok(Ok(true)) => Some(d),
-                        Ok(Ok(false)) => None,
-                        Ok(Err(_)) | Err(_) => return None,
+                    let mut stopping = shutdown.clone();
+                    let closing = async {
+                        if !*stopping.borrow() && !first {
+                            let _ = stopping.changed().await;
+                        } else if first {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        peeked = tokio::time::timeout(idle, stream.try_peek(&mut byte)) => match peeked {
+                            Ok(Ok(true)) => Some(d),
+                            Ok(Ok(false)) => None,
+                            Ok(Err(_)) | Err(_) => return None,
+                        },
+                        () = closing => return None,
                     }
                 }
                 None => None,
