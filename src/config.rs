@@ -93,7 +93,13 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Longest time a request header may take, all of it (slow clients).
     pub header_timeout: Duration,
+    /// Slowest average a request body may arrive at, after its first
+    /// [`UPLOAD_GRACE`]; 0: no minimum.
+    pub min_upload_bytes_per_second: u64,
 }
+
+/// How long a request body may trickle before its average rate is judged.
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(10);
 
 /// Sticky cookie settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -226,6 +226,37 @@ impl ProxyHttp for FledgeProxy {
         Ok(false)
     }
 
+    /// Uploads may be large (Odoo imports) but not slow: after
+    /// `UPLOAD_GRACE`, a body arriving slower on average than
+    /// `limits.min_upload_bytes_per_second` is cut with a 408. Pingora's
+    /// read timeout alone restarts on every read, so a byte a minute would
+    /// hold a connection and a worker forever. Upgraded connections
+    /// (WebSockets) are not uploads and are left alone.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let min = ctx.table.tuning().limits.min_upload_bytes_per_second;
+        if min == 0 || session.was_upgraded() || ctx.long_lived {
+            return Ok(());
+        }
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        let elapsed = ctx.started.elapsed();
+        if elapsed > crate::config::UPLOAD_GRACE
+            && (ctx.body_bytes as f64) < min as f64 * elapsed.as_secs_f64()
+        {
+            tracing::debug!(bytes = ctx.body_bytes, ?elapsed, "upload too slow");
+            return Error::e_explain(
+                HTTPStatus(408),
+                "request body slower than limits.min_upload_bytes_per_second",
+            );
+        }
+        Ok(())
+    }
+
     /// A worker of the chosen pool. A canary with no healthy worker falls
     /// back to stable; a stable pool that health checks call dead is still
     /// tried, since they may be wrong.

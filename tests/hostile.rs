@@ -578,3 +578,44 @@ async fn verdicts_of_fledge_nginx_and_haproxy_side_by_side() {
         std::fs::write(path, &out).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_trickling_below_the_minimum_rate_is_cut_with_408() {
+    let worker = mock("17.0").await;
+    let config = format!(
+        "listen: \"{{listen}}\"\nthreads: 2\nlimits:\n  min_upload_bytes_per_second: 1000\n\
+         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
+        worker.addr()
+    );
+    let proxy = TestProxy::start(&config);
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(
+        b"POST /web/binary/upload HTTP/1.1\r\nHost: case0.example.com\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tcp.write_all(&[b'x'; 100]).await.unwrap();
+    // 20 bytes a second: far under 1000, each write restarting Pingora's
+    // own read timer.
+    let mut answer = Vec::new();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if tcp.write_all(&[b'x'; 10]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            break;
+        }
+    }
+    assert_eq!(
+        first_status(&answer),
+        408,
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}

@@ -301,6 +301,7 @@ impl Checker<'_> {
                 10_000_000,
             ))
             .unwrap_or(u32::MAX),
+            min_upload_bytes_per_second: l.min_upload_bytes_per_second.unwrap_or(1024),
             header_timeout: Duration::from_secs(self.positive(
                 "limits.header_timeout_seconds",
                 l.header_timeout_seconds,

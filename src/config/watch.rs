@@ -49,6 +49,10 @@ impl BackgroundService for ConfigWatcher {
                 None
             }
         };
+        // A change made between the load at start and the watch being set
+        // up would otherwise wait for the next one: look once now (an
+        // unchanged file is a no-op).
+        let _ = self.control.reload(Actor::File, false).await;
         loop {
             let hup = async {
                 match hangup.as_mut() {

@@ -28,6 +28,8 @@ pub struct RequestCtx {
     pub(crate) in_flight: InFlight,
     /// When the request header was read.
     pub(crate) started: Instant,
+    /// Request body bytes received so far (the upload rate check).
+    pub(crate) body_bytes: u64,
     /// Watches a JSON-RPC response for an `error` member.
     pub(crate) sniffer: JsonRpcSniffer,
 }
@@ -42,6 +44,7 @@ impl RequestCtx {
             peer: None,
             in_flight,
             started: Instant::now(),
+            body_bytes: 0,
             sniffer: JsonRpcSniffer::default(),
         }
     }

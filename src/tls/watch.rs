@@ -72,10 +72,15 @@ impl BackgroundService for CertWatcher {
                 None
             }
         };
+        // Files changed between the load at start and the watch being set
+        // up would otherwise wait for the next change: look once now.
+        let mut look_now = true;
         loop {
-            tokio::select! {
-                () = watch::changed(&mut changes) => {}
-                _ = shutdown.changed() => return,
+            if !std::mem::take(&mut look_now) {
+                tokio::select! {
+                    () = watch::changed(&mut changes) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
             // A few file reads and milliseconds of parsing, on the
             // background service's own thread: no request waits on it.
