@@ -62,7 +62,7 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
     Exporter::new(control.routes(), control.reload_counters())
         .register(&registry)
         .context("cannot register metrics")?;
-    let certs = match &config.tls {
+    let tls_store = match &config.tls {
         Some(tls) => {
             let (store, report) = CertStore::open(&tls.certs_dir)?;
             registry
@@ -118,7 +118,7 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
         Guarded::new(app, control.routes(), connections),
     );
     proxy.add_tcp(&config.listen.to_string());
-    if let (Some(tls), Some((store, _))) = (&config.tls, &certs) {
+    if let (Some(tls), Some((store, _))) = (&config.tls, &tls_store) {
         // Pingora's rustls listener: TLS 1.2 and 1.3 only; ALPN h2, then
         // http/1.1 (WebSockets); certificates from our resolver.
         let mut settings = TlsSettings::intermediate("", "").context("cannot set up TLS")?;
@@ -145,10 +145,10 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
         "analysis",
         AnalysisService::new(Arc::clone(&control)),
     ));
-    if let Some((certs, report)) = certs {
+    if let Some((store, report)) = tls_store {
         server.add_service(background_service(
             "certificate watcher",
-            CertWatcher::new(Arc::clone(&control), certs, report),
+            CertWatcher::new(Arc::clone(&control), store, report),
         ));
     }
     if let Some(path) = &options.source {

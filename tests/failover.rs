@@ -4,7 +4,7 @@ use fledge::mock_odoo::{Knobs, Options};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{call_kw, free_port, mock, mock_with, two_pools, Client, TestProxy};
+use crate::util::{call_kw, dead_addr, mock, mock_with, two_pools, Client, TestProxy};
 
 const HOST: &str = "acme.example.com";
 
@@ -12,12 +12,13 @@ const HOST: &str = "acme.example.com";
 async fn with_canary_workers_down_every_request_succeeds_on_stable() {
     let s = mock("17.0").await;
     // Two canary workers that refuse connections: nothing listens there.
+    let ((_a, a), (_b, b)) = (dead_addr(), dead_addr());
     let dead = format!(
         r#"listen: "{{listen}}"
 threads: 2
 pools:
   v17: {{ workers: ["{}"] }}
-  v18: {{ workers: ["127.0.0.1:{}", "127.0.0.1:{}"], health_check: {{ interval_ms: 200 }} }}
+  v18: {{ workers: ["{}", "{}"], health_check: {{ interval_ms: 200 }} }}
 tenants:
   acme:
     hosts: ["acme.example.com"]
@@ -26,8 +27,8 @@ tenants:
     canary_weight: 100
 "#,
         s.addr(),
-        free_port(),
-        free_port()
+        a,
+        b
     );
     let proxy = TestProxy::start(&dead);
     let client = Client::new(proxy.addr);

@@ -28,6 +28,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An address that refuses connections and stays so while the returned
+/// socket lives: bound, never listening, so no other test can take its port
+/// (a port that was merely free a moment ago can be, under load).
+pub fn dead_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// `fledge run` as a child process; killed on drop.
 pub struct TestProxy {
     child: Child,

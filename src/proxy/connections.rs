@@ -180,11 +180,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                     // it reset under a request when the process exits.
                     let mut byte = [0u8; 1];
                     let mut stopping = shutdown.clone();
+                    // A new connection's first request is on its way: serve it.
                     let closing = async {
-                        if !*stopping.borrow() && !first {
-                            let _ = stopping.changed().await;
-                        } else if first {
+                        if first {
                             std::future::pending::<()>().await;
+                        } else if !*stopping.borrow() {
+                            let _ = stopping.changed().await;
                         }
                     };
                     tokio::select! {
