@@ -38,6 +38,7 @@ pub mod classify;
 pub mod connections;
 mod ctx;
 pub mod limits;
+mod replay;
 pub mod retry;
 
 /// The default override header, as `http` spells names.

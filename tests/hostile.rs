@@ -306,28 +306,11 @@ async fn a_header_sent_byte_by_byte_is_cut_at_the_deadline_and_idle_keep_alive_i
     );
     let proxy = TestProxy::start(&config);
 
-    // Slowloris: a header that never ends, a byte every 300 ms, each read
-    // restarting Pingora's own timer.
+    // Slowloris on a new connection: a header that never ends.
     let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
-    slow.write_all(b"GET /web/login HTTP/1.1\r\nHost: case0.example.com\r\n")
+    let closed_after = crate::util::trickled_header_cut_after(&mut slow, "case0.example.com")
         .await
-        .unwrap();
-    let started = tokio::time::Instant::now();
-    let mut closed_after = None;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
-            closed_after = Some(started.elapsed());
-            break;
-        }
-        let mut buf = [0u8; 64];
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
-        {
-            closed_after = Some(started.elapsed());
-            break;
-        }
-    }
-    let closed_after = closed_after.expect("a slow header was never cut");
+        .expect("a slow header was never cut");
     assert!(
         closed_after >= Duration::from_secs(2),
         "cut too early: {closed_after:?}"
@@ -344,7 +327,23 @@ async fn a_header_sent_byte_by_byte_is_cut_at_the_deadline_and_idle_keep_alive_i
     assert_eq!(status_on(&mut kept).await, Some(200));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(status_on(&mut kept).await, Some(200));
-    assert!(proxy.metric("fledge_slow_headers_total").await >= Some(1.0));
+    assert_eq!(proxy.metric("fledge_slow_headers_total").await, Some(1.0));
+
+    // ... but a kept-alive connection's next header has its own deadline.
+    let mut reused = TcpStream::connect(proxy.addr).await.unwrap();
+    reused
+        .write_all(b"GET /web/login HTTP/1.1\r\nHost: case0.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(crate::util::response_status(&mut reused).await, Some(200));
+    let cut = crate::util::trickled_header_cut_after(&mut reused, "case0.example.com")
+        .await
+        .expect("a kept-alive connection's slow header was never cut");
+    assert!(
+        cut >= Duration::from_secs(2) && cut < Duration::from_secs(8),
+        "{cut:?}"
+    );
+    assert_eq!(proxy.metric("fledge_slow_headers_total").await, Some(2.0));
 }
 
 /// A worker that misbehaves on request: the path names the fault. `/ok`

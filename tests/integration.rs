@@ -16,11 +16,14 @@
 //! - `mock_odoo`: the mock answers like Odoo and its fault knobs work.
 //! - `admin`: the admin API, its auth, and `docs/admin-api.yaml`.
 //! - `cli`: `fledge check` and `fledge ctl`.
+//! - `hostile`, `hostile_h2`: the smuggling tables, caps, slow clients, faulty
+//!   workers; `tls`: certificates and TLS; `lifecycle`: drain and upgrade.
 
 mod admin;
 mod cli;
 mod failover;
 mod hostile;
+mod hostile_h2;
 mod hot_reload;
 mod lifecycle;
 mod mock_odoo;

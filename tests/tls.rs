@@ -22,7 +22,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{eventually, mock, Client, TestProxy};
+use crate::util::{eventually, mock, response_status, trickled_header_cut_after, Client, TestProxy};
 
 // === certificates ===
 
@@ -386,6 +386,51 @@ async fn a_renewed_certificate_serves_new_handshakes_and_open_connections_carry_
         .filter(|e| e["event"] == "tls_cert_loaded")
         .count();
     assert_eq!(loaded, 2, "{:?}", proxy.journal());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_tls_connection_trickling_its_next_header_is_cut_at_the_deadline() {
+    let ca = Ca::new();
+    let certs = tempfile::tempdir().unwrap();
+    let acme = ca.leaf(&["acme.example.com"]);
+    install(certs.path(), "acme", &acme.crt, &acme.key);
+    let worker = mock("17.0").await;
+    let config = format!(
+        "limits:\n  header_timeout_seconds: 2\n{}",
+        config(certs.path(), worker.addr(), "")
+    );
+    let proxy = TestProxy::start(&config);
+    let mut stream = handshake(
+        &any_cert_client(&[b"http/1.1"]),
+        proxy.tls.unwrap(),
+        Some("acme.example.com"),
+    )
+    .await
+    .unwrap();
+    let request = b"GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    assert_eq!(response_status(&mut stream).await, Some(200));
+    // Idle past the header deadline: kept (the clock starts at the next
+    // request's first byte, not when the last one ended).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stream.write_all(request).await.unwrap();
+    assert_eq!(response_status(&mut stream).await, Some(200));
+
+    // The next header trickles in: each read restarts Pingora's timer, and
+    // TLS cannot be peeked, yet it is cut.
+    let closed_after = trickled_header_cut_after(&mut stream, "acme.example.com")
+        .await
+        .expect("a trickled kept-alive header was never cut");
+    assert!(
+        closed_after >= Duration::from_secs(2),
+        "cut too early: {closed_after:?}"
+    );
+    assert!(
+        closed_after < Duration::from_secs(8),
+        "cut too late: {closed_after:?}"
+    );
+    assert_eq!(worker.stats().requests, 2);
+    assert_eq!(proxy.metric("fledge_slow_headers_total").await, Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -562,3 +562,53 @@ where
     }
     false
 }
+
+/// Send the start of a request header on `stream`, then a line every 300 ms,
+/// as a slowloris client does (each read restarts Pingora's own timer).
+/// How long after the first line the proxy closed the connection, or `None`
+/// if it was still open after 12 s.
+pub async fn trickled_header_cut_after<S>(stream: &mut S, host: &str) -> Option<Duration>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = format!("GET /web/login HTTP/1.1\r\nHost: {host}\r\n");
+    stream.write_all(start.as_bytes()).await.ok()?;
+    let started = tokio::time::Instant::now();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if stream.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            return Some(started.elapsed());
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await
+        {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+/// Read one response with a `Content-Length` from `stream`; its status.
+pub async fn response_status<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + length {
+                return head.get(9..12).and_then(|s| s.parse().ok());
+            }
+        }
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}

@@ -4,16 +4,17 @@
 //! [`Guarded`] wraps the proxy's Pingora app: it sees each accepted
 //! connection (after the TLS handshake, on the TLS listener) before any byte
 //! of HTTP is read, counts it, and drops it at once when a cap is reached;
-//! connections already open are untouched. It then runs the connection's
-//! requests itself (Pingora's keep-alive reuse loop, moved here) so that it
-//! knows when the connection ends.
+//! connections already open are untouched. It then runs an HTTP/1
+//! connection's requests itself (Pingora's keep-alive loop, which Pingora
+//! keeps inside one call, moved here), so that it sees each request begin
+//! and the connection end. HTTP/2 connections go to Pingora whole.
 //!
 //! It also bounds the time a request header may take as a whole (Pingora's
 //! timer restarts on every read, so a client sending a byte every 59 s
-//! holds a connection for as long as it likes): from the request's first
-//! byte (on TLS, which cannot be peeked: from the connection's start, for
-//! its first request), the header must be complete within
-//! `limits.header_timeout_seconds`, or the connection is closed.
+//! holds a connection for as long as it likes): from the connection's start
+//! for its first request, from a kept-alive request's first byte for the
+//! next ones (on TLS too, through [`Replay`]), the header must be complete
+//! within `limits.header_timeout_seconds`, or the connection is closed.
 //! "Complete" is learnt from the proxy's `request_filter`, which marks the
 //! connection (by its socket digest) in [`Connections::header_seen`].
 //!
@@ -29,13 +30,16 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::SocketDigest;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
+use tokio::time::{timeout_at, Instant};
 
+use super::replay::Replay;
 use crate::routing::RouteTable;
 
 const SLOTS: usize = 1 << 16;
@@ -114,6 +118,28 @@ impl Connections {
     }
 }
 
+impl Connections {
+    /// Count a connection closed for a slow header; what its caller returns.
+    fn slow(&self, ip: Option<IpAddr>) -> Option<Stream> {
+        self.slow_headers.fetch_add(1, Relaxed);
+        tracing::debug!(?ip, "request header not complete in time: connection closed");
+        None
+    }
+}
+
+/// Whether a clear-text connection opens with HTTP/2's preface (h2c with
+/// prior knowledge). Peeks one byte first, so that a short HTTP/1 request is
+/// not held waiting for 24 bytes that will never come.
+async fn is_h2_preface(stream: &mut Stream) -> std::io::Result<bool> {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; 1];
+    if !stream.try_peek(&mut first).await? || first[0] != PREFACE[0] {
+        return Ok(false);
+    }
+    let mut head = [0u8; 24];
+    Ok(stream.try_peek(&mut head).await? && &head == PREFACE)
+}
+
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         self.counts.open.fetch_sub(1, Relaxed);
@@ -136,7 +162,7 @@ impl<A> Guarded<A> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let (max_total, max_per_ip, header_timeout, idle) = {
             let table = self.routes.load();
@@ -158,71 +184,84 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             // Dropping the stream closes it.
             return None;
         };
-        // Pingora's reuse loop (services/listening.rs), kept inside the
-        // admission so that the place is held as long as the connection.
-        let mut next = Some(stream);
-        let mut first = true;
-        while let Some(mut stream) = next.take() {
-            let tls = stream.get_ssl_digest().is_some();
-            let deadline = match &digest {
-                // HTTP/2 over TLS: one call serves the whole connection, and
-                // h2 bounds its own headers (64 KiB, CONTINUATION cap).
-                _ if tls && stream.selected_alpn_proto() == Some(ALPN::H2) => None,
-                // TLS cannot be peeked: bound the first request only, from
-                // the end of the handshake.
-                Some(d) if tls => first.then_some(d),
-                Some(d) => {
-                    // Wait for the request's first byte (the keep-alive
-                    // idle time, as Pingora would), then start the clock.
-                    // A shutdown (SIGTERM, or an upgrade handing over)
-                    // closes an idle connection at once, as nginx does, so
-                    // that its client moves on while idle rather than find
-                    // it reset under a request when the process exits.
-                    let mut byte = [0u8; 1];
-                    let mut stopping = shutdown.clone();
-                    // A new connection's first request is on its way: serve it.
-                    let closing = async {
-                        if first {
-                            std::future::pending::<()>().await;
-                        } else if !*stopping.borrow() {
-                            let _ = stopping.changed().await;
-                        }
-                    };
-                    tokio::select! {
-                        biased;
-                        peeked = tokio::time::timeout(idle, stream.try_peek(&mut byte)) => match peeked {
-                            Ok(Ok(true)) => Some(d),
-                            Ok(Ok(false)) => None,
-                            Ok(Err(_)) | Err(_) => return None,
-                        },
-                        () = closing => return None,
-                    }
-                }
-                None => None,
-            };
-            first = false;
-            let served = self.inner.process_new(stream, shutdown);
-            next = match deadline {
-                None => served.await,
-                Some(d) => {
-                    let slot = self.counts.header_slot(d);
-                    let before = self.counts.headers[slot].load(Relaxed);
-                    tokio::pin!(served);
-                    tokio::select! {
-                        next = &mut served => next,
-                        () = tokio::time::sleep(header_timeout) => {
-                            if self.counts.headers[slot].load(Relaxed) == before {
-                                self.counts.slow_headers.fetch_add(1, Relaxed);
-                                tracing::debug!(?ip, "request header not complete in time: connection closed");
-                                return None;
-                            }
-                            served.await
-                        }
-                    }
-                }
-            };
+        let tls = stream.get_ssl_digest().is_some();
+        // HTTP/2 by ALPN, and a stream without a socket (never on our
+        // listeners): Pingora serves them whole. h2 bounds its own headers
+        // (64 KiB, CONTINUATION cap) and its idle time.
+        let Some(socket) = digest.filter(|_| !(tls && stream.selected_alpn_proto() == Some(ALPN::H2))) else {
+            return self.inner.process_new(stream, shutdown).await;
+        };
+        let mut stream: Stream = if tls {
+            // TLS does not peek; kept-alive requests need it (below).
+            Box::new(Replay::new(stream))
+        } else {
+            stream
+        };
+        // The first request's header is due within the deadline from the
+        // connection's start (nginx's client_header_timeout does the same).
+        let mut deadline = Instant::now() + header_timeout;
+        let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
+        if !tls && h2c {
+            match timeout_at(deadline, is_h2_preface(&mut stream)).await {
+                Ok(Ok(true)) => return self.inner.process_new(stream, shutdown).await,
+                Ok(Ok(false)) => {}
+                Ok(Err(_)) => return None,
+                Err(_) => return self.counts.slow(ip),
+            }
         }
-        None
+
+        // HTTP/1: Pingora's keep-alive loop (apps/mod.rs), run here so that
+        // each request gets its header deadline and an idle connection can
+        // be closed at shutdown.
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive((!*shutdown.borrow()).then_some(idle.as_secs()));
+        session.set_keepalive_reuses_remaining(
+            self.inner
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit),
+        );
+        loop {
+            let slot = self.counts.header_slot(&socket);
+            let before = self.counts.headers[slot].load(Relaxed);
+            let served = self.inner.process_new_http(session, shutdown);
+            tokio::pin!(served);
+            let reused = tokio::select! {
+                reused = &mut served => reused,
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.counts.headers[slot].load(Relaxed) == before {
+                        return self.counts.slow(ip);
+                    }
+                    served.await
+                }
+            };
+            let (mut stream, settings) = reused?.consume();
+
+            // Wait for the next request's first byte (the keep-alive idle
+            // time), then start its clock. A shutdown (SIGTERM, or an
+            // upgrade handing over) closes an idle connection at once, as
+            // nginx does, so that its client moves on while idle rather than
+            // find it reset under a request when the process exits.
+            let mut byte = [0u8; 1];
+            let mut stopping = shutdown.clone();
+            let closing = async {
+                if !*stopping.borrow() {
+                    let _ = stopping.changed().await;
+                }
+            };
+            tokio::select! {
+                biased;
+                peeked = tokio::time::timeout(idle, stream.try_peek(&mut byte)) => match peeked {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) | Ok(Err(_)) | Err(_) => return None,
+                },
+                () = closing => return None,
+            }
+            deadline = Instant::now() + header_timeout;
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
     }
 
     async fn cleanup(&self) {
