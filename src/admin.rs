@@ -104,6 +104,7 @@ impl From<ControlError> for AdminError {
     fn from(e: ControlError) -> Self {
         let status = match &e {
             ControlError::UnknownTenant(_) => StatusCode::NOT_FOUND,
+            ControlError::HandingOver => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::NoCanary(_) | ControlError::Config(_) | ControlError::NoSource => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

@@ -55,6 +55,11 @@ struct Inner {
     journal: Journal,
     source_hash: u64,
     last_reload: Option<ReloadStatus>,
+    /// Whether this process decides, journals and saves. A process started
+    /// for a graceful upgrade is not until it has the sockets
+    /// ([`Control::take_over`]); the old one stops at SIGQUIT
+    /// ([`Control::hand_over`]), so the two never write over each other.
+    in_charge: bool,
 }
 
 /// Reloads applied, rejected and found unchanged, for `/metrics`.
@@ -124,6 +129,9 @@ pub enum ControlError {
     /// There is no file to reload (the demo's embedded config).
     #[error("this fledge runs an embedded config: there is no file to reload")]
     NoSource,
+    /// This process is handing over to a new one (graceful upgrade).
+    #[error("this fledge is handing over to a new process: ask again in a moment")]
+    HandingOver,
 }
 
 /// One tenant's verdict of one analysis tick.
@@ -153,6 +161,26 @@ impl Control {
     /// Read the previous run's states from `config.state_dir`, reconcile them
     /// with `config`, and build the first table.
     pub fn start(config: Config, cookie_key: CookieKey, source: Option<PathBuf>) -> anyhow::Result<Control> {
+        Self::open(config, cookie_key, source, true)
+    }
+
+    /// As [`start`](Self::start), for a process that will take the sockets
+    /// over from a running one: it builds its table from the states as they
+    /// are now, but writes nothing until [`take_over`](Self::take_over).
+    pub fn standby(
+        config: Config,
+        cookie_key: CookieKey,
+        source: Option<PathBuf>,
+    ) -> anyhow::Result<Control> {
+        Self::open(config, cookie_key, source, false)
+    }
+
+    fn open(
+        config: Config,
+        cookie_key: CookieKey,
+        source: Option<PathBuf>,
+        in_charge: bool,
+    ) -> anyhow::Result<Control> {
         let source_hash = source
             .as_deref()
             .and_then(|p| std::fs::read(p).ok())
@@ -161,14 +189,7 @@ impl Control {
         let store = Store::open(dir).with_context(|| format!("cannot use state_dir {}", dir.display()))?;
         let journal =
             Journal::open(dir).with_context(|| format!("cannot open the journal in {}", dir.display()))?;
-        let (previous, distrust) = match store.load() {
-            Loaded::Fresh => (BTreeMap::new(), None),
-            Loaded::States(states) => (states, None),
-            Loaded::Unreadable(why) => {
-                tracing::error!(reason = %why, "canary states unreadable: every canary starts rolled back (stable only) until resumed");
-                (BTreeMap::new(), Some(why))
-            }
-        };
+        let (previous, distrust) = load_states(&store);
         let cookie_key = Arc::new(cookie_key);
         let (rollouts, events) = reconcile(&config, previous, distrust.as_deref(), Actor::File);
         let table = RouteTable::build(&config, Arc::clone(&cookie_key), None, &rollouts);
@@ -179,9 +200,12 @@ impl Control {
             journal,
             source_hash,
             last_reload: None,
+            in_charge,
         };
-        inner.record(events);
-        inner.save();
+        if in_charge {
+            inner.record(events);
+            inner.save();
+        }
         Ok(Control {
             routes: Arc::new(ArcSwap::from_pointee(table)),
             cookie_key,
@@ -190,6 +214,27 @@ impl Control {
             reloads: Arc::default(),
             inner: Mutex::new(inner),
         })
+    }
+
+    /// Stop deciding, journaling and saving: a new process is taking the
+    /// sockets over (SIGQUIT). Waits for a decision under way to finish.
+    pub async fn hand_over(&self) {
+        self.inner.lock().await.in_charge = false;
+    }
+
+    /// Start deciding, after a standby process got the sockets: the states
+    /// are read again (the old process may have changed them since this
+    /// one started, and changes nothing from now on), reconciled, journaled
+    /// and published. Not for async contexts (it blocks on the lock).
+    pub fn take_over(&self) {
+        let mut inner = self.inner.blocking_lock();
+        let (previous, distrust) = load_states(&inner.store);
+        let (rollouts, events) = reconcile(&inner.config, previous, distrust.as_deref(), Actor::File);
+        inner.rollouts = rollouts;
+        inner.in_charge = true;
+        inner.record(events);
+        inner.save();
+        self.publish(&inner);
     }
 
     /// The handle the data plane reads from.
@@ -227,6 +272,9 @@ impl Control {
     /// Apply one analysis tick's verdicts; `elapsed` since the previous tick.
     pub async fn judge(&self, judgements: &[Judgement], elapsed: Duration) {
         let mut inner = self.inner.lock().await;
+        if !inner.in_charge {
+            return;
+        }
         let config = Arc::clone(&inner.config);
         let mut events = Vec::new();
         for j in judgements {
@@ -302,6 +350,9 @@ impl Control {
     /// canary (a certificate loaded or refused, for one).
     pub async fn note(&self, event: &'static str, actor: Actor, reason: String) {
         let mut inner = self.inner.lock().await;
+        if !inner.in_charge {
+            return;
+        }
         inner.record(vec![Event {
             tenant: None,
             canary: None,
@@ -321,6 +372,9 @@ impl Control {
     pub async fn reload(&self, actor: Actor, force: bool) -> Result<ReloadStatus, ControlError> {
         let path = self.source.as_deref().ok_or(ControlError::NoSource)?;
         let mut inner = self.inner.lock().await;
+        if !inner.in_charge {
+            return Err(ControlError::HandingOver);
+        }
         let (time, _) = Entry::now();
         let file = path.display().to_string();
         let parsed = std::fs::read(path)
@@ -411,6 +465,9 @@ impl Control {
         if_match: Option<u64>,
     ) -> Result<Rollout, ControlError> {
         let mut inner = self.inner.lock().await;
+        if !inner.in_charge {
+            return Err(ControlError::HandingOver);
+        }
         let current = self.generation();
         if let Some(given) = if_match.filter(|g| *g != current) {
             return Err(ControlError::StaleGeneration { given, current });
@@ -527,6 +584,19 @@ impl Control {
         );
         self.routes.store(Arc::new(table));
         self.generation.fetch_add(1, Relaxed);
+    }
+}
+
+/// The canary states the last process left; `distrust` says why they
+/// cannot be trusted, when they cannot.
+fn load_states(store: &Store) -> (BTreeMap<String, Rollout>, Option<String>) {
+    match store.load() {
+        Loaded::Fresh => (BTreeMap::new(), None),
+        Loaded::States(states) => (states, None),
+        Loaded::Unreadable(why) => {
+            tracing::error!(reason = %why, "canary states unreadable: every canary starts rolled back (stable only) until resumed");
+            (BTreeMap::new(), Some(why))
+        }
     }
 }
 

@@ -21,6 +21,8 @@
 //! - [`tls`] (its `load` and `watch`): certificates read, checked, reloaded.
 //! - [`watch`]: debounced directory watching (config and certificates).
 //! - [`server`]: assembles the Pingora server and its services.
+//! - [`handover`]: a graceful upgrade's hand-over of canary states and
+//!   counters (the sockets are Pingora's part).
 //!
 //! Tools:
 //! - [`mock_odoo`]: an Odoo stand-in for tests, demos and rehearsals.
@@ -36,6 +38,7 @@ pub mod ctl;
 pub mod demo;
 pub mod error;
 pub mod fuzz;
+pub mod handover;
 pub mod metrics;
 pub mod mock_odoo;
 pub mod proxy;

@@ -167,7 +167,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 source: Some(source),
             };
             let server = server::build(&config, &options)?;
-            server.run_forever()
+            server.run()
         }
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
@@ -202,7 +202,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             demo::start_mocks(&config)?;
             let server = server::build(&config, &server::Options::default())?;
             println!("{}", demo::instructions(&config));
-            server.run_forever()
+            server.run()
         }
         Command::Ctl {
             admin,

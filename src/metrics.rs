@@ -22,6 +22,7 @@ use prometheus::proto::{Counter, Gauge, Histogram, LabelPair, Metric, MetricFami
 pub use self::labels::Outcome;
 use crate::routing::{RouteTable, Version};
 
+pub mod dump;
 pub mod labels;
 
 /// Upper bounds of the latency buckets, in microseconds. Fine enough (about

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -20,6 +20,7 @@ use crate::analysis::AnalysisService;
 use crate::config::watch::ConfigWatcher;
 use crate::config::{Config, TokenSource};
 use crate::control::Control;
+use crate::handover::{self, DrainCounts, Signals};
 use crate::metrics::Exporter;
 use crate::proxy::connections::{ConnectionExporter, Connections, Guarded};
 use crate::proxy::retry::{RetryBudget, RetryExporter};
@@ -49,14 +50,36 @@ pub struct Options {
     pub source: Option<PathBuf>,
 }
 
-/// Build the server for `config`. It starts serving on `run_forever`.
-pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
+/// A built fledge, ready to serve.
+pub struct Fledge {
+    server: Server,
+    control: Arc<Control>,
+    state_dir: PathBuf,
+}
+
+impl Fledge {
+    /// Serve until a signal ends the process: SIGTERM drains, SIGQUIT
+    /// hands over to a new process (see [`crate::handover`]), SIGINT stops
+    /// at once.
+    pub fn run(self) -> ! {
+        let (signals, handed) = Signals::new(Arc::clone(&self.control), self.state_dir.clone());
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(signals),
+        });
+        handover::after_drain(&self.control, &self.state_dir, &handed);
+        std::process::exit(0)
+    }
+}
+
+/// Build the server for `config`; [`Fledge::run`] serves.
+pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     let cookie_key = cookie_key(config)?;
-    let control = Arc::new(Control::start(
-        config.clone(),
-        cookie_key,
-        options.source.clone(),
-    )?);
+    let (source, start) = (options.source.clone(), config.clone());
+    let control = Arc::new(if options.upgrade {
+        Control::standby(start, cookie_key, source)?
+    } else {
+        Control::start(start, cookie_key, source)?
+    });
     let token = admin_token(config)?;
     let registry = prometheus::Registry::new();
     Exporter::new(control.routes(), control.reload_counters())
@@ -94,7 +117,13 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With --upgrade, this waits for the old process's sockets.
     server.bootstrap();
+    let old_pid = if options.upgrade {
+        handover::take_over(&control, &config.state_dir)
+    } else {
+        None
+    };
 
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
@@ -157,6 +186,16 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
             ConfigWatcher::new(Arc::clone(&control), path.clone()),
         ));
     }
+    if let Some(pid) = old_pid {
+        // The old process drains for up to the grace period, plus
+        // Pingora's wait for the sockets to be taken and its runtime
+        // shutdown timeout.
+        let wait = config.timeouts.shutdown_grace + Duration::from_secs(5 + 5 + 30);
+        server.add_service(background_service(
+            "drain counts",
+            DrainCounts::new(Arc::clone(&control), config.state_dir.clone(), pid, wait),
+        ));
+    }
     tracing::info!(
         listen = %config.listen,
         tls = ?config.tls.as_ref().map(|t| t.listen),
@@ -167,7 +206,11 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Server> {
         threads = config.threads,
         "fledge starting"
     );
-    Ok(server)
+    Ok(Fledge {
+        server,
+        control,
+        state_dir: config.state_dir.clone(),
+    })
 }
 
 fn cookie_key(config: &Config) -> anyhow::Result<CookieKey> {

@@ -213,11 +213,14 @@ async fn exchange(addr: SocketAddr, frames: &[u8], quiet: Duration) -> Answer {
     answer
 }
 
+/// Builds a case's frames for its host name.
+type Frames = Box<dyn Fn(&str) -> Vec<u8>>;
+
 /// One case: its frames for `host`, the outcomes accepted and how many
 /// requests the client meant (the most its worker may see).
 struct Case {
     name: &'static str,
-    frames: Box<dyn Fn(&str) -> Vec<u8>>,
+    frames: Frames,
     expect: &'static [&'static str],
     meant: u64,
 }

@@ -69,14 +69,22 @@ impl Store {
 
     /// Replace the file with `states`, durably.
     pub fn save(&self, states: &BTreeMap<String, Rollout>) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(states).map_err(std::io::Error::other)?;
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &self.path)?;
-        File::open(&self.dir)?.sync_all()
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        write_atomically(&self.dir, &name, &bytes)
     }
+}
+
+/// Replace `dir/name` with `bytes`, durably: a reader sees the old file or
+/// the new one, never a part (temporary file, fsync, rename, fsync `dir`).
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()
 }
