@@ -455,9 +455,9 @@ async fn faulty_workers_get_502s_and_never_mix_responses_between_clients() {
 }
 
 /// A reference proxy started for the comparison, stopped on drop.
-struct Reference {
-    name: &'static str,
-    addr: std::net::SocketAddr,
+pub(crate) struct Reference {
+    pub name: &'static str,
+    pub addr: std::net::SocketAddr,
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
@@ -473,8 +473,11 @@ impl Drop for Reference {
 }
 
 /// nginx and HAProxy in front of `worker`, configured as a proxy for Odoo
-/// would be (keep-alive upstream, `X-Forwarded-*`), each on a free port.
-fn references(worker: std::net::SocketAddr) -> Vec<Reference> {
+/// would be (keep-alive upstream, `X-Forwarded-*`), each on a free port;
+/// speaking HTTP/2 with prior knowledge (h2c) rather than HTTP/1.1 when
+/// `h2`.
+pub(crate) fn references(worker: std::net::SocketAddr, h2: bool) -> Vec<Reference> {
+    let (nginx_h2, haproxy_h2) = if h2 { (" http2", " proto h2") } else { ("", "") };
     let mut refs = Vec::new();
     let port = crate::util::free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -482,7 +485,7 @@ fn references(worker: std::net::SocketAddr) -> Vec<Reference> {
         "daemon off;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
          events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n\
          upstream odoo {{ server {worker}; keepalive 16; }}\n\
-         server {{ listen 127.0.0.1:{port}; large_client_header_buffers 4 64k;\n\
+         server {{ listen 127.0.0.1:{port}{nginx_h2}; large_client_header_buffers 4 64k;\n\
          location / {{ proxy_pass http://odoo; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
          proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr; }} }}\n}}\n",
         d = dir.path().display()
@@ -508,7 +511,7 @@ fn references(worker: std::net::SocketAddr) -> Vec<Reference> {
     let conf = format!(
         "global\n  maxconn 1024\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  \
          timeout server 10s\n  option forwardfor\n  option http-server-close\n\
-         frontend f\n  bind 127.0.0.1:{port}\n  default_backend odoo\nbackend odoo\n  server w {worker}\n"
+         frontend f\n  bind 127.0.0.1:{port}{haproxy_h2}\n  default_backend odoo\nbackend odoo\n  server w {worker}\n"
     );
     std::fs::write(dir.path().join("haproxy.cfg"), conf).unwrap();
     if let Ok(child) = std::process::Command::new("haproxy")
@@ -541,7 +544,7 @@ async fn verdicts_of_fledge_nginx_and_haproxy_side_by_side() {
         worker.addr()
     );
     let proxy = TestProxy::start(&config);
-    let refs = references(worker.addr());
+    let refs = references(worker.addr(), false);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut targets = vec![("fledge", proxy.addr)];
     targets.extend(refs.iter().map(|r| (r.name, r.addr)));
