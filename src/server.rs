@@ -127,7 +127,8 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
 
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
-    server_options.keepalive_request_limit = Some(KEEPALIVE_REQUEST_LIMIT);
+    // Pingora counts the reuses after the first request.
+    server_options.keepalive_request_limit = Some(KEEPALIVE_REQUEST_LIMIT - 1);
     server_options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
     let connections = Connections::new();
     let retries = Arc::new(RetryBudget::default());

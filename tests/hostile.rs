@@ -621,3 +621,26 @@ async fn an_upload_trickling_below_the_minimum_rate_is_cut_with_408() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_serves_1000_requests_then_closes() {
+    let worker = mock("17.0").await;
+    let config = format!(
+        "listen: \"{{listen}}\"\nthreads: 2\n\
+         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
+        worker.addr()
+    );
+    let proxy = TestProxy::start(&config);
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut served = 0;
+    for _ in 0..1100 {
+        let sent = tcp
+            .write_all(b"GET /web/login HTTP/1.1\r\nHost: case0.example.com\r\n\r\n")
+            .await;
+        if sent.is_err() || crate::util::response_status(&mut tcp).await != Some(200) {
+            break;
+        }
+        served += 1;
+    }
+    assert_eq!(served, 1000, "requests served on one connection");
+}
