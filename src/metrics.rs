@@ -48,6 +48,9 @@ pub const EXPORTED_BOUNDS_US: [u64; 15] = [
 #[derive(Debug)]
 pub struct VersionStats {
     outcomes: [AtomicU64; Outcome::COUNT],
+    /// The part of `outcomes` that was rehearsal traffic
+    /// ([`REHEARSAL_HEADER`]).
+    rehearsal: [AtomicU64; Outcome::COUNT],
     latency: [AtomicU64; LATENCY_BUCKETS],
     latency_sum_us: AtomicU64,
 }
@@ -85,6 +88,7 @@ impl Default for VersionStats {
     fn default() -> Self {
         VersionStats {
             outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            rehearsal: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_sum_us: AtomicU64::new(0),
         }
@@ -101,6 +105,17 @@ impl VersionStats {
             self.latency[bucket_of(us)].fetch_add(1, Relaxed);
             self.latency_sum_us.fetch_add(us, Relaxed);
         }
+    }
+
+    /// Count a request already [recorded](Self::record) as rehearsal
+    /// traffic too.
+    pub fn record_rehearsal(&self, outcome: Outcome) {
+        self.rehearsal[outcome.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Rehearsal requests by outcome.
+    pub fn rehearsal(&self) -> [u64; Outcome::COUNT] {
+        std::array::from_fn(|i| self.rehearsal[i].load(Relaxed))
     }
 
     /// Read every counter (each atomically; not all at one instant).
@@ -209,6 +224,13 @@ const VERDICT: &str = "fledge_canary_verdict";
 const ROLLBACKS: &str = "fledge_rollbacks_total";
 const RELOADS: &str = "fledge_config_reloads_total";
 const EJECTIONS: &str = "fledge_worker_ejections_total";
+const REHEARSALS: &str = "fledge_rehearsal_requests_total";
+
+/// Request header marking rehearsal traffic (`load-tests/`'s runner sends
+/// it). Such requests are routed, judged and counted like any other, and
+/// also counted in `fledge_rehearsal_requests_total`, so that a rehearsal
+/// on a shared deployment can be told apart from users' traffic.
+pub const REHEARSAL_HEADER: &str = "x-fledge-rehearsal";
 
 impl Exporter {
     /// An exporter of whatever table `routes` holds.
@@ -241,6 +263,11 @@ impl Exporter {
                 EJECTIONS,
                 "Workers taken out of their pool after failures in a row, by pool (counted since the pool was last changed).",
                 &["pool"],
+            ),
+            desc(
+                REHEARSALS,
+                "The part of fledge_requests_total that carried the X-Fledge-Rehearsal header.",
+                &["tenant", "version", "outcome"],
             ),
         ];
         Exporter {
@@ -315,6 +342,7 @@ impl Collector for Exporter {
         use crate::analysis::rollout::RolloutState;
         use crate::analysis::verdict::Check;
         let table = self.routes.load_full();
+        let mut rehearsals = Vec::new();
         let (mut requests, mut durations, mut weights, mut states, mut verdicts, mut rollbacks) = (
             Vec::new(),
             Vec::new(),
@@ -330,13 +358,15 @@ impl Collector for Exporter {
                 let v = version.as_str();
                 // Only series that happened: 10 000 tenants × 2 versions × 8
                 // outcomes of zeros would drown the scrape.
+                let rehearsed = t.stats().version(version).rehearsal();
                 for o in Outcome::ALL {
                     let n = s.outcomes[o.index()];
+                    let labels = [("tenant", name), ("version", v), ("outcome", o.as_str())];
                     if n > 0 {
-                        requests.push(counter(
-                            &[("tenant", name), ("version", v), ("outcome", o.as_str())],
-                            n as f64,
-                        ));
+                        requests.push(counter(&labels, n as f64));
+                    }
+                    if rehearsed[o.index()] > 0 {
+                        rehearsals.push(counter(&labels, rehearsed[o.index()] as f64));
                     }
                 }
                 let count: u64 = s.latency.iter().sum();
@@ -423,6 +453,7 @@ impl Collector for Exporter {
                     .map(|p| counter(&[("pool", p.name())], p.ejections() as f64))
                     .collect(),
             ),
+            family(REHEARSALS, help(8), MetricType::COUNTER, rehearsals),
         ]
         .into_iter()
         .filter(|f| !f.get_metric().is_empty())

@@ -31,7 +31,7 @@ use pingora::upstreams::peer::Peer;
 
 use self::classify::JsonRpcSniffer;
 pub use self::ctx::RequestCtx;
-use crate::metrics::Outcome;
+use crate::metrics::{Outcome, REHEARSAL_HEADER};
 use crate::routing::{Decision, RequestView, RouteTable, Version, BUCKET_COOKIE, VERSION_COOKIE};
 
 pub mod classify;
@@ -219,6 +219,7 @@ impl ProxyHttp for FledgeProxy {
         let timeouts = &ctx.table.tuning().timeouts;
         session.set_keepalive(Some(timeouts.client_keepalive.as_secs()));
         ctx.long_lived = is_long_lived(session.req_header().uri.path());
+        ctx.rehearsal = session.req_header().headers.contains_key(REHEARSAL_HEADER);
         if ctx.long_lived {
             // Pingora's downstream read timeout (60 s) also covers the bytes
             // of an upgraded connection; an idle Odoo bus socket must outlive it.
@@ -428,7 +429,11 @@ impl ProxyHttp for FledgeProxy {
             let outcome = classify::outcome(status, e, ctx.sniffer.is_error());
             let latency = (!session.was_upgraded()).then(|| ctx.started.elapsed());
             let tenant = &ctx.table.tenants()[route.tenant];
-            tenant.stats().version(ctx.served).record(outcome, latency);
+            let stats = tenant.stats().version(ctx.served);
+            stats.record(outcome, latency);
+            if ctx.rehearsal {
+                stats.record_rehearsal(outcome);
+            }
             if let Some(worker) = ctx.peer {
                 let failed = matches!(
                     outcome,

@@ -275,3 +275,27 @@ async fn http2_requests_are_routed_by_authority() {
     let r = h2_get(proxy.addr, "http://nobody.example.com/").await;
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rehearsal_traffic_is_counted_apart_as_well() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let proxy = TestProxy::start(&two_pools(&[&s], &[&c], 0.0, ""));
+    let client = Client::new(proxy.addr);
+    for i in 0..5 {
+        let tag: &[(&str, &str)] = if i < 3 {
+            &[("x-fledge-rehearsal", "steady")]
+        } else {
+            &[]
+        };
+        assert_eq!(
+            client.get("acme.example.com", "/web/login", tag).await.status,
+            200
+        );
+    }
+    let series = |name: &str| format!("{name}{{tenant=\"acme\",version=\"stable\",outcome=\"ok\"}}");
+    assert_eq!(proxy.metric(&series("fledge_requests_total")).await, Some(5.0));
+    assert_eq!(
+        proxy.metric(&series("fledge_rehearsal_requests_total")).await,
+        Some(3.0)
+    );
+}

@@ -40,6 +40,9 @@ pub struct VersionDump {
     /// for the last).
     latency: BTreeMap<String, u64>,
     latency_sum_us: u64,
+    /// Rehearsal requests by outcome label.
+    #[serde(default)]
+    rehearsal: BTreeMap<String, u64>,
 }
 
 /// Counts [`StatsDump::add_to`] could not place.
@@ -166,6 +169,12 @@ impl VersionDump {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             latency_sum_us: s.latency_sum_us,
+            rehearsal: Outcome::ALL
+                .iter()
+                .zip(stats.rehearsal())
+                .map(|(o, n)| (o.as_str().to_owned(), n))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
         }
     }
 
@@ -174,6 +183,7 @@ impl VersionDump {
             outcomes: minus(&self.outcomes, &before.outcomes),
             latency: minus(&self.latency, &before.latency),
             latency_sum_us: self.latency_sum_us.saturating_sub(before.latency_sum_us),
+            rehearsal: minus(&self.rehearsal, &before.rehearsal),
         }
     }
 
@@ -192,6 +202,12 @@ impl VersionDump {
             }
         }
         stats.latency_sum_us.fetch_add(self.latency_sum_us, Relaxed);
+        for (label, n) in &self.rehearsal {
+            match Outcome::ALL.iter().find(|o| o.as_str() == label) {
+                Some(o) => _ = stats.rehearsal[o.index()].fetch_add(*n, Relaxed),
+                None => unknown += 1,
+            }
+        }
         unknown
     }
 }
@@ -213,6 +229,7 @@ mod tests {
         let a = TenantStats::default();
         a.version(Version::Stable)
             .record(Outcome::Ok, Some(Duration::from_millis(3)));
+        a.version(Version::Stable).record_rehearsal(Outcome::Ok);
         a.version(Version::Canary)
             .record(Outcome::JsonRpcError, Some(Duration::from_secs(90)));
         a.count_rollback(Some(Check::ErrorRate));

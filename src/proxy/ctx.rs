@@ -32,6 +32,8 @@ pub struct RequestCtx {
     pub(crate) body_bytes: u64,
     /// Watches a JSON-RPC response for an `error` member.
     pub(crate) sniffer: JsonRpcSniffer,
+    /// The request carried the rehearsal header.
+    pub(crate) rehearsal: bool,
 }
 
 impl RequestCtx {
@@ -46,6 +48,7 @@ impl RequestCtx {
             started: Instant::now(),
             body_bytes: 0,
             sniffer: JsonRpcSniffer::default(),
+            rehearsal: false,
         }
     }
 }
