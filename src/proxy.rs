@@ -260,8 +260,10 @@ impl ProxyHttp for FledgeProxy {
     }
 
     /// A worker of the chosen pool. A canary with no healthy worker falls
-    /// back to stable; a stable pool that health checks call dead is still
-    /// tried, since they may be wrong.
+    /// back to stable, and the miss counts against the canary as a failed
+    /// connect (a release whose workers are all down is failing, and the
+    /// policy must see it); a stable pool that health checks call dead is
+    /// still tried, since they may be wrong.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
@@ -272,6 +274,10 @@ impl ProxyHttp for FledgeProxy {
         if ctx.served == Version::Canary {
             addr = tenant.pool(Version::Canary).select(ws);
             if addr.is_none() {
+                tenant
+                    .stats()
+                    .version(Version::Canary)
+                    .record(Outcome::ConnectFailure, None);
                 ctx.served = Version::Stable;
             }
         }

@@ -9,7 +9,7 @@ use crate::util::{call_kw, dead_addr, mock, mock_with, two_pools, Client, TestPr
 const HOST: &str = "acme.example.com";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_canary_workers_down_every_request_succeeds_on_stable() {
+async fn with_canary_workers_down_every_request_succeeds_on_stable_and_the_canary_is_rolled_back() {
     let s = mock("17.0").await;
     // Two canary workers that refuse connections: nothing listens there.
     let ((_a, a), (_b, b)) = (dead_addr(), dead_addr());
@@ -48,6 +48,21 @@ tenants:
     }
     // Every POST reached stable exactly once.
     assert_eq!(s.stats().posts, 100);
+    // A canary whose workers are all down is a failing release: every
+    // request routed to it counted a failed connect, and the policy rolled
+    // it back.
+    let failures = proxy
+        .metric("fledge_requests_total{tenant=\"acme\",version=\"canary\",outcome=\"connect_failure\"}")
+        .await;
+    assert!(failures >= Some(50.0), "{failures:?}");
+    let rolled_back = crate::util::eventually(10, || async {
+        proxy
+            .metric("fledge_canary_state{tenant=\"acme\",state=\"rolled_back\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(rolled_back, "{}", proxy.metrics().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

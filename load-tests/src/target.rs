@@ -1,0 +1,258 @@
+//! What a rehearsal runs against: a fledge and the mock pools behind it.
+//! Self-contained, it starts them all on loopback (the mock Odoo workers in
+//! this process, fledge as a child process); against an existing
+//! deployment, it is given their addresses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use fledge::mock_odoo::{MockOdoo, Options};
+
+use crate::client::Http;
+use crate::scenario::{Fault, Pool, Scenario};
+
+/// The tenant a self-contained rehearsal routes.
+const TENANT: &str = "rehearsal";
+const HOST: &str = "rehearsal.example.com";
+
+/// Where the traffic goes and how to steer the pools.
+pub struct Target {
+    /// fledge's proxy listener, `http://host:port`.
+    pub base: String,
+    /// The Host header of the tenant.
+    pub host: String,
+    /// The tenant's name in fledge.
+    pub tenant: String,
+    /// fledge's admin listener, `http://host:port`.
+    pub admin: String,
+    /// The admin API's bearer token.
+    pub token: String,
+    /// The mock workers' knob URLs, by pool.
+    pub canary_knobs: Vec<String>,
+    /// The stable pool's.
+    pub stable_knobs: Vec<String>,
+    /// What a self-contained run started, stopped when dropped.
+    pub local: Option<Local>,
+}
+
+/// A self-contained rehearsal's processes.
+pub struct Local {
+    fledge: tokio::process::Child,
+    canary: Vec<MockOdoo>,
+    stable: Vec<MockOdoo>,
+    config: PathBuf,
+    reloads: u32,
+    /// fledge's log.
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = self.fledge.start_kill();
+        for m in self.canary.iter().chain(&self.stable) {
+            m.stop();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The `fledge` binary: `explicit`, or the one built beside this runner.
+pub fn fledge_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_owned());
+    }
+    let me = std::env::current_exe()?;
+    let beside = me.with_file_name("fledge");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    bail!(
+        "no fledge binary beside {}: build it (cargo build --release -p fledge) or pass --fledge",
+        me.display()
+    )
+}
+
+impl Target {
+    /// Start mock pools and fledge for `scenario` on loopback; fledge's log
+    /// goes to `log`.
+    pub async fn start_local(scenario: &Scenario, fledge: &Path, log: &Path) -> anyhow::Result<Target> {
+        let pool = |version: &str| {
+            let version = version.to_owned();
+            async move {
+                let mut workers = Vec::new();
+                for _ in 0..scenario.fledge.workers.max(1) {
+                    let mut options = Options::new(&version);
+                    options.push_interval = Some(Duration::from_secs(5));
+                    workers.push(MockOdoo::start("127.0.0.1:0".parse()?, options).await?);
+                }
+                anyhow::Ok(workers)
+            }
+        };
+        let stable = pool("17.0").await?;
+        let canary = pool("18.0").await?;
+        let dir = tempfile::tempdir()?;
+        let token = format!("rehearsal-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        std::fs::write(dir.path().join("token"), &token)?;
+        let (listen, admin) = (free_port()?, free_port()?);
+        // Beside the report, so that it shows what was rehearsed.
+        let config = log.with_file_name("fledge.yaml");
+        let text = config_text(scenario, listen, admin, dir.path(), &stable, &canary)?;
+        std::fs::write(&config, text)?;
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("cannot write {}", log.display()))?;
+        let child = tokio::process::Command::new(fledge)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", fledge.display()))?;
+        let knobs = |ms: &[MockOdoo]| ms.iter().map(|m| knob_url(m.addr())).collect();
+        let target = Target {
+            base: format!("http://127.0.0.1:{listen}"),
+            host: HOST.to_owned(),
+            tenant: TENANT.to_owned(),
+            admin: format!("http://127.0.0.1:{admin}"),
+            token,
+            canary_knobs: knobs(&canary),
+            stable_knobs: knobs(&stable),
+            local: Some(Local {
+                fledge: child,
+                canary,
+                stable,
+                config,
+                reloads: 0,
+                log: log.to_owned(),
+                _dir: dir,
+            }),
+        };
+        target.wait_ready().await?;
+        Ok(target)
+    }
+
+    /// Wait until fledge's admin API answers with the tenant.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let http = Http::new();
+        for _ in 0..200 {
+            if http
+                .admin_get(self, &format!("/api/v1/tenants/{}", self.tenant))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "fledge did not come up in 10 s (its log: {:?})",
+            self.local.as_ref().map(|l| &l.log)
+        )
+    }
+
+    /// Apply `fault`.
+    pub async fn inject(&mut self, http: &Http, fault: &Fault) -> anyhow::Result<()> {
+        if fault.reload {
+            return self.reload(http).await;
+        }
+        let urls: Vec<String> = match fault.pool {
+            Pool::Canary => self.canary_knobs.clone(),
+            Pool::Stable => self.stable_knobs.clone(),
+            Pool::Both => self
+                .canary_knobs
+                .iter()
+                .chain(&self.stable_knobs)
+                .cloned()
+                .collect(),
+        };
+        let body = serde_json::json!({
+            "error_rate": fault.error_rate.unwrap_or(0.0),
+            "jsonrpc_error_rate": fault.jsonrpc_error_rate.unwrap_or(0.0),
+            "latency_ms": fault.latency_ms.unwrap_or(0),
+            // A crash drops what the workers hold...
+            "close_rate": if fault.crash { 1.0 } else { 0.0 },
+        });
+        for url in &urls {
+            http.put_json(url, &body)
+                .await
+                .with_context(|| format!("cannot set the knobs at {url}"))?;
+        }
+        // ... and, where we own them, they stop accepting too.
+        if let (true, Some(local)) = (fault.crash, &self.local) {
+            let crashed: Vec<&MockOdoo> = match fault.pool {
+                Pool::Canary => local.canary.iter().collect(),
+                Pool::Stable => local.stable.iter().collect(),
+                Pool::Both => local.canary.iter().chain(&local.stable).collect(),
+            };
+            crashed.iter().for_each(|m| m.stop());
+        }
+        Ok(())
+    }
+
+    /// Reload fledge's config: rewrite the file (self-contained), or ask
+    /// the admin API.
+    async fn reload(&mut self, http: &Http) -> anyhow::Result<()> {
+        match &mut self.local {
+            Some(local) => {
+                local.reloads += 1;
+                let text = std::fs::read_to_string(&local.config)?;
+                let text = format!("{}\n# rehearsal reload {}\n", text.trim_end(), local.reloads);
+                let tmp = local.config.with_extension("yaml.tmp");
+                std::fs::write(&tmp, text)?;
+                std::fs::rename(&tmp, &local.config)?;
+                Ok(())
+            }
+            None => http.admin_post(self, "/api/v1/reload").await.map(drop),
+        }
+    }
+}
+
+fn knob_url(addr: SocketAddr) -> String {
+    format!("http://{addr}/__mock/knobs")
+}
+
+/// fledge's config for a self-contained rehearsal.
+fn config_text(
+    scenario: &Scenario,
+    listen: u16,
+    admin: u16,
+    dir: &Path,
+    stable: &[MockOdoo],
+    canary: &[MockOdoo],
+) -> anyhow::Result<String> {
+    let list = |ms: &[MockOdoo]| {
+        ms.iter()
+            .map(|m| format!("\"{}\"", m.addr()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let policy = match &scenario.fledge.policy {
+        serde_yaml::Value::Null => "{}".to_owned(),
+        p => serde_json::to_string(p)?,
+    };
+    let weight = scenario
+        .fledge
+        .canary_weight
+        .map(|w| format!("    canary_weight: {w}\n"))
+        .unwrap_or_default();
+    Ok(format!(
+        "listen: \"127.0.0.1:{listen}\"\nthreads: 2\nstate_dir: \"{state}\"\n\
+         admin:\n  listen: \"127.0.0.1:{admin}\"\n  token_file: \"{token}\"\n\
+         pools:\n  stable: {{ workers: [{s}], websocket_workers: [{s}] }}\n  \
+         canary: {{ workers: [{c}], websocket_workers: [{c}] }}\n\
+         policies:\n  rehearsal: {policy}\n\
+         tenants:\n  {TENANT}:\n    hosts: [\"{HOST}\"]\n    stable: stable\n    canary: canary\n{weight}    policy: rehearsal\n",
+        state = dir.join("state").display(),
+        token = dir.join("token").display(),
+        s = list(stable),
+        c = list(canary),
+    ))
+}
