@@ -6,7 +6,7 @@ CARGO ?= cargo
 # once than there are cores.
 TEST_THREADS ?= 4
 
-.PHONY: setup demo test fmt clippy doc bench ci
+.PHONY: setup demo test rehearse fmt clippy doc bench ci
 
 setup:
 	./scripts/setup.sh
@@ -17,11 +17,16 @@ demo: setup
 test: setup
 	$(CARGO) test -- --test-threads $(TEST_THREADS)
 
+# Every shipped release rehearsal, self-contained (load-tests/README.md).
+rehearse: setup
+	$(CARGO) build -p fledge --bins
+	$(CARGO) run -p fledge-rehearse -- --quiet load-tests/scenarios/*.yaml
+
 fmt:
 	$(CARGO) fmt --all -- --check
 
 clippy: setup
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 doc: setup
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
@@ -29,4 +34,4 @@ doc: setup
 bench: setup
 	$(CARGO) bench
 
-ci: fmt clippy test doc
+ci: fmt clippy test rehearse doc

@@ -647,6 +647,10 @@ fn keep_fixed_settings(running: &Config, new: &mut Config) {
         fixed.push("threads");
         new.threads = running.threads;
     }
+    if new.work_stealing != running.work_stealing {
+        fixed.push("work_stealing");
+        new.work_stealing = running.work_stealing;
+    }
     if new.admin.listen != running.admin.listen || new.admin.token != running.admin.token {
         fixed.push("admin");
         new.admin = running.admin.clone();

@@ -302,6 +302,10 @@ pub fn markdown(
     md
 }
 
+/// One panel of the chart: title, unit, top of the y axis, and its lines
+/// (name, colour, points).
+type Panel<'a> = (&'a str, &'a str, f64, Vec<(&'a str, RGBColor, Vec<(f64, f64)>)>);
+
 /// The chart: three panels over time, faults in red, rollbacks in black,
 /// promotion steps in green.
 pub fn chart(record: &Record, path: &Path) -> anyhow::Result<()> {
@@ -343,7 +347,7 @@ pub fn chart(record: &Record, path: &Path) -> anyhow::Result<()> {
         .collect();
     let p99_max = p99.iter().flatten().map(|p| p.1).fold(10.0, f64::max) * 1.1;
 
-    let series: [(&str, &str, f64, Vec<(&str, RGBColor, Vec<(f64, f64)>)>); 3] = [
+    let series: [Panel<'_>; 3] = [
         ("canary weight", "%", 100.0, vec![("weight", colours[1], weight)]),
         (
             "error rate",

@@ -212,7 +212,7 @@ impl Scenario {
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        if !(self.duration_seconds > 0.0) {
+        if self.duration_seconds.is_nan() || self.duration_seconds <= 0.0 {
             bail!("duration_seconds must be positive");
         }
         if self.users == 0 {

@@ -42,7 +42,7 @@ const COARSE_OF: [usize; LATENCY_BUCKETS] = {
 /// One version's counters at one tick, coarsened, as cumulative totals
 /// modulo 2^32: the difference of two of them is exact as long as a
 /// window holds fewer than four billion requests.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Totals {
     requests: u32,
     errors: u32,
@@ -169,20 +169,33 @@ impl Window {
     }
 
     /// Record the cumulative counters at this tick.
+    ///
+    /// A tick with no new request adds no checkpoint: the newest one
+    /// already holds these totals, and every stretch is a difference of
+    /// totals, so nothing a verdict sees changes. An idle tenant's window
+    /// thus shrinks to one checkpoint, which is what keeps 10 000 mostly
+    /// quiet canaries in a few MiB.
     pub fn push(&mut self, stable: &Snapshot, canary: &Snapshot) {
         self.tick += 1;
-        self.slots.push_back(Slot {
-            tick: self.tick,
-            stable: Totals::of(stable),
-            canary: Totals::of(canary),
-        });
-        // The checkpoint leaving the fine stretch survives only on a
-        // coarse boundary.
-        let len = self.slots.len();
-        if len > self.fine.saturating_add(1) {
-            let leaving = len - 1 - self.fine;
-            if self.slots[leaving].tick % self.coarse_every != 0 && leaving > 0 {
-                self.slots.remove(leaving);
+        let (stable, canary) = (Totals::of(stable), Totals::of(canary));
+        let unchanged = self
+            .slots
+            .back()
+            .is_some_and(|s| s.stable == stable && s.canary == canary);
+        if !unchanged {
+            self.slots.push_back(Slot {
+                tick: self.tick,
+                stable,
+                canary,
+            });
+            // The checkpoint leaving the fine stretch survives only on a
+            // coarse boundary.
+            let len = self.slots.len();
+            if len > self.fine.saturating_add(1) {
+                let leaving = len - 1 - self.fine;
+                if self.slots[leaving].tick % self.coarse_every != 0 && leaving > 0 {
+                    self.slots.remove(leaving);
+                }
             }
         }
         // The front is the baseline: the newest checkpoint at or before the
@@ -191,12 +204,17 @@ impl Window {
         while self.slots.len() > 1 && self.slots[1].tick <= start {
             self.slots.pop_front();
         }
+        // A window that was busy and is now quiet gives its memory back.
+        if self.slots.capacity() > 4 * self.slots.len().max(8) {
+            self.slots.shrink_to_fit();
+        }
     }
 
     /// Canary requests since the previous tick.
     pub fn newest_canary_requests(&self) -> u64 {
         let n = self.slots.len();
-        if n < 2 {
+        // No checkpoint this tick: nothing new.
+        if n < 2 || self.slots[n - 1].tick != self.tick {
             return 0;
         }
         u64::from(
@@ -408,6 +426,29 @@ mod tests {
         }
         let (_, canary) = w.samples(1_000, 0.99);
         assert_eq!((canary.requests, canary.errors), (30, 0));
+    }
+
+    #[test]
+    fn a_quiet_window_keeps_one_checkpoint_and_counts_the_same() {
+        let (s, c) = (VersionStats::default(), VersionStats::default());
+        let mut w = Window::new(300);
+        w.push(&s.snapshot(), &c.snapshot());
+        record(&c, 40, Outcome::Ok, 10);
+        record(&c, 10, Outcome::ServerError, 10);
+        w.push(&s.snapshot(), &c.snapshot());
+        assert_eq!(w.newest_canary_requests(), 50);
+        // 100 s without a request.
+        for _ in 0..1_000 {
+            w.push(&s.snapshot(), &c.snapshot());
+        }
+        assert_eq!(w.slots.len(), 1, "an idle window holds one checkpoint");
+        assert_eq!(w.newest_canary_requests(), 0);
+        record(&c, 20, Outcome::Ok, 10);
+        w.push(&s.snapshot(), &c.snapshot());
+        assert_eq!(w.newest_canary_requests(), 20);
+        // The 50 of 100 s ago are out of the 30 s window.
+        let (_, canary) = w.samples(1_000, 0.99);
+        assert_eq!((canary.requests, canary.errors), (20, 0));
     }
 
     #[test]

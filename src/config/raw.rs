@@ -15,6 +15,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) threads: Option<usize>,
     #[serde(default)]
+    pub(crate) work_stealing: Option<bool>,
+    #[serde(default)]
     pub(crate) timeouts: Timeouts,
     #[serde(default)]
     pub(crate) limits: Limits,

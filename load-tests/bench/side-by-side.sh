@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# fledge side by side with the proxies people would pick instead: the same
+# backend (nginx answering a fixed ~200-byte JSON-RPC result, two "pools"
+# on two ports), the same load tool (wrk), each proxy with one worker
+# pinned to CPU 0, the backend and wrk on CPU 1:
+#   direct   wrk → backend, no proxy (the floor)
+#   nginx    split_clients on the session cookie, 20 % to the canary port,
+#            upstream keep-alive
+#   haproxy  the same split by hashing the session cookie over weighted
+#            servers (80/20), upstream keep-alive (http-reuse always)
+#   fledge   1000 tenants, the canary at 20 %, sticky by session cookie
+# The request is a returning browser's: Odoo session cookie (and, for
+# fledge, the signed version cookie it handed out). Rounds alternate the
+# order; the summary reports medians and ratios against nginx and HAProxy.
+# CPU per request = the proxy worker's utime+stime (/proc/PID/stat) over
+# the requests served; RSS from /proc/PID/status.
+#
+# Usage: load-tests/bench/side-by-side.sh [ROUNDS] [SECONDS] [CONNECTIONS] [THREADS]
+#   THREADS (default 1): proxy worker threads/processes, pinned to CPUs
+#   0..THREADS-1 (wrk and the backend then share the last CPU).
+# Needs: nginx, haproxy, wrk; cargo build --release -p fledge.
+# Traffic stays on 127.0.0.1.
+set -euo pipefail
+ROUNDS=${1:-5}
+SECS=${2:-10}
+CONNS=${3:-32}
+THREADS=${4:-1}
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+FLEDGE=${FLEDGE:-$ROOT/target/release/fledge}
+[ -x "$FLEDGE" ] || { echo "missing $FLEDGE: cargo build --release -p fledge" >&2; exit 1; }
+for t in nginx haproxy wrk taskset; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 1; }; done
+NCPU=$(nproc)
+PROXY_CPUS=$(seq -s, 0 $((THREADS - 1)))
+LOAD_CPU=$((NCPU - 1))
+[ "$THREADS" -lt "$NCPU" ] || LOAD_CPU=$((NCPU - 1))
+
+WORK=$(mktemp -d)
+OUT=${OUT:-$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)}
+mkdir -p "$OUT"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for c in backend proxy; do nginx -p "$WORK/$c" -c "$WORK/$c/nginx.conf" -s stop 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
+B1=$(port); B2=$(port); PN=$(port); PH=$(port); PF=$(port)
+
+# The backend: two "pools" of one nginx worker on the load CPU.
+BODY='{"jsonrpc":"2.0","id":1,"result":{"server_version":"17.0","uid":2,"name":"Mitchell Admin","company_id":1,"partner_id":3,"db":"acme","lang":"en_US","tz":"Europe/Brussels"}}'
+mkdir -p "$WORK/backend" "$WORK/proxy"
+cat > "$WORK/backend/nginx.conf" <<NGINX
+worker_processes 1;
+error_log $WORK/backend/error.log;
+pid $WORK/backend/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$B1; location / { default_type application/json; add_header X-Odoo-Version 17.0; return 200 '$BODY'; } }
+  server { listen 127.0.0.1:$B2; location / { default_type application/json; add_header X-Odoo-Version 18.0; return 200 '$BODY'; } }
+}
+NGINX
+taskset -c $LOAD_CPU nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf"
+
+# nginx as the proxy.
+cat > "$WORK/proxy/nginx.conf" <<NGINX
+worker_processes $THREADS;
+worker_cpu_affinity auto $(python3 -c "print(''.join('1' if i < $THREADS else '0' for i in range($NCPU))[::-1])");
+error_log $WORK/proxy/error.log;
+pid $WORK/proxy/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream stable { server 127.0.0.1:$B1; keepalive 64; }
+  upstream canary { server 127.0.0.1:$B2; keepalive 64; }
+  split_clients "\${cookie_session_id}" \$pool { 20% canary; * stable; }
+  server {
+    listen 127.0.0.1:$PN;
+    location / {
+      proxy_pass http://\$pool;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+NGINX
+nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf"
+
+# HAProxy as the proxy.
+cat > "$WORK/haproxy.cfg" <<HA
+global
+  nbthread $THREADS
+  cpu-map auto:1/1-$THREADS $(echo $PROXY_CPUS | tr , ' ' | awk '{print $1"-"$NF}')
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option forwardfor
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$PH
+  default_backend odoo
+backend odoo
+  balance hash req.cook(session_id)
+  hash-type consistent
+  server stable 127.0.0.1:$B1 weight 80
+  server canary 127.0.0.1:$B2 weight 20
+HA
+haproxy -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 & PIDS+=($!); HPID=$!
+
+# fledge.
+cat > "$WORK/fledge.yaml" <<YAML
+listen: "127.0.0.1:$PF"
+threads: $THREADS
+admin: { listen: "127.0.0.1:$(port)" }
+state_dir: "$WORK/state"
+pools:
+  stable: { workers: ["127.0.0.1:$B1"] }
+  canary: { workers: ["127.0.0.1:$B2"] }
+tenants:
+  acme:
+    hosts: ["acme.example.com", "*.acme.example.com"]
+    stable: stable
+    canary: canary
+    canary_weight: 20
+YAML
+for i in $(seq 1 999); do
+  printf '  t%s:\n    hosts: ["t%s.example.com"]\n    stable: stable\n' "$i" "$i" >> "$WORK/fledge.yaml"
+done
+RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge.yaml" > "$WORK/fledge.log" 2>&1 & PIDS+=($!); FPID=$!
+for p in $B1 $B2 $PN $PH $PF; do wait_port $p; done
+NPID=$(pgrep -P "$(cat "$WORK/proxy/nginx.pid")" | head -1)
+[ "$THREADS" -gt 1 ] && NPIDS=$(pgrep -P "$(cat "$WORK/proxy/nginx.pid")" | tr '\n' ' ') || NPIDS=$NPID
+taskset -cp "$PROXY_CPUS" "$HPID" > /dev/null
+
+SESSION='session_id=8d3c1f0e5a9b4c2d7e6f'
+PIN=$(curl -s -o /dev/null -D - -H 'Host: acme.example.com' -b "$SESSION" "http://127.0.0.1:$PF/" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(fledge_version=[^;]*\).*/\1/p')
+COOKIE="$SESSION; $PIN"
+
+HZ=$(getconf CLK_TCK)
+ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+rss() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
+CSV=$OUT/side-by-side-t$THREADS.csv
+echo "round,proxy,requests,rps,p50_ms,p99_ms,cpu_us_per_req,rss_kib" > "$CSV"
+run() { # name port pids...
+  local name=$1 p=$2; shift 2
+  local t0 t1 out reqs rps p50 p99 cpu mem
+  t0=$(ticks "$@")
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/web/session/get_session_info")
+  t1=$(ticks "$@")
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  mem=$(rss "$@")
+  cpu=$(python3 -c "print(round(($t1-$t0)/$HZ*1e6/$reqs, 2) if $# else 0)")
+  echo "$r,$name,$reqs,$rps,$p50,$p99,$cpu,$mem" >> "$CSV"
+  echo "round $r $name: $rps req/s, p50 $p50, p99 $p99, $cpu us CPU/req, RSS $mem KiB"
+}
+# Warm-up.
+for p in $B1 $PN $PH $PF; do taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/" > /dev/null; done
+NAMES=(direct nginx haproxy fledge)
+for r in $(seq 1 "$ROUNDS"); do
+  order=("${NAMES[@]}"); [ $((r % 2)) -eq 0 ] && order=(fledge haproxy nginx direct)
+  for n in "${order[@]}"; do
+    case $n in
+      direct) run direct $B1 ;;
+      nginx) run nginx $PN $NPIDS ;;
+      haproxy) run haproxy $PH $HPID ;;
+      fledge) run fledge $PF $FPID ;;
+    esac
+  done
+done
+
+python3 - "$CSV" "$OUT/side-by-side-t$THREADS.md" "$ROUNDS" "$SECS" "$CONNS" "$THREADS" "$("$FLEDGE" --version 2>/dev/null || echo fledge)" <<'PY'
+import csv, statistics, sys, subprocess, platform
+rows = list(csv.DictReader(open(sys.argv[1])))
+def num(v):
+    for unit, k in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(unit):
+            return float(v[: -len(unit)]) * k
+    return float(v)
+med = lambda name, key: statistics.median(num(r[key]) for r in rows if r["proxy"] == name)
+sh = lambda c: subprocess.run(["sh", "-c", c], capture_output=True, text=True).stdout.strip()
+rounds, secs, conns, threads = sys.argv[3:7]
+with open(sys.argv[2], "w") as out:
+    out.write(f"# fledge side by side with nginx and HAProxy ({threads} proxy thread{'s' if threads != '1' else ''})\n\n")
+    out.write(f"`load-tests/bench/side-by-side.sh {rounds} {secs} {conns} {threads}`. "
+              f"CPU: {sh('lscpu | grep \"Model name\" | sed \"s/.*: *//\"')}, {sh('nproc')} vCPUs; kernel {platform.release()}. "
+              f"{sh('nginx -v 2>&1')}; {sh('haproxy -v | head -1')}; {sys.argv[7]}. "
+              f"Proxies on CPU 0..{int(threads)-1}, backend (nginx, fixed 200-byte JSON) and wrk -t1 -c{conns} -d{secs}s on the last CPU; "
+              f"{rounds} alternating rounds, medians. Same request through all: a returning browser's JSON-RPC call, 20 % canary split by session cookie.\n\n")
+    out.write("| | req/s | p50 | p99 | proxy CPU µs/req | RSS MiB |\n|---|---|---|---|---|---|\n")
+    for n in ("direct", "nginx", "haproxy", "fledge"):
+        cpu = "—" if n == "direct" else f"{med(n,'cpu_us_per_req'):.2f}"
+        mem = "—" if n == "direct" else f"{med(n,'rss_kib')/1024:.1f}"
+        out.write(f"| {n} | {med(n,'rps'):.0f} | {med(n,'p50_ms'):.3f} ms | {med(n,'p99_ms'):.3f} ms | {cpu} | {mem} |\n")
+    f = lambda k: med("fledge", k)
+    out.write("\n| fledge / … | CPU per request | req/s | p99 |\n|---|---|---|---|\n")
+    for ref in ("nginx", "haproxy"):
+        out.write(f"| {ref} | **{f('cpu_us_per_req')/med(ref,'cpu_us_per_req'):.2f}×** | {f('rps')/med(ref,'rps'):.2f}× | {f('p99_ms')/med(ref,'p99_ms'):.2f}× |\n")
+print(open(sys.argv[2]).read())
+PY
