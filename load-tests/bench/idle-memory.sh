@@ -89,7 +89,7 @@ AFTER=$(rss)
 {
   echo "# fledge memory: $TENANTS tenants, $CONNS idle kept-alive clients"
   echo
-  echo "\`load-tests/bench/idle-memory.sh $TENANTS $CONNS $THREADS\` ($THREADS thread(s); release build; each client made one request from one of 20 loopback addresses and stayed open)."
+  echo "\`load-tests/bench/idle-memory.sh $TENANTS $CONNS $THREADS\` ($THREADS thread(s); release build; each client made one request from one of 20 loopback addresses and stayed open; allocator options: $(env | grep '^MIMALLOC_' | tr '\n' ' ' || true)none other)."
   echo
   echo "| moment | RSS MiB |"
   echo "|---|---|"

@@ -9,6 +9,7 @@
 #   haproxy  the same split by hashing the session cookie over weighted
 #            servers (80/20), upstream keep-alive (http-reuse always)
 #   fledge   1000 tenants, the canary at 20 %, sticky by session cookie
+#   fledge-ws  the same with work_stealing: true (one shared tokio runtime)
 # The request is a returning browser's: Odoo session cookie (and, for
 # fledge, the signed version cookie it handed out). Rounds alternate the
 # order; the summary reports medians and ratios against nginx and HAProxy.
@@ -42,12 +43,12 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for c in backend proxy; do nginx -p "$WORK/$c" -c "$WORK/$c/nginx.conf" -s stop 2>/dev/null || true; done
-  rm -rf "$WORK"
+  [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
-B1=$(port); B2=$(port); PN=$(port); PH=$(port); PF=$(port)
+B1=$(port); B2=$(port); PN=$(port); PH=$(port); PF=$(port); PW=$(port)
 
 # The backend: two "pools" of one nginx worker on the load CPU.
 BODY='{"jsonrpc":"2.0","id":1,"result":{"server_version":"17.0","uid":2,"name":"Mitchell Admin","company_id":1,"partner_id":3,"db":"acme","lang":"en_US","tz":"Europe/Brussels"}}'
@@ -99,7 +100,7 @@ cat > "$WORK/haproxy.cfg" <<HA
 global
   nbthread $THREADS
   cpu-map auto:1/1-$THREADS $(echo $PROXY_CPUS | tr , ' ' | awk '{print $1"-"$NF}')
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 2s
@@ -138,7 +139,9 @@ for i in $(seq 1 999); do
   printf '  t%s:\n    hosts: ["t%s.example.com"]\n    stable: stable\n' "$i" "$i" >> "$WORK/fledge.yaml"
 done
 RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge.yaml" > "$WORK/fledge.log" 2>&1 & PIDS+=($!); FPID=$!
-for p in $B1 $B2 $PN $PH $PF; do wait_port $p; done
+sed -e "s/127.0.0.1:$PF/127.0.0.1:$PW/" -e "s#$WORK/state#$WORK/state-ws#" -e "s/^admin: .*/admin: { listen: \"127.0.0.1:$(port)\" }\nwork_stealing: true/" "$WORK/fledge.yaml" > "$WORK/fledge-ws.yaml"
+RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge-ws.yaml" > "$WORK/fledge-ws.log" 2>&1 & PIDS+=($!); WPID=$!
+for p in $B1 $B2 $PN $PH $PF $PW; do wait_port $p; done
 NPID=$(pgrep -P "$(cat "$WORK/proxy/nginx.pid")" | head -1)
 [ "$THREADS" -gt 1 ] && NPIDS=$(pgrep -P "$(cat "$WORK/proxy/nginx.pid")" | tr '\n' ' ') || NPIDS=$NPID
 taskset -cp "$PROXY_CPUS" "$HPID" > /dev/null
@@ -168,16 +171,17 @@ run() { # name port pids...
   echo "round $r $name: $rps req/s, p50 $p50, p99 $p99, $cpu us CPU/req, RSS $mem KiB"
 }
 # Warm-up.
-for p in $B1 $PN $PH $PF; do taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/" > /dev/null; done
-NAMES=(direct nginx haproxy fledge)
+for p in $B1 $PN $PH $PF $PW; do taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/" > /dev/null; done
+NAMES=(direct nginx haproxy fledge fledge-ws)
 for r in $(seq 1 "$ROUNDS"); do
-  order=("${NAMES[@]}"); [ $((r % 2)) -eq 0 ] && order=(fledge haproxy nginx direct)
+  order=("${NAMES[@]}"); [ $((r % 2)) -eq 0 ] && order=(fledge-ws fledge haproxy nginx direct)
   for n in "${order[@]}"; do
     case $n in
       direct) run direct $B1 ;;
       nginx) run nginx $PN $NPIDS ;;
       haproxy) run haproxy $PH $HPID ;;
       fledge) run fledge $PF $FPID ;;
+      fledge-ws) run fledge-ws $PW $WPID ;;
     esac
   done
 done
@@ -193,15 +197,17 @@ def num(v):
 med = lambda name, key: statistics.median(num(r[key]) for r in rows if r["proxy"] == name)
 sh = lambda c: subprocess.run(["sh", "-c", c], capture_output=True, text=True).stdout.strip()
 rounds, secs, conns, threads = sys.argv[3:7]
+cpu_name = sh('lscpu | grep "Model name" | sed "s/.*: *//"')
+ncpu, nginx_v, haproxy_v = sh('nproc'), sh('nginx -v 2>&1'), sh('haproxy -v | head -1')
 with open(sys.argv[2], "w") as out:
     out.write(f"# fledge side by side with nginx and HAProxy ({threads} proxy thread{'s' if threads != '1' else ''})\n\n")
     out.write(f"`load-tests/bench/side-by-side.sh {rounds} {secs} {conns} {threads}`. "
-              f"CPU: {sh('lscpu | grep \"Model name\" | sed \"s/.*: *//\"')}, {sh('nproc')} vCPUs; kernel {platform.release()}. "
-              f"{sh('nginx -v 2>&1')}; {sh('haproxy -v | head -1')}; {sys.argv[7]}. "
+              f"CPU: {cpu_name}, {ncpu} vCPUs; kernel {platform.release()}. "
+              f"{nginx_v}; {haproxy_v}; {sys.argv[7]}. "
               f"Proxies on CPU 0..{int(threads)-1}, backend (nginx, fixed 200-byte JSON) and wrk -t1 -c{conns} -d{secs}s on the last CPU; "
               f"{rounds} alternating rounds, medians. Same request through all: a returning browser's JSON-RPC call, 20 % canary split by session cookie.\n\n")
     out.write("| | req/s | p50 | p99 | proxy CPU µs/req | RSS MiB |\n|---|---|---|---|---|---|\n")
-    for n in ("direct", "nginx", "haproxy", "fledge"):
+    for n in ("direct", "nginx", "haproxy", "fledge", "fledge-ws"):
         cpu = "—" if n == "direct" else f"{med(n,'cpu_us_per_req'):.2f}"
         mem = "—" if n == "direct" else f"{med(n,'rss_kib')/1024:.1f}"
         out.write(f"| {n} | {med(n,'rps'):.0f} | {med(n,'p50_ms'):.3f} ms | {med(n,'p99_ms'):.3f} ms | {cpu} | {mem} |\n")
@@ -209,5 +215,7 @@ with open(sys.argv[2], "w") as out:
     out.write("\n| fledge / … | CPU per request | req/s | p99 |\n|---|---|---|---|\n")
     for ref in ("nginx", "haproxy"):
         out.write(f"| {ref} | **{f('cpu_us_per_req')/med(ref,'cpu_us_per_req'):.2f}×** | {f('rps')/med(ref,'rps'):.2f}× | {f('p99_ms')/med(ref,'p99_ms'):.2f}× |\n")
+    w = lambda k: med("fledge-ws", k)
+    out.write(f"\nwork_stealing: false (fledge) / true (fledge-ws): CPU per request {f('cpu_us_per_req')/w('cpu_us_per_req'):.2f}×, req/s {f('rps')/w('rps'):.2f}×.\n")
 print(open(sys.argv[2]).read())
 PY

@@ -223,15 +223,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         loop {
             let slot = self.counts.header_slot(&socket);
             let before = self.counts.headers[slot].load(Relaxed);
-            let served = self.inner.process_new_http(session, shutdown);
-            tokio::pin!(served);
-            let reused = tokio::select! {
-                reused = &mut served => reused,
-                () = tokio::time::sleep_until(deadline) => {
-                    if self.counts.headers[slot].load(Relaxed) == before {
-                        return self.counts.slow(ip);
+            // The request's (boxed, large) future is dropped as soon as it is
+            // done: an idle kept-alive connection holds only its stream.
+            let reused = {
+                let mut served = self.inner.process_new_http(session, shutdown);
+                tokio::select! {
+                    reused = &mut served => reused,
+                    () = tokio::time::sleep_until(deadline) => {
+                        if self.counts.headers[slot].load(Relaxed) == before {
+                            return self.counts.slow(ip);
+                        }
+                        served.await
                     }
-                    served.await
                 }
             };
             let (mut stream, settings) = reused?.consume();
