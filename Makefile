@@ -15,7 +15,7 @@ demo: setup
 	$(CARGO) run -- demo
 
 test: setup
-	$(CARGO) test -- --test-threads $(TEST_THREADS)
+	$(CARGO) test --workspace -- --test-threads $(TEST_THREADS)
 
 # Every shipped release rehearsal, self-contained (load-tests/README.md).
 rehearse: setup

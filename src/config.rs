@@ -39,9 +39,9 @@ pub struct Config {
     /// Worker threads of the proxy service (not hot-reloadable).
     pub threads: usize,
     /// Whether the proxy's threads share one work-stealing runtime (tasks
-    /// move to idle threads) rather than each run its own, connections
-    /// staying on the thread that accepted them (the default: cheaper per
-    /// request, as nginx's workers are). Not hot-reloadable.
+    /// move to idle threads; the default) rather than each run its own,
+    /// connections staying on the thread that accepted them, as nginx's
+    /// workers do. Not hot-reloadable.
     pub work_stealing: bool,
     /// Downstream and upstream timeouts.
     pub timeouts: Timeouts,

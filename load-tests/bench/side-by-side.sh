@@ -9,7 +9,7 @@
 #   haproxy  the same split by hashing the session cookie over weighted
 #            servers (80/20), upstream keep-alive (http-reuse always)
 #   fledge   1000 tenants, the canary at 20 %, sticky by session cookie
-#   fledge-ws  the same with work_stealing: true (one shared tokio runtime)
+#   fledge-nosteal  the same with work_stealing: false (a runtime per thread)
 # The request is a returning browser's: Odoo session cookie (and, for
 # fledge, the signed version cookie it handed out). Rounds alternate the
 # order; the summary reports medians and ratios against nginx and HAProxy.
@@ -139,7 +139,7 @@ for i in $(seq 1 999); do
   printf '  t%s:\n    hosts: ["t%s.example.com"]\n    stable: stable\n' "$i" "$i" >> "$WORK/fledge.yaml"
 done
 RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge.yaml" > "$WORK/fledge.log" 2>&1 & PIDS+=($!); FPID=$!
-sed -e "s/127.0.0.1:$PF/127.0.0.1:$PW/" -e "s#$WORK/state#$WORK/state-ws#" -e "s/^admin: .*/admin: { listen: \"127.0.0.1:$(port)\" }\nwork_stealing: true/" "$WORK/fledge.yaml" > "$WORK/fledge-ws.yaml"
+sed -e "s/127.0.0.1:$PF/127.0.0.1:$PW/" -e "s#$WORK/state#$WORK/state-ws#" -e "s/^admin: .*/admin: { listen: \"127.0.0.1:$(port)\" }\nwork_stealing: false/" "$WORK/fledge.yaml" > "$WORK/fledge-ws.yaml"
 RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge-ws.yaml" > "$WORK/fledge-ws.log" 2>&1 & PIDS+=($!); WPID=$!
 for p in $B1 $B2 $PN $PH $PF $PW; do wait_port $p; done
 NPID=$(pgrep -P "$(cat "$WORK/proxy/nginx.pid")" | head -1)
@@ -172,16 +172,16 @@ run() { # name port pids...
 }
 # Warm-up.
 for p in $B1 $PN $PH $PF $PW; do taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/" > /dev/null; done
-NAMES=(direct nginx haproxy fledge fledge-ws)
+NAMES=(direct nginx haproxy fledge fledge-nosteal)
 for r in $(seq 1 "$ROUNDS"); do
-  order=("${NAMES[@]}"); [ $((r % 2)) -eq 0 ] && order=(fledge-ws fledge haproxy nginx direct)
+  order=("${NAMES[@]}"); [ $((r % 2)) -eq 0 ] && order=(fledge-nosteal fledge haproxy nginx direct)
   for n in "${order[@]}"; do
     case $n in
       direct) run direct $B1 ;;
       nginx) run nginx $PN $NPIDS ;;
       haproxy) run haproxy $PH $HPID ;;
       fledge) run fledge $PF $FPID ;;
-      fledge-ws) run fledge-ws $PW $WPID ;;
+      fledge-nosteal) run fledge-nosteal $PW $WPID ;;
     esac
   done
 done
@@ -207,7 +207,7 @@ with open(sys.argv[2], "w") as out:
               f"Proxies on CPU 0..{int(threads)-1}, backend (nginx, fixed 200-byte JSON) and wrk -t1 -c{conns} -d{secs}s on the last CPU; "
               f"{rounds} alternating rounds, medians. Same request through all: a returning browser's JSON-RPC call, 20 % canary split by session cookie.\n\n")
     out.write("| | req/s | p50 | p99 | proxy CPU µs/req | RSS MiB |\n|---|---|---|---|---|---|\n")
-    for n in ("direct", "nginx", "haproxy", "fledge", "fledge-ws"):
+    for n in ("direct", "nginx", "haproxy", "fledge", "fledge-nosteal"):
         cpu = "—" if n == "direct" else f"{med(n,'cpu_us_per_req'):.2f}"
         mem = "—" if n == "direct" else f"{med(n,'rss_kib')/1024:.1f}"
         out.write(f"| {n} | {med(n,'rps'):.0f} | {med(n,'p50_ms'):.3f} ms | {med(n,'p99_ms'):.3f} ms | {cpu} | {mem} |\n")
@@ -215,7 +215,7 @@ with open(sys.argv[2], "w") as out:
     out.write("\n| fledge / … | CPU per request | req/s | p99 |\n|---|---|---|---|\n")
     for ref in ("nginx", "haproxy"):
         out.write(f"| {ref} | **{f('cpu_us_per_req')/med(ref,'cpu_us_per_req'):.2f}×** | {f('rps')/med(ref,'rps'):.2f}× | {f('p99_ms')/med(ref,'p99_ms'):.2f}× |\n")
-    w = lambda k: med("fledge-ws", k)
-    out.write(f"\nwork_stealing: false (fledge) / true (fledge-ws): CPU per request {f('cpu_us_per_req')/w('cpu_us_per_req'):.2f}×, req/s {f('rps')/w('rps'):.2f}×.\n")
+    w = lambda k: med("fledge-nosteal", k)
+    out.write(f"\nwork_stealing: false (fledge-nosteal) / true (fledge, the default): CPU per request {w('cpu_us_per_req')/f('cpu_us_per_req'):.2f}×, req/s {w('rps')/f('rps'):.2f}×.\n")
 print(open(sys.argv[2]).read())
 PY

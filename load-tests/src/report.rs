@@ -71,8 +71,10 @@ fn quantiles(mut v: Vec<f64>) -> Quantiles {
     }
 }
 
+/// A rollback the analysis decided (the journal's actor `auto`), not an
+/// operator's (`api`) or a config change's (`file`).
 fn rolled_back_by_policy(m: &Mark) -> bool {
-    m.event == "rolled_back" && m.actor != "operator"
+    m.event == "rolled_back" && m.actor == "auto"
 }
 
 impl Figures {
@@ -405,4 +407,103 @@ pub fn chart(record: &Record, path: &Path) -> anyhow::Result<()> {
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::Sample;
+
+    fn scenario(faults: &str) -> Scenario {
+        serde_yaml::from_str(&format!("name: t\nduration_seconds: 10\nusers: 1\n{faults}")).unwrap()
+    }
+
+    fn mark(t_ms: u64, event: &str, actor: &str, detail: &str) -> Mark {
+        Mark {
+            t_ms,
+            event: event.into(),
+            actor: actor.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn sample(sent_ms: u64, served: Served, failed: bool) -> Sample {
+        Sample {
+            sent_ms,
+            latency_ms: 2.0,
+            served,
+            failed,
+        }
+    }
+
+    #[test]
+    fn figures_time_the_incident_from_the_fault() {
+        let s = scenario("faults: [{at_seconds: 4, error_rate: 0.3}]");
+        let record = Record {
+            samples: vec![
+                sample(1_000, Served::Canary, false),
+                sample(4_100, Served::Canary, true),
+                sample(4_300, Served::Canary, false),
+                sample(4_400, Served::Stable, false),
+                sample(9_000, Served::Stable, true),
+            ],
+            marks: vec![
+                mark(4_000, "fault", "rehearsal", "canary: 30 % http 500"),
+                mark(4_350, "rolled_back", "auto", "error_rate_increase"),
+            ],
+            duration_ms: 10_000,
+            ..Record::default()
+        };
+        let f = Figures::of(&s, &record);
+        assert_eq!(f.detection_ms, Some(350));
+        assert_eq!(f.zero_canary_ms, Some(300));
+        assert_eq!(
+            f.incident_failures,
+            Some(1),
+            "the failure at 9 s is after the incident"
+        );
+        assert_eq!(f.failed, 2);
+        assert!(f.problems(&s, &record).is_empty());
+    }
+
+    #[test]
+    fn a_missed_fault_and_an_unwanted_rollback_fail() {
+        let s = scenario("faults: [{at_seconds: 4, error_rate: 0.3}]");
+        let missed = Record {
+            samples: vec![sample(1_000, Served::Canary, false)],
+            marks: vec![mark(4_000, "fault", "rehearsal", "canary: 30 % http 500")],
+            duration_ms: 10_000,
+            ..Record::default()
+        };
+        let f = Figures::of(&s, &missed);
+        assert_eq!(f.problems(&s, &missed).len(), 1);
+
+        let early = Record {
+            marks: vec![
+                mark(2_000, "rolled_back", "auto", "latency"),
+                mark(4_000, "fault", "rehearsal", "canary: 30 % http 500"),
+            ],
+            ..missed
+        };
+        let problems = Figures::of(&s, &early).problems(&s, &early);
+        assert!(problems[0].contains("before the fault"), "{problems:?}");
+
+        let healthy = scenario("");
+        let unwanted = Record {
+            samples: vec![sample(1_000, Served::Canary, false)],
+            marks: vec![mark(3_000, "rolled_back", "auto", "latency")],
+            duration_ms: 10_000,
+            ..Record::default()
+        };
+        let problems = Figures::of(&healthy, &unwanted).problems(&healthy, &unwanted);
+        assert!(problems[0].contains("with no fault injected"), "{problems:?}");
+        // An operator's rollback is not the policy's.
+        let manual = Record {
+            marks: vec![mark(3_000, "rolled_back", "api", "")],
+            ..unwanted
+        };
+        assert!(Figures::of(&healthy, &manual)
+            .problems(&healthy, &manual)
+            .is_empty());
+    }
 }

@@ -254,3 +254,61 @@ impl Scenario {
             .unwrap_or_else(|| self.canary_fault().is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Scenario> {
+        let s: Scenario = serde_yaml::from_str(text)?;
+        s.check()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn the_shipped_scenarios_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            n += 1;
+        }
+        assert!(n >= 7, "{n} scenarios");
+    }
+
+    #[test]
+    fn a_rollback_is_expected_for_a_canary_fault_only() {
+        let base = "name: x\nduration_seconds: 5\nusers: 1\n";
+        let canary = parse(&format!("{base}faults: [{{at_seconds: 1, error_rate: 0.3}}]")).unwrap();
+        assert!(canary.expects_rollback());
+        let both = parse(&format!(
+            "{base}faults: [{{at_seconds: 1, pool: both, error_rate: 0.3}}]"
+        ))
+        .unwrap();
+        assert!(!both.expects_rollback());
+        let reload = parse(&format!(
+            "{base}faults: [{{at_seconds: 1, reload: true, every_seconds: 0.5}}]"
+        ))
+        .unwrap();
+        assert!(!reload.expects_rollback());
+        let told = parse(&format!("{base}expect: {{rollback: true}}")).unwrap();
+        assert!(told.expects_rollback());
+    }
+
+    #[test]
+    fn mistakes_are_refused() {
+        let base = "name: x\nduration_seconds: 5\nusers: 1\n";
+        for bad in [
+            "faults: [{at_seconds: 9, error_rate: 0.3}]",
+            "faults: [{at_seconds: 1, error_rate: 30}]",
+            "faults: [{at_seconds: 1, eror_rate: 0.3}]",
+            "think_time_ms: [200, 100]",
+            "mix: {read: 0, write: 0, asset: 0}",
+            "rate: 0",
+        ] {
+            assert!(parse(&format!("{base}{bad}")).is_err(), "{bad}");
+        }
+        assert!(parse("name: x\nduration_seconds: 0\nusers: 1\n").is_err());
+    }
+}

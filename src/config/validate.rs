@@ -210,7 +210,7 @@ impl Checker<'_> {
         Config {
             listen,
             threads,
-            work_stealing: raw.work_stealing.unwrap_or(false),
+            work_stealing: raw.work_stealing.unwrap_or(true),
             timeouts,
             limits,
             cookies,
