@@ -197,6 +197,18 @@ impl Target {
         Ok(())
     }
 
+    /// Put every mock worker back to healthy: a rehearsal on a shared
+    /// staging leaves no fault behind (the canary's state is fledge's, and
+    /// stays as the policy left it).
+    pub async fn heal(&self, http: &Http) {
+        let healthy = serde_json::json!({ "error_rate": 0.0, "jsonrpc_error_rate": 0.0, "latency_ms": 0, "close_rate": 0.0 });
+        for url in self.canary_knobs.iter().chain(&self.stable_knobs) {
+            if let Err(e) = http.put_json(url, &healthy).await {
+                eprintln!("rehearse: could not reset the knobs at {url}: {e:#}");
+            }
+        }
+    }
+
     /// Reload fledge's config: rewrite the file (self-contained), or ask
     /// the admin API.
     async fn reload(&mut self, http: &Http) -> anyhow::Result<()> {

@@ -469,6 +469,9 @@ pub async fn run(
     }
     // Requests still in flight finish (or time out) on their own tasks.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    if target.local.is_none() {
+        target.heal(&http).await;
+    }
     record.duration_ms = shared.ms();
     drop(shared.samples.clone());
     while let Ok(s) = rx.try_recv() {
