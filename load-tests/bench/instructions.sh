@@ -14,7 +14,7 @@ SECS=${1:-10}
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 WORK=$(mktemp -d)
-OUT=$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)
+OUT=${OUT:-$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)}
 mkdir -p "$OUT"
 trap 'nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -57,7 +57,7 @@ for name in passthrough passthrough+forwarded fledge; do
   case $name in
     passthrough) cmd=("$ROOT/target/release/examples/passthrough" "127.0.0.1:$P" "127.0.0.1:$B" 1) ;;
     passthrough+forwarded) cmd=("$ROOT/target/release/examples/passthrough" "127.0.0.1:$P" "127.0.0.1:$B" 1 forwarded) ;;
-    fledge) cmd=("$ROOT/target/release/fledge" run --config "$WORK/fledge.yaml") ;;
+    fledge) cmd=("${FLEDGE:-$ROOT/target/release/fledge}" run --config "$WORK/fledge.yaml") ;;
   esac
   read -r _ idle < <(measure "$name" 0 "${cmd[@]}")
   read -r reqs busy < <(measure "$name" 1 "${cmd[@]}")
