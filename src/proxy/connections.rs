@@ -13,7 +13,7 @@
 //! timer restarts on every read, so a client sending a byte every 59 s
 //! holds a connection for as long as it likes): from the connection's start
 //! for its first request, from a kept-alive request's first byte for the
-//! next ones (on TLS too, through [`Replay`]), the header must be complete
+//! next ones (on TLS too, through `replay::Replay`), the header must be complete
 //! within `limits.header_timeout_seconds`, or the connection is closed.
 //! "Complete" is learnt from the proxy's `request_filter`, which marks the
 //! connection (by its socket digest) in [`Connections::header_seen`].
