@@ -10,7 +10,7 @@
 //!    and takes charge ([`Control::take_over`]), and starts its counters
 //!    from the old process's: Prometheus sees them go on, not reset.
 //! 3. The old process drains its requests in flight, then writes what it
-//!    counted meanwhile ([`DRAIN_FILE`]); the new process adds that in
+//!    counted meanwhile (`handover-drain-<pid>.json`); the new process adds that in
 //!    ([`DrainCounts`]). Counters only ever grow.
 //!
 //! Process-wide counters (connections, retries, reloads, certificates)
@@ -31,8 +31,12 @@ use crate::metrics::dump::StatsDump;
 
 /// The old process's counters at the hand-over, inside `state_dir`.
 pub const STATS_FILE: &str = "handover-stats.json";
-/// What the old process counted while draining, inside `state_dir`.
-pub const DRAIN_FILE: &str = "handover-drain.json";
+/// What the old process counted while draining, inside `state_dir`
+/// (`handover-drain-<pid>.json`, so that a leftover of another upgrade is
+/// never taken for it).
+fn drain_file(pid: u32) -> String {
+    format!("handover-drain-{pid}.json")
+}
 /// A hand-over file older than this is a leftover of an upgrade that did
 /// not happen, not ours.
 const FRESH_FOR: Duration = Duration::from_secs(60);
@@ -150,7 +154,7 @@ pub fn after_drain(control: &Control, dir: &Path, handed: &OnceLock<StatsDump>) 
         return;
     };
     let drained = StatsDump::of(&control.routes().load()).since(at_hand_over);
-    if let Err(e) = write(dir, DRAIN_FILE, drained) {
+    if let Err(e) = write(dir, &drain_file(std::process::id()), drained) {
         tracing::error!(error = %e, "cannot write the requests counted while draining");
     }
 }
@@ -189,8 +193,9 @@ impl BackgroundService for DrainCounts {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let deadline = tokio::time::Instant::now() + self.wait;
         while tokio::time::Instant::now() < deadline {
-            if self.dir.join(DRAIN_FILE).exists() {
-                if let Some(handed) = take(&self.dir, DRAIN_FILE, Some(self.old_pid)) {
+            let name = drain_file(self.old_pid);
+            if self.dir.join(&name).exists() {
+                if let Some(handed) = take(&self.dir, &name, Some(self.old_pid)) {
                     add(
                         &self.control,
                         &handed,

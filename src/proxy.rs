@@ -274,10 +274,11 @@ impl ProxyHttp for FledgeProxy {
         if ctx.served == Version::Canary {
             addr = tenant.pool(Version::Canary).select(ws);
             if addr.is_none() {
-                tenant
-                    .stats()
-                    .version(Version::Canary)
-                    .record(Outcome::ConnectFailure, None);
+                let stats = tenant.stats().version(Version::Canary);
+                stats.record(Outcome::ConnectFailure, None);
+                if ctx.rehearsal {
+                    stats.record_rehearsal(Outcome::ConnectFailure);
+                }
                 ctx.served = Version::Stable;
             }
         }
@@ -314,10 +315,11 @@ impl ProxyHttp for FledgeProxy {
             // The attempt counts against the version that failed it, even
             // when the retry on stable then succeeds.
             let tenant = &ctx.table.tenants()[route.tenant];
-            tenant
-                .stats()
-                .version(ctx.served)
-                .record(Outcome::ConnectFailure, None);
+            let stats = tenant.stats().version(ctx.served);
+            stats.record(Outcome::ConnectFailure, None);
+            if ctx.rehearsal {
+                stats.record_rehearsal(Outcome::ConnectFailure);
+            }
             if let Some(worker) = ctx.peer.take() {
                 report_worker(tenant.pool(ctx.served), ctx.long_lived, worker, false);
             }

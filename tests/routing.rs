@@ -293,7 +293,10 @@ async fn rehearsal_traffic_is_counted_apart_as_well() {
         );
     }
     let series = |name: &str| format!("{name}{{tenant=\"acme\",version=\"stable\",outcome=\"ok\"}}");
-    assert_eq!(proxy.metric(&series("fledge_requests_total")).await, Some(5.0));
+    // A request is counted once its answer is sent: wait for the last.
+    let all = series("fledge_requests_total");
+    let counted = crate::util::eventually(5, || async { proxy.metric(&all).await == Some(5.0) }).await;
+    assert!(counted, "{}", proxy.metrics().await);
     assert_eq!(
         proxy.metric(&series("fledge_rehearsal_requests_total")).await,
         Some(3.0)

@@ -113,6 +113,12 @@ async fn rehearse(cli: Cli) -> anyhow::Result<bool> {
     let fledge = if cli.existing.base_url.is_none() {
         Some(target::fledge_binary(cli.fledge.as_deref())?)
     } else {
+        // A rehearsal leaves the deployment's canary as the policy left it
+        // (rolled back, say): the next one would start from there.
+        anyhow::ensure!(
+            cli.runs <= 1 && scenarios.len() == 1,
+            "against an existing deployment, one scenario and one run at a time (resume the canary in between)"
+        );
         None
     };
 

@@ -212,8 +212,15 @@ impl Scenario {
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        if self.duration_seconds.is_nan() || self.duration_seconds <= 0.0 {
-            bail!("duration_seconds must be positive");
+        let seconds = |v: f64| v.is_finite() && (0.0..=86_400.0).contains(&v);
+        if !seconds(self.duration_seconds) || self.duration_seconds == 0.0 {
+            bail!("duration_seconds must be positive and at most a day");
+        }
+        if !seconds(self.ramp_up_seconds) {
+            bail!("ramp_up_seconds must be 0 or more, at most a day");
+        }
+        if self.users > 100_000 {
+            bail!("users: at most 100 000");
         }
         if self.users == 0 {
             bail!("users must be at least 1");
@@ -224,12 +231,18 @@ impl Scenario {
         if self.mix.read + self.mix.write + self.mix.asset == 0 {
             bail!("mix: read, write and asset cannot all be 0");
         }
-        if self.rate.is_some_and(|r| r <= 0.0) {
-            bail!("rate must be positive");
+        if self
+            .rate
+            .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1_000_000.0))
+        {
+            bail!("rate must be positive, at most 1 000 000 a second");
         }
         for f in &self.faults {
-            if f.at_seconds < 0.0 || f.at_seconds > self.duration_seconds {
+            if !seconds(f.at_seconds) || f.at_seconds > self.duration_seconds {
                 bail!("a fault at {} s is outside the run", f.at_seconds);
+            }
+            if f.every_seconds.is_some_and(|e| !(e.is_finite() && e >= 0.1)) {
+                bail!("every_seconds must be at least 0.1");
             }
             for r in [f.error_rate, f.jsonrpc_error_rate].into_iter().flatten() {
                 if !(0.0..=1.0).contains(&r) {
@@ -306,6 +319,9 @@ mod tests {
             "think_time_ms: [200, 100]",
             "mix: {read: 0, write: 0, asset: 0}",
             "rate: 0",
+            "rate: .nan",
+            "ramp_up_seconds: -1",
+            "faults: [{at_seconds: 1, reload: true, every_seconds: 0.001}]",
         ] {
             assert!(parse(&format!("{base}{bad}")).is_err(), "{bad}");
         }

@@ -374,6 +374,9 @@ pub async fn run(
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut n = 0u64;
+            // Every request is awaited, so that slow answers under a fault
+            // are recorded too.
+            let mut running = tokio::task::JoinSet::new();
             while Instant::now() < shared.end {
                 tick.tick().await;
                 n += 1;
@@ -387,8 +390,10 @@ pub async fn run(
                 let active = ((users as f64 * ramped) as usize).clamp(1, users);
                 let user = (n as usize) % active;
                 let (shared, jars, scenario) = (Arc::clone(&shared), Arc::clone(&jars), scenario.clone());
-                tokio::spawn(async move { shared.act(&jars[user], pick(&scenario), n).await });
+                running.spawn(async move { shared.act(&jars[user], pick(&scenario), n).await });
+                while running.try_join_next().is_some() {}
             }
+            while running.join_next().await.is_some() {}
         }));
     }
 
@@ -423,7 +428,13 @@ pub async fn run(
         let now_s = start.elapsed().as_secs_f64();
         while let Some((_, i)) = timeline.next_if(|(t, _)| *t <= now_s) {
             let fault = &scenario.faults[i];
-            target.inject(&http, fault).await?;
+            if let Err(e) = target.inject(&http, fault).await {
+                // Leave no fault behind on a shared deployment.
+                if target.local.is_none() {
+                    target.heal(&http).await;
+                }
+                return Err(e);
+            }
             record.marks.push(Mark {
                 t_ms: shared.ms(),
                 event: if fault.reload {
@@ -473,7 +484,6 @@ pub async fn run(
         target.heal(&http).await;
     }
     record.duration_ms = shared.ms();
-    drop(shared.samples.clone());
     while let Ok(s) = rx.try_recv() {
         record.samples.push(s);
     }

@@ -188,12 +188,15 @@ impl Window {
                 stable,
                 canary,
             });
-            // The checkpoint leaving the fine stretch survives only on a
-            // coarse boundary.
+            // The checkpoint leaving the fine stretch survives only as the
+            // last of its coarse period (by period, not by exact tick: with
+            // quiet ticks skipped, a tenant's checkpoints may never fall on
+            // a multiple, and the baseline would then never move).
             let len = self.slots.len();
             if len > self.fine.saturating_add(1) {
                 let leaving = len - 1 - self.fine;
-                if self.slots[leaving].tick % self.coarse_every != 0 && leaving > 0 {
+                let period = |i: usize| self.slots[i].tick / self.coarse_every;
+                if leaving > 0 && period(leaving) == period(leaving + 1) {
                     self.slots.remove(leaving);
                 }
             }
@@ -449,6 +452,25 @@ mod tests {
         // The 50 of 100 s ago are out of the 30 s window.
         let (_, canary) = w.samples(1_000, 0.99);
         assert_eq!((canary.requests, canary.errors), (20, 0));
+    }
+
+    #[test]
+    fn sparse_traffic_off_the_coarse_ticks_still_leaves_the_window() {
+        let (s, c) = (VersionStats::default(), VersionStats::default());
+        // A 30 s window; one request every tenth tick, never on a multiple
+        // of ten.
+        let mut w = Window::new(300);
+        for tick in 1..=2_000u64 {
+            if tick % 10 == 3 {
+                record(&c, 1, Outcome::Ok, 10);
+            }
+            w.push(&s.snapshot(), &c.snapshot());
+        }
+        // 30 requests in the last 300 ticks, give or take the one coarse
+        // period the baseline may lag.
+        let (_, canary) = w.samples(1_000, 0.99);
+        assert!((30..=31).contains(&canary.requests), "{}", canary.requests);
+        assert!(w.slots.len() <= 60, "{} checkpoints", w.slots.len());
     }
 
     #[test]
