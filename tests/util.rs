@@ -475,6 +475,9 @@ pub struct LoadStats {
     pub failed: std::sync::atomic::AtomicU64,
     /// Connections that failed without an HTTP answer.
     pub transport_errors: std::sync::atomic::AtomicU64,
+    /// Page loads sent again after their kept-alive connection closed under
+    /// them (only with [`start_browser_load`]).
+    pub retried: std::sync::atomic::AtomicU64,
 }
 
 /// Steady traffic from many sessions, until dropped.
@@ -499,6 +502,19 @@ impl Load {
 /// turn: JSON-RPC calls when `jsonrpc`, else page loads. Each request runs
 /// in its own task, so a slow canary does not slow the rate.
 pub fn start_load(addr: SocketAddr, host: &'static str, rps: u32, jsonrpc: bool) -> Load {
+    load(addr, host, rps, jsonrpc, false)
+}
+
+/// Page loads as browsers send them: a GET whose reused kept-alive
+/// connection closes before any answer is sent once more on a new one
+/// (RFC 9112 §9.3.1; browsers do it for idempotent requests). A server
+/// that closes idle connections at shutdown races clients picking them at
+/// that moment; no server can avoid it, clients absorb it this way.
+pub fn start_browser_load(addr: SocketAddr, host: &'static str, rps: u32) -> Load {
+    load(addr, host, rps, false, true)
+}
+
+fn load(addr: SocketAddr, host: &'static str, rps: u32, jsonrpc: bool, retry: bool) -> Load {
     use std::sync::atomic::Ordering::Relaxed;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let stats = std::sync::Arc::new(LoadStats::default());
@@ -527,7 +543,17 @@ pub fn start_load(addr: SocketAddr, host: &'static str, rps: u32, jsonrpc: bool)
                         )
                         .await
                 } else {
-                    client.get(host, "/web/login", &[("cookie", &cookie)]).await
+                    let mut r = client.get(host, "/web/login", &[("cookie", &cookie)]).await;
+                    let closed_under_it = |r: &Resp| {
+                        let e = String::from_utf8_lossy(&r.body);
+                        r.status.as_u16() == 599
+                            && (e.contains("ConnectionReset") || e.contains("IncompleteMessage"))
+                    };
+                    if retry && closed_under_it(&r) {
+                        s.retried.fetch_add(1, Relaxed);
+                        r = client.get(host, "/web/login", &[("cookie", &cookie)]).await;
+                    }
+                    r
                 };
                 match r.version() {
                     "canary" => s.canary.fetch_add(1, Relaxed),
