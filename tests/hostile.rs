@@ -149,18 +149,7 @@ async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smuggling_table_gets_its_statuses_and_smuggles_nothing() {
     let cases = cases();
-    let mut workers = Vec::new();
-    let mut config = String::from("listen: \"{listen}\"\nthreads: 2\npools:\n");
-    for i in 0..cases.len() {
-        let w = mock("17.0").await;
-        config += &format!("  p{i}: {{ workers: [\"{}\"] }}\n", w.addr());
-        workers.push(w);
-    }
-    config += "tenants:\n";
-    for i in 0..cases.len() {
-        config += &format!("  t{i}:\n    hosts: [\"case{i}.example.com\"]\n    stable: p{i}\n");
-    }
-    let proxy = TestProxy::start(&config);
+    let (proxy, workers) = proxy_with_workers(cases.len()).await;
 
     let runs = cases.iter().enumerate().map(|(i, c)| {
         let raw = c.raw.replace("{h}", &format!("case{i}.example.com"));
@@ -200,6 +189,23 @@ async fn the_smuggling_table_gets_its_statuses_and_smuggles_nothing() {
         wrong.len(),
         cases.len()
     );
+}
+
+/// A proxy with `count` tenants, `case<i>.example.com` each, in front of a
+/// counting worker of its own, so that cases can run at once.
+pub(crate) async fn proxy_with_workers(count: usize) -> (TestProxy, Vec<fledge::mock_odoo::MockOdoo>) {
+    let mut workers = Vec::new();
+    let mut config = String::from("listen: \"{listen}\"\nthreads: 2\npools:\n");
+    for i in 0..count {
+        let w = mock("17.0").await;
+        config += &format!("  p{i}: {{ workers: [\"{}\"] }}\n", w.addr());
+        workers.push(w);
+    }
+    config += "tenants:\n";
+    for i in 0..count {
+        config += &format!("  t{i}:\n    hosts: [\"case{i}.example.com\"]\n    stable: p{i}\n");
+    }
+    (TestProxy::start(&config), workers)
 }
 
 /// A kept-alive HTTP/1.1 connection from `source`.

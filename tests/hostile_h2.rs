@@ -14,8 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use fledge::mock_odoo::MockOdoo;
-
+use crate::hostile::proxy_with_workers;
 use crate::util::{mock, TestProxy};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -549,21 +548,6 @@ fn cases() -> Vec<Case> {
             out
         }),
     ]
-}
-
-async fn proxy_with_workers(count: usize) -> (TestProxy, Vec<MockOdoo>) {
-    let mut workers = Vec::new();
-    let mut config = String::from("listen: \"{listen}\"\nthreads: 2\npools:\n");
-    for i in 0..count {
-        let w = mock("17.0").await;
-        config += &format!("  p{i}: {{ workers: [\"{}\"] }}\n", w.addr());
-        workers.push(w);
-    }
-    config += "tenants:\n";
-    for i in 0..count {
-        config += &format!("  t{i}:\n    hosts: [\"case{i}.example.com\"]\n    stable: p{i}\n");
-    }
-    (TestProxy::start(&config), workers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
