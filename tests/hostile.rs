@@ -317,14 +317,7 @@ async fn a_header_sent_byte_by_byte_is_cut_at_the_deadline_and_idle_keep_alive_i
     let closed_after = crate::util::trickled_header_cut_after(&mut slow, "case0.example.com")
         .await
         .expect("a slow header was never cut");
-    assert!(
-        closed_after >= Duration::from_secs(2),
-        "cut too early: {closed_after:?}"
-    );
-    assert!(
-        closed_after < Duration::from_secs(8),
-        "cut too late: {closed_after:?}"
-    );
+    crate::util::assert_cut_after_two_seconds(closed_after);
     assert_eq!(worker.stats().requests, 0);
 
     // A kept-alive connection idle past the deadline is not cut: the clock
@@ -536,13 +529,20 @@ pub(crate) fn references(worker: std::net::SocketAddr, h2: bool) -> Vec<Referenc
     refs
 }
 
-/// The table through fledge, nginx and HAProxy, one case at a time against
-/// one counting worker: where do the verdicts differ? Prints a Markdown
-/// table (and writes it to `FLEDGE_VERDICTS_OUT` when set). Not a gate:
-/// `cargo test --test integration -- --ignored --nocapture verdicts`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a comparison to read, needs nginx and haproxy"]
-async fn verdicts_of_fledge_nginx_and_haproxy_side_by_side() {
+/// fledge, nginx and HAProxy in front of one counting worker, for
+/// comparing verdicts; `out` starts the Markdown table (one column each).
+pub(crate) struct Comparison {
+    pub worker: fledge::mock_odoo::MockOdoo,
+    pub targets: Vec<(&'static str, std::net::SocketAddr)>,
+    pub out: String,
+    /// Held for the comparison's length.
+    pub proxy: TestProxy,
+    /// Held for the comparison's length.
+    pub refs: Vec<Reference>,
+}
+
+/// Start a [`Comparison`]; the references speak h2c when `h2`.
+pub(crate) async fn comparison(h2: bool) -> Comparison {
     let worker = mock("17.0").await;
     let config = format!(
         "listen: \"{{listen}}\"\nthreads: 1\npools:\n  p: {{ workers: [\"{}\"] }}\n\
@@ -550,16 +550,38 @@ async fn verdicts_of_fledge_nginx_and_haproxy_side_by_side() {
         worker.addr()
     );
     let proxy = TestProxy::start(&config);
-    let refs = references(worker.addr(), false);
+    let refs = references(worker.addr(), h2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut targets = vec![("fledge", proxy.addr)];
     targets.extend(refs.iter().map(|r| (r.name, r.addr)));
-
-    let mut out = format!(
+    let out = format!(
         "| case | {} |\n|---|{}\n",
         targets.iter().map(|t| t.0).collect::<Vec<_>>().join(" | "),
         "---|".repeat(targets.len())
     );
+    Comparison {
+        worker,
+        targets,
+        out,
+        proxy,
+        refs,
+    }
+}
+
+/// The table through fledge, nginx and HAProxy, one case at a time against
+/// one counting worker: where do the verdicts differ? Prints a Markdown
+/// table (and writes it to `FLEDGE_VERDICTS_OUT` when set). Not a gate:
+/// `cargo test --test integration -- --ignored --nocapture verdicts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a comparison to read, needs nginx and haproxy"]
+async fn verdicts_of_fledge_nginx_and_haproxy_side_by_side() {
+    let Comparison {
+        worker,
+        targets,
+        mut out,
+        proxy: _proxy,
+        refs: _refs,
+    } = comparison(false).await;
     let mut differ = 0;
     for c in cases() {
         let raw = c.raw.replace("{h}", "case0.example.com");

@@ -15,7 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::hostile::proxy_with_workers;
-use crate::util::{mock, TestProxy};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -625,23 +624,13 @@ async fn streams_past_the_limit_of_100_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a comparison to read, needs nginx and haproxy"]
 async fn http2_verdicts_of_fledge_nginx_and_haproxy_side_by_side() {
-    let worker = mock("17.0").await;
-    let config = format!(
-        "listen: \"{{listen}}\"\nthreads: 1\npools:\n  p: {{ workers: [\"{}\"] }}\n\
-         tenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
-        worker.addr()
-    );
-    let proxy = TestProxy::start(&config);
-    let refs = crate::hostile::references(worker.addr(), true);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut targets = vec![("fledge", proxy.addr)];
-    targets.extend(refs.iter().map(|r| (r.name, r.addr)));
-
-    let mut out = format!(
-        "| case | {} |\n|---|{}\n",
-        targets.iter().map(|t| t.0).collect::<Vec<_>>().join(" | "),
-        "---|".repeat(targets.len())
-    );
+    let crate::hostile::Comparison {
+        worker,
+        targets,
+        mut out,
+        proxy: _proxy,
+        refs: _refs,
+    } = crate::hostile::comparison(true).await;
     let mut differ = 0;
     for c in cases() {
         let frames = (c.frames)("case0.example.com");

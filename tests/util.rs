@@ -638,3 +638,16 @@ pub async fn response_status<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) ->
         }
     }
 }
+
+/// A slow header under a 2 s deadline was cut at it: not before, and not
+/// much after (a busy machine's timers are late by seconds at most).
+pub fn assert_cut_after_two_seconds(closed_after: Duration) {
+    assert!(
+        closed_after >= Duration::from_secs(2),
+        "cut too early: {closed_after:?}"
+    );
+    assert!(
+        closed_after < Duration::from_secs(8),
+        "cut too late: {closed_after:?}"
+    );
+}
