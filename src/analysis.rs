@@ -88,22 +88,7 @@ impl Analyzer {
             );
             let new_requests = tracked.window.newest_canary_requests();
             if new_requests > 0 {
-                // The first breach at any scale wins; else the verdict of the
-                // shortest stretch.
-                let mut verdict = None;
-                tracked.window.scales(
-                    policy.thresholds.min_requests,
-                    policy.quantile,
-                    |stable, canary| {
-                        let v = verdict::evaluate(&policy.thresholds, policy.quantile, &stable, &canary);
-                        let stop = matches!(v, verdict::Verdict::Breach(_));
-                        if stop || verdict.is_none() {
-                            verdict = Some(v);
-                        }
-                        stop
-                    },
-                );
-                tracked.last = verdict.unwrap_or(verdict::Verdict::Inconclusive);
+                tracked.last = tracked.window.verdict(&policy.thresholds, policy.quantile);
             }
             stats.set_verdict(&tracked.last);
             out.push(Judgement {

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use super::verdict::Sample;
+use super::verdict::{self, Sample, Thresholds, Verdict};
 use crate::metrics::{Snapshot, LATENCY_BOUNDS_US, LATENCY_BUCKETS};
 
 /// Upper bounds (µs) of the coarser histogram kept per slot: 16 buckets are
@@ -239,6 +239,29 @@ impl Window {
         first.unwrap_or_default()
     }
 
+    /// The verdict on the canary: the first breach at any scale of
+    /// [`Window::scales`] wins; else the first conclusive verdict; else
+    /// inconclusive.
+    ///
+    /// The shortest stretch holding `min_requests` canary requests may hold
+    /// fewer stable ones (sticky clients split unevenly: at a 50 % step, 30
+    /// clients can be 18 on the canary and 12 on stable). Relative checks
+    /// skip it then, and the longer stretches judge; stopping at the
+    /// shortest left such a canary inconclusive for as long as the split
+    /// lasted, and never promoted.
+    pub fn verdict(&self, t: &Thresholds, q: f64) -> Verdict {
+        let mut out = Verdict::Inconclusive;
+        self.scales(t.min_requests, q, |stable, canary| {
+            let v = verdict::evaluate(t, q, &stable, &canary);
+            let stop = matches!(v, Verdict::Breach(_));
+            if stop || matches!(out, Verdict::Inconclusive) {
+                out = v;
+            }
+            stop
+        });
+        out
+    }
+
     /// Call `judge` with stable and canary over growing stretches of the
     /// newest slots: the first holding `min_requests` canary requests, then
     /// twice, four times as many…, and the whole window last (or at once,
@@ -413,6 +436,68 @@ mod tests {
         // All of it when the threshold is never reached.
         let (stable, canary) = w.samples(10_000, 0.99);
         assert_eq!((canary.requests, canary.errors, stable.requests), (240, 12, 960));
+    }
+
+    fn relative(min_requests: u64) -> Thresholds {
+        Thresholds {
+            min_requests,
+            max_error_rate_percent: None,
+            max_error_rate_increase_percent: Some(5.0),
+            max_latency_ms: None,
+            max_latency_ratio: Some(2.0),
+        }
+    }
+
+    #[test]
+    fn a_canary_with_more_clients_than_stable_is_judged_on_a_longer_stretch() {
+        // Sticky clients split 2 : 1 at a 50 % step: each slot, 6 canary
+        // requests and 3 stable ones. The shortest stretch holding 20 canary
+        // requests holds 9–10 stable ones, too few for a relative check.
+        let (s, c) = (VersionStats::default(), VersionStats::default());
+        let mut w = Window::with_resolution(100, usize::MAX, 1);
+        w.push(&s.snapshot(), &c.snapshot());
+        for _ in 0..30 {
+            record(&s, 3, Outcome::Ok, 20);
+            record(&c, 6, Outcome::Ok, 20);
+            w.push(&s.snapshot(), &c.snapshot());
+        }
+        let t = relative(20);
+        let (stable, _) = w.samples(20, 0.99);
+        assert!(stable.requests < 20, "the shortest stretch: {stable:?}");
+        assert_eq!(w.verdict(&t, 0.99), Verdict::Healthy);
+
+        // A stable that gets no traffic at all still leaves it inconclusive.
+        let quiet = VersionStats::default();
+        let mut w = Window::with_resolution(100, usize::MAX, 1);
+        w.push(&quiet.snapshot(), &c.snapshot());
+        for _ in 0..30 {
+            record(&c, 6, Outcome::Ok, 20);
+            w.push(&quiet.snapshot(), &c.snapshot());
+        }
+        assert_eq!(w.verdict(&t, 0.99), Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn a_breach_in_the_newest_slots_wins_over_a_healthy_longer_stretch() {
+        let (s, c) = (VersionStats::default(), VersionStats::default());
+        let mut w = Window::with_resolution(100, usize::MAX, 1);
+        w.push(&s.snapshot(), &c.snapshot());
+        for _ in 0..50 {
+            record(&s, 20, Outcome::Ok, 20);
+            record(&c, 20, Outcome::Ok, 20);
+            w.push(&s.snapshot(), &c.snapshot());
+        }
+        // The last two slots: half the canary's answers are 500s.
+        for _ in 0..2 {
+            record(&s, 20, Outcome::Ok, 20);
+            record(&c, 10, Outcome::Ok, 20);
+            record(&c, 10, Outcome::ServerError, 20);
+            w.push(&s.snapshot(), &c.snapshot());
+        }
+        match w.verdict(&relative(40), 0.99) {
+            Verdict::Breach(b) => assert_eq!(b.canary.requests, 40, "{b:?}"),
+            other => panic!("expected a breach, got {other:?}"),
+        }
     }
 
     #[test]
