@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
@@ -160,6 +161,11 @@ async fn redirect_to_https(session: &mut Session, port: u16) -> Result<()> {
 impl ProxyHttp for FledgeProxy {
     type CTX = RequestCtx;
 
+    /// No downstream modules. Pingora's default adds a response-compression
+    /// module, disabled, that is still built and called on every request;
+    /// fledge passes Odoo's bodies through as they are.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     /// One snapshot of the route table per request (`load_full`, not a guard:
     /// the context outlives many awaits).
     fn new_ctx(&self) -> RequestCtx {
@@ -168,8 +174,8 @@ impl ProxyHttp for FledgeProxy {
 
     /// Route the request: decided once, here, and kept in the context.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Some(socket) = session.digest().and_then(|d| d.socket_digest.as_ref()) {
-            self.connections.header_seen(socket);
+        if let Some(stream) = session.stream() {
+            self.connections.header_seen(stream.id());
         }
         let limits = &ctx.table.tuning().limits;
         if let Some(refusal) = limits::check(session.req_header(), limits, DEFAULT_OVERRIDE_HEADER_LC) {

@@ -16,7 +16,13 @@
 //! next ones (on TLS too, through `replay::Replay`), the header must be complete
 //! within `limits.header_timeout_seconds`, or the connection is closed.
 //! "Complete" is learnt from the proxy's `request_filter`, which marks the
-//! connection (by its socket digest) in [`Connections::header_seen`].
+//! connection (by its file descriptor, unique among open connections) in
+//! [`Connections::header_seen`].
+//!
+//! Between kept-alive requests a clear-text connection waits for its
+//! socket to turn readable, which costs no syscall and holds no buffer
+//! (Pingora's peek reads a byte and pushes it back: a second read per
+//! request). A TLS connection peeks through `replay::Replay`.
 //!
 //! Per-address counts live in a fixed table of atomic counters indexed by a
 //! keyed hash of the address: no lock, no allocation, bounded memory
@@ -32,8 +38,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::SocketDigest;
-use pingora::protocols::{Stream, ALPN};
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::{Stream, UniqueIDType, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
@@ -51,7 +57,9 @@ pub struct Connections {
     hasher: ahash::RandomState,
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
-    /// Request headers completed, by connection (slot of its socket digest).
+    /// Request headers completed, by connection (its file descriptor: exact
+    /// while fewer than [`SLOTS`] are open, and a request's own count is
+    /// only compared with itself, so a descriptor reused is harmless).
     headers: Box<[AtomicU32]>,
     slow_headers: AtomicU64,
 }
@@ -83,14 +91,14 @@ impl Connections {
         })
     }
 
-    fn header_slot(&self, digest: &Arc<SocketDigest>) -> usize {
-        (self.hasher.hash_one(Arc::as_ptr(digest) as usize) as usize) % SLOTS
+    fn header_slot(fd: UniqueIDType) -> usize {
+        (fd as u32 as usize) % SLOTS
     }
 
-    /// A request header of the connection behind `digest` is complete.
-    /// Called by the proxy once per request.
-    pub fn header_seen(&self, digest: &Arc<SocketDigest>) {
-        self.headers[self.header_slot(digest)].fetch_add(1, Relaxed);
+    /// A request header of the connection on descriptor `fd` is complete.
+    /// Called by the proxy once per HTTP/1 request.
+    pub fn header_seen(&self, fd: UniqueIDType) {
+        self.headers[Self::header_slot(fd)].fetch_add(1, Relaxed);
     }
 
     /// Take a place for a connection from `ip`, or `None` at a cap.
@@ -138,6 +146,27 @@ async fn is_h2_preface(stream: &mut Stream) -> std::io::Result<bool> {
     }
     let mut head = [0u8; 24];
     Ok(stream.try_peek(&mut head).await? && &head == PREFACE)
+}
+
+/// Wait until a kept-alive connection's next request begins to arrive (or
+/// the client closes it, which the request's read then sees). `None` when
+/// the connection failed. Clear text waits for readability: no syscall, no
+/// buffer. An early wake (see `TcpStream::poll_read_ready`) only starts the
+/// header clock early, which errs towards closing an idle connection sooner.
+async fn next_request(stream: Stream, tls: bool) -> Option<Stream> {
+    if tls {
+        let mut stream = stream;
+        let mut byte = [0u8; 1];
+        return match stream.try_peek(&mut byte).await {
+            Ok(true) => Some(stream),
+            Ok(false) | Err(_) => None,
+        };
+    }
+    // Our listeners hand clear-text connections over as Pingora's TCP
+    // stream; the downcast gives back the same box.
+    let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+    std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await.ok()?;
+    Some(tcp)
 }
 
 impl Drop for Admitted<'_> {
@@ -188,9 +217,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // HTTP/2 by ALPN, and a stream without a socket (never on our
         // listeners): Pingora serves them whole. h2 bounds its own headers
         // (64 KiB, CONTINUATION cap) and its idle time.
-        let Some(socket) = digest.filter(|_| !(tls && stream.selected_alpn_proto() == Some(ALPN::H2))) else {
+        if digest.is_none() || (tls && stream.selected_alpn_proto() == Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
-        };
+        }
+        let slot = Connections::header_slot(stream.id());
         let mut stream: Stream = if tls {
             // TLS does not peek; kept-alive requests need it (below).
             Box::new(Replay::new(stream))
@@ -220,8 +250,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 .server_options()
                 .and_then(|o| o.keepalive_request_limit),
         );
+        let mut stopping = shutdown.clone();
         loop {
-            let slot = self.counts.header_slot(&socket);
             let before = self.counts.headers[slot].load(Relaxed);
             // The request's (boxed, large) future is dropped as soon as it is
             // done: an idle kept-alive connection holds only its stream.
@@ -237,28 +267,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                     }
                 }
             };
-            let (mut stream, settings) = reused?.consume();
+            let (stream, settings) = reused?.consume();
 
             // Wait for the next request's first byte (the keep-alive idle
             // time), then start its clock. A shutdown (SIGTERM, or an
             // upgrade handing over) closes an idle connection at once, as
             // nginx does, so that its client moves on while idle rather than
             // find it reset under a request when the process exits.
-            let mut byte = [0u8; 1];
-            let mut stopping = shutdown.clone();
             let closing = async {
                 if !*stopping.borrow() {
                     let _ = stopping.changed().await;
                 }
             };
-            tokio::select! {
+            let stream = tokio::select! {
                 biased;
-                peeked = tokio::time::timeout(idle, stream.try_peek(&mut byte)) => match peeked {
-                    Ok(Ok(true)) => {}
-                    Ok(Ok(false)) | Ok(Err(_)) | Err(_) => return None,
+                next = tokio::time::timeout(idle, next_request(stream, tls)) => match next {
+                    Ok(Some(stream)) => stream,
+                    Ok(None) | Err(_) => return None,
                 },
                 () = closing => return None,
-            }
+            };
             deadline = Instant::now() + header_timeout;
             session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {

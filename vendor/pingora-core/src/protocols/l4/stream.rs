@@ -543,6 +543,31 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// fledge: ready when a read would not wait for the peer, without reading:
+    /// bytes were rewound or are buffered, or the socket is readable (or
+    /// closed). Lets a server wait for a kept-alive connection's next request
+    /// without a syscall and without holding a read buffer. Tokio may report
+    /// readiness it learnt before the last read emptied the socket (a read
+    /// that filled its buffer exactly), so a caller must tolerate an early
+    /// wake; a short read clears it.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.rewind_read_buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let stream = self.stream();
+        if let BufferedStream::BufferedRead(reader) = stream {
+            if !reader.buffer().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        match &stream.get_ref().stream {
+            RawStream::Tcp(s) => s.poll_read_ready(cx),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.poll_read_ready(cx),
+            RawStream::Virtual(_) => Poll::Ready(Ok(())),
+        }
+    }
+
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }
