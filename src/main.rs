@@ -13,6 +13,9 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc, as Pingora's own examples use a non-glibc allocator: glibc's
 /// malloc spends a tenth of the proxy's CPU in free/consolidate under load.
+/// Built with `no_thp` (Cargo.toml): with transparent huge pages mimalloc
+/// backs its arenas with 2 MiB pages, which made the idle process 23 MiB
+/// instead of 11.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

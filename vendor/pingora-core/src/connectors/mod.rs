@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if reused_peer_matches(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -470,6 +470,25 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// fledge: whether a pooled stream is connected to `peer`, from the address
+/// its socket digest cached when it was first asked (one `getpeername` per
+/// connection) rather than a `getpeername` on every reuse. A connection the
+/// peer closed or reset is still caught by [`test_reusable_stream`].
+#[cfg(unix)]
+fn reused_peer_matches<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
+    let cached = stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().cloned());
+    match (cached, peer.address()) {
+        (Some(PeerAddr::Inet(got)), PeerAddr::Inet(want)) if peer.get_proxy().is_none() => {
+            // As `check_fd_match`: 0.0.0.0 may be mapped to loopback.
+            want.ip() == std::net::Ipv4Addr::UNSPECIFIED || got == *want
+        }
+        _ => peer.matches_fd(stream.id()),
+    }
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
