@@ -65,7 +65,7 @@ impl Analyzer {
             let tracked = match self.windows.get_mut(t.name()) {
                 Some(tracked) => tracked,
                 None => {
-                    let name: Arc<str> = Arc::from(t.name());
+                    let name = Arc::clone(t.shared_name());
                     let fresh = Tracked {
                         name: Arc::clone(&name),
                         epoch: t.epoch(),
@@ -126,8 +126,12 @@ impl BackgroundService for AnalysisService {
             }
             let now = Instant::now();
             let table = self.control.routes().load_full();
-            let judgements = analyzer.tick(&table);
+            let mut judgements = analyzer.tick(&table);
             drop(table);
+            // A quiet canary still inconclusive changes nothing: spare the
+            // control plane's lock and lookups for it (10 000 canaries, ten
+            // ticks a second).
+            judgements.retain(|j| j.new_requests > 0 || !matches!(j.verdict, verdict::Verdict::Inconclusive));
             if !judgements.is_empty() {
                 self.control.judge(&judgements, now - last).await;
             }

@@ -170,6 +170,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 source: Some(source),
             };
             let server = server::build(&config, &options)?;
+            // The control plane holds its own copy; `run` never returns.
+            drop(config);
             server.run()
         }
         Command::Check { config } => match config::load(&config) {

@@ -52,8 +52,9 @@ pub struct Rollout {
     pub since_breach: u64,
     /// Why it is in its state (rollback reason, pause note).
     pub reason: Option<String>,
-    /// The figures behind the last automatic decision.
-    pub figures: Option<Breach>,
+    /// The figures behind the last automatic decision (boxed: most rollouts
+    /// have none, and 10 000 of them are kept).
+    pub figures: Option<Box<Breach>>,
 }
 
 /// Promotion settings of a policy.
@@ -169,7 +170,7 @@ impl Rollout {
                     self.since_breach = 0;
                 }
                 if self.breaches >= consecutive_breaches {
-                    self.roll_back(b.check.as_str(), Some((**b).clone()));
+                    self.roll_back(b.check.as_str(), Some(b.clone()));
                     return Some(Change::RolledBack(b.clone()));
                 }
                 None
@@ -210,7 +211,7 @@ impl Rollout {
     }
 
     /// Weight to 0 at once, state `rolled_back`.
-    pub fn roll_back(&mut self, reason: &str, figures: Option<Breach>) {
+    pub fn roll_back(&mut self, reason: &str, figures: Option<Box<Breach>>) {
         self.state = RolloutState::RolledBack;
         self.weight = Weight::default();
         self.reason = Some(reason.to_owned());

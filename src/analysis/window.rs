@@ -183,6 +183,11 @@ impl Window {
             .back()
             .is_some_and(|s| s.stable == stable && s.canary == canary);
         if !unchanged {
+            if self.slots.is_empty() {
+                // A quiet canary keeps one checkpoint: room for one (a
+                // VecDeque's first push makes room for four).
+                self.slots.reserve_exact(1);
+            }
             self.slots.push_back(Slot {
                 tick: self.tick,
                 stable,

@@ -99,16 +99,57 @@ impl Journal {
         Ok(Journal { path, file })
     }
 
-    /// Append `entry` and make it durable.
-    pub fn append(&mut self, entry: &Entry<'_>) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        self.file.write_all(&line)?;
+    /// Append `entries` and make them durable: one write and one sync for
+    /// the lot (a first start with 10 000 canaries journals 10 000 starts).
+    pub fn append(&mut self, entries: &[Entry<'_>]) -> std::io::Result<()> {
+        let mut lines = Vec::with_capacity(256 * entries.len());
+        for entry in entries {
+            serde_json::to_writer(&mut lines, entry).map_err(std::io::Error::other)?;
+            lines.push(b'\n');
+        }
+        self.file.write_all(&lines)?;
         self.file.sync_data()
     }
 
     /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Actor;
+
+    #[test]
+    fn a_batch_is_appended_in_order_after_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |tenant: &'static str, event: &'static str| Entry {
+            time: "2026-11-26T00:00:00.000Z".to_owned(),
+            unix_ms: 1,
+            tenant: Some(tenant),
+            canary: Some("canary"),
+            event,
+            actor: Actor::File,
+            before: None,
+            after: None,
+            reason: None,
+            figures: None,
+        };
+        let mut journal = Journal::open(dir.path()).unwrap();
+        journal.append(&[entry("acme", "started")]).unwrap();
+        drop(journal);
+        let mut journal = Journal::open(dir.path()).unwrap();
+        journal
+            .append(&[entry("beta", "started"), entry("gamma", "started")])
+            .unwrap();
+        journal.append(&[]).unwrap();
+        let text = std::fs::read_to_string(journal.path()).unwrap();
+        let tenants: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tenant"].to_string())
+            .collect();
+        assert_eq!(tenants, ["\"acme\"", "\"beta\"", "\"gamma\""]);
     }
 }

@@ -47,6 +47,11 @@ impl TenantRoute {
         &self.name
     }
 
+    /// The tenant's name, shared.
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// The stable pool.
     pub fn stable(&self) -> &Arc<Pool> {
         &self.stable
