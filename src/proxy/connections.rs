@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::{Stream, UniqueIDType, ALPN};
@@ -242,16 +242,29 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 
         // HTTP/1: Pingora's keep-alive loop (apps/mod.rs), run here so that
         // each request gets its header deadline and an idle connection can
-        // be closed at shutdown.
-        let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive((!*shutdown.borrow()).then_some(idle.as_secs()));
-        session.set_keepalive_reuses_remaining(
+        // be closed at shutdown. Between requests the loop holds only the
+        // stream and its settings; the session (most of a KiB) is built for
+        // each request and lives in the request's own boxed future.
+        let mut first = Some(
             self.inner
                 .server_options()
                 .and_then(|o| o.keepalive_request_limit),
         );
+        let mut settings: Option<HttpPersistentSettings> = None;
         let mut stopping = shutdown.clone();
         loop {
+            let mut session = ServerSession::new_http1(stream);
+            match first.take() {
+                Some(limit) => {
+                    session.set_keepalive((!*shutdown.borrow()).then_some(idle.as_secs()));
+                    session.set_keepalive_reuses_remaining(limit);
+                }
+                None => {
+                    if let Some(settings) = settings.take() {
+                        settings.apply_to_session(&mut session);
+                    }
+                }
+            }
             let before = self.counts.headers[slot].load(Relaxed);
             // The request's (boxed, large) future is dropped as soon as it is
             // done: an idle kept-alive connection holds only its stream.
@@ -267,7 +280,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                     }
                 }
             };
-            let (stream, settings) = reused?.consume();
+            let (reused, kept) = reused?.consume();
+            settings = kept;
 
             // Wait for the next request's first byte (the keep-alive idle
             // time), then start its clock. A shutdown (SIGTERM, or an
@@ -279,19 +293,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                     let _ = stopping.changed().await;
                 }
             };
-            let stream = tokio::select! {
+            stream = tokio::select! {
                 biased;
-                next = tokio::time::timeout(idle, next_request(stream, tls)) => match next {
+                next = tokio::time::timeout(idle, next_request(reused, tls)) => match next {
                     Ok(Some(stream)) => stream,
                     Ok(None) | Err(_) => return None,
                 },
                 () = closing => return None,
             };
             deadline = Instant::now() + header_timeout;
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
         }
     }
 
