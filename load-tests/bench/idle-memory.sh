@@ -6,6 +6,7 @@
 # per-address cap. Usage: load-tests/bench/idle-memory.sh [TENANTS] [CONNS] [THREADS]
 # Needs: cargo build --release -p fledge; python3. Traffic stays on 127.0.0.0/8.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 TENANTS=${1:-10000}
 CONNS=${2:-10000}
 THREADS=${3:-1}
@@ -20,7 +21,6 @@ mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B=$(port); P=$(port)
 # A backend: a tiny asyncio HTTP server answering 200 with a short body.
 python3 - "$B" > "$WORK/backend.log" 2>&1 <<'PY' &
@@ -53,10 +53,9 @@ PIDS+=($!)
   done
 } > "$WORK/fledge.yaml"
 RUST_LOG=warn "$FLEDGE" run --config "$WORK/fledge.yaml" > "$WORK/fledge.log" 2>&1 & PIDS+=($!); FPID=$!
-for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$P) 2>/dev/null && break; sleep 0.1; done
+wait_port "$P"
 sleep 2
-rss() { awk '/VmRSS/ {print $2}' "/proc/$FPID/status"; }
-START=$(rss)
+START=$(rss "$FPID")
 python3 - "$P" "$CONNS" "$TENANTS" "$FPID" > "$WORK/clients.log" <<'PY'
 import asyncio, sys, resource
 port, n, tenants, pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -85,7 +84,7 @@ asyncio.run(main())
 PY
 read -r OPEN HELD < "$WORK/clients.log"
 sleep 3
-AFTER=$(rss)
+AFTER=$(rss "$FPID")
 {
   echo "# fledge memory: $TENANTS tenants, $CONNS idle kept-alive clients"
   echo

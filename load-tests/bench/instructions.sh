@@ -10,6 +10,7 @@
 # Usage: load-tests/bench/instructions.sh [SECONDS]
 # Needs: valgrind, nginx, wrk, a release build. Traffic stays on 127.0.0.1.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 SECS=${1:-10}
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -17,7 +18,6 @@ WORK=$(mktemp -d)
 OUT=${OUT:-$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)}
 mkdir -p "$OUT"
 trap 'nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B=$(port); P=$(port)
 cat > "$WORK/nginx.conf" <<NGINX
 worker_processes 1;
@@ -32,13 +32,12 @@ nginx -p "$WORK" -c "$WORK/nginx.conf"
   printf '  acme:\n    hosts: ["acme.example.com"]\n    stable: stable\n    canary: canary\n    canary_weight: 20\n'
   for i in $(seq 1 999); do printf '  t%s:\n    hosts: ["t%s.example.com"]\n    stable: stable\n' "$i" "$i"; done; } > "$WORK/fledge.yaml"
 
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$P) 2>/dev/null && return; sleep 0.1; done; }
 total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'; }
 measure() { # name load(0|1) cmd...
   local name=$1 load=$2; shift 2
   FLEDGE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.$load.cg" "$@" > "$WORK/$name.log" 2>&1 &
   local vp=$! reqs=0
-  wait_port; sleep 1
+  wait_port "$P"; sleep 1
   if [ "$load" = 1 ]; then
     local pin
     pin=$(curl -s -o /dev/null -D - -H 'Host: acme.example.com' -b 'session_id=8d3c1f0e5a9b4c2d7e6f' "http://127.0.0.1:$P/" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(fledge_version=[^;]*\).*/\1/p')

@@ -5,16 +5,16 @@
 # canary weight changing each time. Requires a release build, nginx, wrk.
 # Usage: load-tests/bench/reload-latency.sh [SECONDS] [ROUNDS]
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 SECS=${1:-20}
 ROUNDS=${2:-3}
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 WORK=$(mktemp -d)
-OUT=$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)
+OUT=${OUT:-$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)}
 mkdir -p "$OUT"
 FPID=""
 trap 'kill $FPID 2>/dev/null || true; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B1=$(port); B2=$(port); P=$(port); A=$(port)
 cat > "$WORK/nginx.conf" <<NGINX
 worker_processes 1;
@@ -37,7 +37,7 @@ write_config() { # weight
 }
 write_config 20
 FLEDGE_LOG=warn taskset -c 0 "$ROOT/target/release/fledge" run --config "$WORK/conf/fledge.yaml" > "$WORK/fledge.log" 2>&1 & FPID=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$P) 2>/dev/null && break; sleep 0.1; done
+wait_port "$P"
 p99() { awk '$1=="99%" {print $2}'; }
 ms() { python3 -c "v='$1'; print(float(v[:-2])/1000 if v.endswith('us') else float(v[:-2]) if v.endswith('ms') else float(v[:-1])*1000)"; }
 echo "round,mode,p99_ms,requests,errors" > "$OUT/reload-latency.csv"

@@ -10,6 +10,7 @@
 # Needs: nginx, wrk (apt-get install nginx wrk), a release build
 # (cargo build --release --bins --examples). Traffic stays on 127.0.0.1.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 ROUNDS=${1:-5}
 SECS=${2:-10}
 CONNS=${3:-32}
@@ -21,13 +22,12 @@ for b in "$FLEDGE" "$PASS"; do [ -x "$b" ] || { echo "missing $b: cargo build --
 command -v nginx >/dev/null && command -v wrk >/dev/null || { echo "needs nginx and wrk" >&2; exit 1; }
 
 WORK=$(mktemp -d)
-OUT=$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)
+OUT=${OUT:-$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)}
 mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B1=$(port); B2=$(port); PF=$(port); PP=$(port); PX=$(port)
 
 BODY='{"jsonrpc":"2.0","id":1,"result":{"server_version":"17.0","uid":2,"name":"Mitchell Admin","company_id":1,"partner_id":3,"db":"acme","lang":"en_US","tz":"Europe/Brussels"}}'
@@ -64,13 +64,12 @@ done
 FLEDGE_LOG=warn taskset -c 0 "$FLEDGE" run --config "$WORK/fledge.yaml" > "$WORK/fledge.log" 2>&1 & PIDS+=($!); FPID=$!
 taskset -c 0 "$PASS" "127.0.0.1:$PP" "127.0.0.1:$B1" 1 > "$WORK/pass.log" 2>&1 & PIDS+=($!); PPID_=$!
 taskset -c 0 "$PASS" "127.0.0.1:$PX" "127.0.0.1:$B1" 1 forwarded > "$WORK/passx.log" 2>&1 & PIDS+=($!); PXID=$!
-for p in $PF $PP $PX; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done; done
+for p in $PF $PP $PX; do wait_port "$p"; done
 
 # A returning browser: Odoo session plus the version cookie fledge gave it.
 PIN=$(curl -s -o /dev/null -D - -H 'Host: acme.example.com' -b 'session_id=8d3c1f0e5a9b4c2d7e6f' "http://127.0.0.1:$PF/" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(fledge_version=[^;]*\).*/\1/p')
 COOKIE="session_id=8d3c1f0e5a9b4c2d7e6f; $PIN"
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 CSV=$OUT/routing-overhead.csv
 echo "round,proxy,requests,rps,p50_ms,p99_ms,cpu_us_per_req,rss_kib" > "$CSV"

@@ -22,6 +22,7 @@
 # Needs: nginx, haproxy, wrk; cargo build --release -p fledge.
 # Traffic stays on 127.0.0.1.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 ROUNDS=${1:-5}
 SECS=${2:-10}
 CONNS=${3:-32}
@@ -46,8 +47,6 @@ cleanup() {
   [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
 B1=$(port); B2=$(port); PN=$(port); PH=$(port); PF=$(port); PW=$(port)
 
 # The backend: two "pools" of one nginx worker on the load CPU.
@@ -151,8 +150,6 @@ PIN=$(curl -s -o /dev/null -D - -H 'Host: acme.example.com' -b "$SESSION" "http:
 COOKIE="$SESSION; $PIN"
 
 HZ=$(getconf CLK_TCK)
-ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
-rss() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
 CSV=$OUT/side-by-side-t$THREADS.csv
 echo "round,proxy,requests,rps,p50_ms,p99_ms,cpu_us_per_req,rss_kib" > "$CSV"
 run() { # name port pids...

@@ -12,6 +12,7 @@
 # Needs: nginx, wrk, python3, a release build (cargo build --release --bins).
 # Traffic stays on 127.0.0.1.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 SLOW=${1:-2000}
 SECS=${2:-40}
 cd "$(dirname "$0")/../.."
@@ -19,13 +20,12 @@ ROOT=$(pwd)
 FLEDGE=$ROOT/target/release/fledge
 [ -x "$FLEDGE" ] || { echo "missing $FLEDGE: cargo build --release --bins" >&2; exit 1; }
 WORK=$(mktemp -d)
-OUT=$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)
+OUT=${OUT:-$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)}
 mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B=$(port); PF=$(port); PA=$(port)
 BODY='{"jsonrpc":"2.0","id":1,"result":{"server_version":"17.0","uid":2}}'
 cat > "$WORK/nginx.conf" <<NGINX
@@ -49,7 +49,7 @@ tenants:
   acme: { hosts: ["acme.example.com"], stable: p }
 YAML
 FLEDGE_LOG=warn taskset -c 0 "$FLEDGE" run --config "$WORK/fledge.yaml" > "$WORK/fledge.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PF) 2>/dev/null && break; sleep 0.1; done
+wait_port "$PF"
 
 cat > "$WORK/slow.py" <<'PY'
 import asyncio, sys, time

@@ -19,6 +19,7 @@
 # openssl), a release build (cargo build --release --bins). Traffic stays
 # on 127.0.0.1.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 ROUNDS=${1:-5}
 HANDSHAKES=${2:-2000}
 SECS=${3:-10}
@@ -29,7 +30,7 @@ FLEDGE=$ROOT/target/release/fledge
 for t in nginx h2load openssl; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 1; }; done
 
 WORK=$(mktemp -d)
-OUT=$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)
+OUT=${OUT:-$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)}
 mkdir -p "$OUT" "$WORK/certs"
 PIDS=()
 cleanup() {
@@ -41,7 +42,6 @@ cleanup() {
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B=$(port); PF=$(port); PFT=$(port); PN=$(port)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -108,9 +108,8 @@ tenants:
   acme: { hosts: ["acme.example.com"], stable: stable }
 YAML
 FLEDGE_LOG=warn taskset -c 0 "$FLEDGE" run --config "$WORK/fledge.yaml" > "$WORK/fledge.log" 2>&1 & PIDS+=($!); FPID=$!
-for p in $PFT $PN; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done; done
+for p in $PFT $PN; do wait_port "$p"; done
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 URL=https://acme.example.com/web/session/get_session_info
 CSV=$OUT/tls.csv
