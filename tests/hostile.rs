@@ -345,6 +345,45 @@ async fn a_header_sent_byte_by_byte_is_cut_at_the_deadline_and_idle_keep_alive_i
     assert_eq!(proxy.metric("fledge_slow_headers_total").await, Some(2.0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_after_a_request_body_keeps_its_idle_time() {
+    // A request body is read with reads the size of what is left, which can
+    // leave the socket marked readable with nothing to read; the wait for
+    // the next request must not take that mark for a request, or the header
+    // clock starts on an idle connection and cuts it (counted slow) at the
+    // header deadline instead of its idle time. The unit tests in
+    // `proxy::connections` pin the wait itself down.
+    let worker = mock("17.0").await;
+    let config = format!(
+        "listen: \"{{listen}}\"\nthreads: 2\nlimits:\n  header_timeout_seconds: 2\n\
+         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
+        worker.addr()
+    );
+    let proxy = TestProxy::start(&config);
+    let body = format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"call\",\"params\":{{}}}}{}",
+        " ".repeat(4000)
+    );
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..3 {
+        let head = format!(
+            "POST /web/dataset/call_kw HTTP/1.1\r\nHost: case0.example.com\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tcp.write_all(body.as_bytes()).await.unwrap();
+        assert_eq!(crate::util::response_status(&mut tcp).await, Some(200));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    tcp.write_all(b"GET /web/login HTTP/1.1\r\nHost: case0.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(crate::util::response_status(&mut tcp).await, Some(200));
+    assert_eq!(proxy.metric("fledge_slow_headers_total").await, Some(0.0));
+}
+
 /// A worker that misbehaves on request: the path names the fault. `/ok`
 /// answers properly and keeps the connection for the next request.
 async fn faulty_worker() -> std::net::SocketAddr {

@@ -102,6 +102,9 @@ impl Journal {
     /// Append `entries` and make them durable: one write and one sync for
     /// the lot (a first start with 10 000 canaries journals 10 000 starts).
     pub fn append(&mut self, entries: &[Entry<'_>]) -> std::io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut lines = Vec::with_capacity(256 * entries.len());
         for entry in entries {
             serde_json::to_writer(&mut lines, entry).map_err(std::io::Error::other)?;

@@ -20,9 +20,10 @@
 //! [`Connections::header_seen`].
 //!
 //! Between kept-alive requests a clear-text connection waits for its
-//! socket to turn readable, which costs no syscall and holds no buffer
-//! (Pingora's peek reads a byte and pushes it back: a second read per
-//! request). A TLS connection peeks through `replay::Replay`.
+//! socket to turn readable and peeks one byte without reading it (Pingora's
+//! own peek reads a byte and pushes it back in a fresh `Vec`, so the request
+//! took a second read); no buffer is held while idle. A TLS connection peeks
+//! through `replay::Replay`.
 //!
 //! Per-address counts live in a fixed table of atomic counters indexed by a
 //! keyed hash of the address: no lock, no allocation, bounded memory
@@ -150,23 +151,24 @@ async fn is_h2_preface(stream: &mut Stream) -> std::io::Result<bool> {
 
 /// Wait until a kept-alive connection's next request begins to arrive (or
 /// the client closes it, which the request's read then sees). `None` when
-/// the connection failed. Clear text waits for readability: no syscall, no
-/// buffer. An early wake (see `TcpStream::poll_read_ready`) only starts the
-/// header clock early, which errs towards closing an idle connection sooner.
+/// the connection failed. Clear text peeks without reading
+/// (`TcpStream::poll_peek_ready`: one `recv(MSG_PEEK)` once the socket is
+/// readable, no buffer held while idle); TLS peeks through [`Replay`].
 async fn next_request(stream: Stream, tls: bool) -> Option<Stream> {
-    if tls {
-        let mut stream = stream;
-        let mut byte = [0u8; 1];
-        return match stream.try_peek(&mut byte).await {
-            Ok(true) => Some(stream),
-            Ok(false) | Err(_) => None,
-        };
-    }
     // Our listeners hand clear-text connections over as Pingora's TCP
     // stream; the downcast gives back the same box.
-    let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
-    std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await.ok()?;
-    Some(tcp)
+    let mut stream = if tls {
+        stream
+    } else {
+        let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        std::future::poll_fn(|cx| tcp.poll_peek_ready(cx)).await.ok()?;
+        return Some(tcp);
+    };
+    let mut byte = [0u8; 1];
+    match stream.try_peek(&mut byte).await {
+        Ok(true) => Some(stream),
+        Ok(false) | Err(_) => None,
+    }
 }
 
 impl Drop for Admitted<'_> {
@@ -380,6 +382,7 @@ impl Collector for ConnectionExporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn caps_hold_and_places_come_back() {
@@ -399,5 +402,46 @@ mod tests {
         let again = c.admit(Some(a), 3, 2);
         assert!(again.is_some(), "a place came back");
         assert_eq!(c.open.load(Relaxed), 3);
+    }
+
+    /// A client socket and fledge's side of it, after a read the exact size
+    /// of what the client sent (as a request body's last read is): the
+    /// socket stays marked readable with nothing to read.
+    async fn after_an_exact_read() -> (tokio::net::TcpStream, Stream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut stream: Stream = Box::new(TcpStream::from(server));
+        client.write_all(b"body").await.unwrap();
+        let mut body = [0u8; 4];
+        stream.read_exact(&mut body).await.unwrap();
+        (client, stream)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_not_taken_for_a_next_request() {
+        let (_client, stream) = after_an_exact_read().await;
+        let waited = tokio::time::timeout(Duration::from_millis(300), next_request(stream, false)).await;
+        assert!(waited.is_err(), "woke with nothing sent");
+    }
+
+    #[tokio::test]
+    async fn the_next_request_wakes_the_wait_and_is_read_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, stream) = after_an_exact_read().await;
+        let next = tokio::spawn(next_request(stream, false));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut stream = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("the request woke it")
+            .unwrap()
+            .expect("the connection is fine");
+        let mut head = [0u8; 18];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"GET / HTTP/1.1\r\n\r\n");
     }
 }

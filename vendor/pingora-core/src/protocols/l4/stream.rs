@@ -543,14 +543,17 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// fledge: ready when a read would not wait for the peer, without reading:
-    /// bytes were rewound or are buffered, or the socket is readable (or
-    /// closed). Lets a server wait for a kept-alive connection's next request
-    /// without a syscall and without holding a read buffer. Tokio may report
-    /// readiness it learnt before the last read emptied the socket (a read
-    /// that filled its buffer exactly), so a caller must tolerate an early
-    /// wake; a short read clears it.
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// fledge: ready once the peer has sent bytes a read would return (or
+    /// closed, or failed), without consuming them. Lets a server wait for a
+    /// kept-alive connection's next request without a read buffer, and
+    /// without Pingora's `try_peek`, which reads and pushes the bytes back
+    /// in a fresh `Vec` (the request then takes a second read). On TCP the
+    /// socket's readiness is awaited first and confirmed with one
+    /// `recv(MSG_PEEK)`: tokio's readiness alone can be stale (a read that
+    /// filled its buffer exactly, or an event for bytes already read, leaves
+    /// it set), and a stale wake would start a header deadline on an idle
+    /// connection.
+    pub fn poll_peek_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.rewind_read_buf.is_empty() {
             return Poll::Ready(Ok(()));
         }
@@ -561,7 +564,11 @@ impl Stream {
             }
         }
         match &stream.get_ref().stream {
-            RawStream::Tcp(s) => s.poll_read_ready(cx),
+            RawStream::Tcp(s) => {
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                s.poll_peek(cx, &mut buf).map_ok(|_| ())
+            }
             #[cfg(unix)]
             RawStream::Unix(s) => s.poll_read_ready(cx),
             RawStream::Virtual(_) => Poll::Ready(Ok(())),
