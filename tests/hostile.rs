@@ -302,8 +302,9 @@ async fn connections_over_a_cap_are_closed_and_open_ones_spared() {
     assert_eq!(proxy.metric("fledge_connections_open").await, Some(8.0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_header_sent_byte_by_byte_is_cut_at_the_deadline_and_idle_keep_alive_is_not() {
+/// fledge with a 2 s header deadline in front of one mock worker for
+/// `case0.example.com`.
+async fn two_second_header_deadline() -> (fledge::mock_odoo::MockOdoo, TestProxy) {
     let worker = mock("17.0").await;
     let config = format!(
         "listen: \"{{listen}}\"\nthreads: 2\nlimits:\n  header_timeout_seconds: 2\n\
@@ -311,6 +312,12 @@ async fn a_header_sent_byte_by_byte_is_cut_at_the_deadline_and_idle_keep_alive_i
         worker.addr()
     );
     let proxy = TestProxy::start(&config);
+    (worker, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_sent_byte_by_byte_is_cut_at_the_deadline_and_idle_keep_alive_is_not() {
+    let (worker, proxy) = two_second_header_deadline().await;
 
     // Slowloris on a new connection: a header that never ends.
     let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
@@ -353,13 +360,7 @@ async fn a_connection_idle_after_a_request_body_keeps_its_idle_time() {
     // clock starts on an idle connection and cuts it (counted slow) at the
     // header deadline instead of its idle time. The unit tests in
     // `proxy::connections` pin the wait itself down.
-    let worker = mock("17.0").await;
-    let config = format!(
-        "listen: \"{{listen}}\"\nthreads: 2\nlimits:\n  header_timeout_seconds: 2\n\
-         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
-        worker.addr()
-    );
-    let proxy = TestProxy::start(&config);
+    let (_worker, proxy) = two_second_header_deadline().await;
     let body = format!(
         "{{\"jsonrpc\":\"2.0\",\"method\":\"call\",\"params\":{{}}}}{}",
         " ".repeat(4000)
