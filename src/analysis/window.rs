@@ -423,24 +423,31 @@ mod tests {
         let mut w = Window::with_resolution(300, usize::MAX, 1);
         w.push(&s.snapshot(), &c.snapshot());
         // Ten healthy slots of 20 canary requests each...
-        for _ in 0..10 {
-            record(&s, 80, Outcome::Ok, 20);
-            record(&c, 20, Outcome::Ok, 20);
-            w.push(&s.snapshot(), &c.snapshot());
-        }
+        fill(&mut w, (&s, &c), 10, (80, 20, 0));
         // ...then two failing ones.
-        for _ in 0..2 {
-            record(&s, 80, Outcome::Ok, 20);
-            record(&c, 14, Outcome::Ok, 20);
-            record(&c, 6, Outcome::ServerError, 20);
-            w.push(&s.snapshot(), &c.snapshot());
-        }
+        fill(&mut w, (&s, &c), 2, (80, 14, 6));
         let (stable, canary) = w.samples(40, 0.99);
         assert_eq!((canary.requests, canary.errors), (40, 12));
         assert_eq!((stable.requests, stable.errors), (160, 0));
         // All of it when the threshold is never reached.
         let (stable, canary) = w.samples(10_000, 0.99);
         assert_eq!((canary.requests, canary.errors, stable.requests), (240, 12, 960));
+    }
+
+    /// Add `slots` slots to `w`, each with `stable` good stable requests,
+    /// `canary` good canary requests and `failed` canary 500s.
+    fn fill(
+        w: &mut Window,
+        (s, c): (&VersionStats, &VersionStats),
+        slots: usize,
+        (stable, canary, failed): (usize, usize, usize),
+    ) {
+        for _ in 0..slots {
+            record(s, stable, Outcome::Ok, 20);
+            record(c, canary, Outcome::Ok, 20);
+            record(c, failed, Outcome::ServerError, 20);
+            w.push(&s.snapshot(), &c.snapshot());
+        }
     }
 
     fn relative(min_requests: u64) -> Thresholds {
@@ -461,11 +468,7 @@ mod tests {
         let (s, c) = (VersionStats::default(), VersionStats::default());
         let mut w = Window::with_resolution(100, usize::MAX, 1);
         w.push(&s.snapshot(), &c.snapshot());
-        for _ in 0..30 {
-            record(&s, 3, Outcome::Ok, 20);
-            record(&c, 6, Outcome::Ok, 20);
-            w.push(&s.snapshot(), &c.snapshot());
-        }
+        fill(&mut w, (&s, &c), 30, (3, 6, 0));
         let t = relative(20);
         let (stable, _) = w.samples(20, 0.99);
         assert!(stable.requests < 20, "the shortest stretch: {stable:?}");
@@ -475,10 +478,7 @@ mod tests {
         let quiet = VersionStats::default();
         let mut w = Window::with_resolution(100, usize::MAX, 1);
         w.push(&quiet.snapshot(), &c.snapshot());
-        for _ in 0..30 {
-            record(&c, 6, Outcome::Ok, 20);
-            w.push(&quiet.snapshot(), &c.snapshot());
-        }
+        fill(&mut w, (&quiet, &c), 30, (0, 6, 0));
         assert_eq!(w.verdict(&t, 0.99), Verdict::Inconclusive);
     }
 
@@ -487,18 +487,9 @@ mod tests {
         let (s, c) = (VersionStats::default(), VersionStats::default());
         let mut w = Window::with_resolution(100, usize::MAX, 1);
         w.push(&s.snapshot(), &c.snapshot());
-        for _ in 0..50 {
-            record(&s, 20, Outcome::Ok, 20);
-            record(&c, 20, Outcome::Ok, 20);
-            w.push(&s.snapshot(), &c.snapshot());
-        }
+        fill(&mut w, (&s, &c), 50, (20, 20, 0));
         // The last two slots: half the canary's answers are 500s.
-        for _ in 0..2 {
-            record(&s, 20, Outcome::Ok, 20);
-            record(&c, 10, Outcome::Ok, 20);
-            record(&c, 10, Outcome::ServerError, 20);
-            w.push(&s.snapshot(), &c.snapshot());
-        }
+        fill(&mut w, (&s, &c), 2, (20, 10, 10));
         match w.verdict(&relative(40), 0.99) {
             Verdict::Breach(b) => assert_eq!(b.canary.requests, 40, "{b:?}"),
             other => panic!("expected a breach, got {other:?}"),
