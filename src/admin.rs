@@ -300,7 +300,7 @@ impl Admin {
             };
             let rollout = rollouts.get(t.name());
             let figures = |v: Version| {
-                let s = t.stats().version(v).snapshot();
+                let s = t.stats().snapshot(v);
                 let outcomes: serde_json::Map<String, Value> = Outcome::ALL
                     .iter()
                     .map(|o| (o.as_str().to_owned(), json!(s.outcomes[o.index()])))

@@ -82,10 +82,9 @@ impl Analyzer {
                 tracked.last = verdict::Verdict::Inconclusive;
             }
             let stats = t.stats();
-            tracked.window.push(
-                &stats.version(Version::Stable).snapshot(),
-                &stats.version(Version::Canary).snapshot(),
-            );
+            tracked
+                .window
+                .push(&stats.snapshot(Version::Stable), &stats.snapshot(Version::Canary));
             let new_requests = tracked.window.newest_canary_requests();
             if new_requests > 0 {
                 tracked.last = tracked.window.verdict(&policy.thresholds, policy.quantile);

@@ -12,7 +12,7 @@
 //! (no globals, so every test builds its own).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -70,7 +70,10 @@ pub struct Snapshot {
 /// last analysis verdict.
 #[derive(Debug, Default)]
 pub struct TenantStats {
-    versions: [VersionStats; 2],
+    stable: VersionStats,
+    /// Made when the canary serves its first request: most tenants have no
+    /// canary, or one not yet served, and each would cost half a KiB.
+    canary: OnceLock<Box<VersionStats>>,
     rollbacks: [AtomicU64; crate::analysis::verdict::Check::ALL.len() + 1],
     verdict: AtomicU8,
 }
@@ -135,6 +138,16 @@ pub fn bucket_of(us: u64) -> usize {
 
 // === impl Snapshot ===
 
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            outcomes: [0; Outcome::COUNT],
+            latency: [0; LATENCY_BUCKETS],
+            latency_sum_us: 0,
+        }
+    }
+}
+
 impl Snapshot {
     /// Judged requests (client aborts excluded).
     pub fn requests(&self) -> u64 {
@@ -158,9 +171,28 @@ impl Snapshot {
 // === impl TenantStats ===
 
 impl TenantStats {
-    /// The counters of `version`.
+    /// The counters of `version`, to count into (a canary's are made here
+    /// the first time).
     pub fn version(&self, version: Version) -> &VersionStats {
-        &self.versions[version_index(version)]
+        match version {
+            Version::Stable => &self.stable,
+            Version::Canary => self.canary.get_or_init(Box::default),
+        }
+    }
+
+    /// The counters of `version` if it has counted anything (a canary that
+    /// never served has none).
+    pub fn served(&self, version: Version) -> Option<&VersionStats> {
+        match version {
+            Version::Stable => Some(&self.stable),
+            Version::Canary => self.canary.get().map(|c| &**c),
+        }
+    }
+
+    /// A copy of `version`'s counters (zeros for one never served).
+    pub fn snapshot(&self, version: Version) -> Snapshot {
+        self.served(version)
+            .map_or_else(Snapshot::default, VersionStats::snapshot)
     }
 
     /// Count a rollback; `check` is `None` for an operator's.
@@ -192,13 +224,6 @@ impl TenantStats {
     /// Rollbacks so far, by reason.
     pub fn rollbacks(&self, check: Option<crate::analysis::verdict::Check>) -> u64 {
         self.rollbacks[rollback_index(check)].load(Relaxed)
-    }
-}
-
-fn version_index(v: Version) -> usize {
-    match v {
-        Version::Stable => 0,
-        Version::Canary => 1,
     }
 }
 
@@ -354,11 +379,15 @@ impl Collector for Exporter {
         for t in table.tenants() {
             let name = t.name();
             for version in [Version::Stable, Version::Canary] {
-                let s = t.stats().version(version).snapshot();
+                let s = t.stats().snapshot(version);
                 let v = version.as_str();
                 // Only series that happened: 10 000 tenants × 2 versions × 8
                 // outcomes of zeros would drown the scrape.
-                let rehearsed = t.stats().version(version).rehearsal();
+                let rehearsed = t
+                    .stats()
+                    .served(version)
+                    .map(VersionStats::rehearsal)
+                    .unwrap_or_default();
                 for o in Outcome::ALL {
                     let n = s.outcomes[o.index()];
                     let labels = [("tenant", name), ("version", v), ("outcome", o.as_str())];

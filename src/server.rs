@@ -25,7 +25,7 @@ use crate::handover::{self, DrainCounts, Signals};
 use crate::metrics::Exporter;
 use crate::proxy::connections::{ConnectionExporter, Connections, Guarded};
 use crate::proxy::retry::{RetryBudget, RetryExporter};
-use crate::proxy::FledgeProxy;
+use crate::proxy::{FledgeProxy, WRITE_BUFFER};
 use crate::routing::CookieKey;
 use crate::tls::watch::CertWatcher;
 use crate::tls::{CertStore, TlsExporter};
@@ -41,14 +41,14 @@ const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// of what an idle kept-alive connection costs (10 000 of them: 640 MiB).
 /// In clear text the HTTP layer reads into buffers of its own, so none is
 /// needed (nginx reads headers into 1 KiB); over TLS, one TLS record
-/// (16 KiB) saves rustls small reads.
+/// (16 KiB) saves rustls small reads. Writes go through [`WRITE_BUFFER`].
 const PLAIN_BUFFERS: L4BufferSettings = L4BufferSettings {
     read: Some(0),
-    write: None,
+    write: Some(WRITE_BUFFER),
 };
 const TLS_BUFFERS: L4BufferSettings = L4BufferSettings {
     read: Some(16 * 1024),
-    write: None,
+    write: Some(WRITE_BUFFER),
 };
 /// Unix socket of the graceful upgrade, inside `state_dir`.
 pub const UPGRADE_SOCKET: &str = "upgrade.sock";

@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde::{Deserialize, Serialize};
 
-use super::{rollback_reason, Outcome, TenantStats, VersionStats, LATENCY_BOUNDS_US, LATENCY_BUCKETS};
+use super::{
+    rollback_reason, Outcome, Snapshot, TenantStats, VersionStats, LATENCY_BOUNDS_US, LATENCY_BUCKETS,
+};
 use crate::analysis::verdict::Check;
 use crate::routing::{RouteTable, Version};
 
@@ -117,8 +119,8 @@ impl StatsDump {
 impl TenantDump {
     fn of(stats: &TenantStats) -> TenantDump {
         TenantDump {
-            stable: VersionDump::of(stats.version(Version::Stable)),
-            canary: VersionDump::of(stats.version(Version::Canary)),
+            stable: VersionDump::of(stats.served(Version::Stable)),
+            canary: VersionDump::of(stats.served(Version::Canary)),
             rollbacks: rollback_reasons()
                 .map(|c| (rollback_reason(c).to_owned(), stats.rollbacks(c)))
                 .filter(|(_, n)| *n > 0)
@@ -140,8 +142,13 @@ impl TenantDump {
 
     /// Add to `stats`; how many keys were not recognised.
     fn add_to(&self, stats: &TenantStats) -> usize {
-        let mut unknown = self.stable.add_to(stats.version(Version::Stable));
-        unknown += self.canary.add_to(stats.version(Version::Canary));
+        let mut unknown = 0;
+        for (dump, version) in [(&self.stable, Version::Stable), (&self.canary, Version::Canary)] {
+            // A version that counted nothing gets no counters made for it.
+            if !dump.is_empty() {
+                unknown += dump.add_to(stats.version(version));
+            }
+        }
         for (reason, n) in &self.rollbacks {
             match rollback_reasons().position(|c| rollback_reason(c) == reason) {
                 Some(i) => stats.rollbacks[i].fetch_add(*n, Relaxed),
@@ -156,8 +163,9 @@ impl TenantDump {
 }
 
 impl VersionDump {
-    fn of(stats: &VersionStats) -> VersionDump {
-        let s = stats.snapshot();
+    fn of(stats: Option<&VersionStats>) -> VersionDump {
+        let s = stats.map_or_else(Snapshot::default, VersionStats::snapshot);
+        let rehearsal = stats.map(VersionStats::rehearsal).unwrap_or_default();
         VersionDump {
             outcomes: Outcome::ALL
                 .iter()
@@ -171,11 +179,18 @@ impl VersionDump {
             latency_sum_us: s.latency_sum_us,
             rehearsal: Outcome::ALL
                 .iter()
-                .zip(stats.rehearsal())
+                .zip(rehearsal)
                 .map(|(o, n)| (o.as_str().to_owned(), n))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+            && self.latency.is_empty()
+            && self.latency_sum_us == 0
+            && self.rehearsal.is_empty()
     }
 
     fn since(&self, before: &VersionDump) -> VersionDump {
@@ -249,6 +264,26 @@ mod tests {
             b.version(Version::Canary).snapshot().latency[LATENCY_BUCKETS - 1],
             1
         );
+    }
+
+    /// A canary that never served has no counters (half a KiB per tenant),
+    /// reads as zeros, and gets none from a hand-over that has nothing for
+    /// it; its first request makes them.
+    #[test]
+    fn a_canary_that_never_served_has_no_counters() {
+        let a = TenantStats::default();
+        a.version(Version::Stable).record(Outcome::Ok, None);
+        assert!(a.served(Version::Canary).is_none());
+        assert_eq!(a.snapshot(Version::Canary), Snapshot::default());
+        let b = TenantStats::default();
+        assert_eq!(TenantDump::of(&a).add_to(&b), 0);
+        assert!(b.served(Version::Canary).is_none(), "made for nothing");
+        assert_eq!(b.snapshot(Version::Stable).requests(), 1);
+
+        a.version(Version::Canary).record(Outcome::ServerError, None);
+        assert_eq!(a.snapshot(Version::Canary).errors(), 1);
+        assert_eq!(TenantDump::of(&a).add_to(&b), 0);
+        assert_eq!(b.snapshot(Version::Canary).errors(), 1);
     }
 
     #[test]

@@ -47,6 +47,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use tokio::time::{timeout_at, Instant};
 
 use super::replay::Replay;
+use super::WRITE_BUFFER;
 use crate::routing::RouteTable;
 
 const SLOTS: usize = 1 << 16;
@@ -138,11 +139,17 @@ impl Connections {
 
 /// Whether a clear-text connection opens with HTTP/2's preface (h2c with
 /// prior knowledge). Peeks one byte first, so that a short HTTP/1 request is
-/// not held waiting for 24 bytes that will never come.
+/// not held waiting for 24 bytes that will never come. That byte is peeked
+/// in place (`TcpStream::poll_peek`); only a `P` goes on to Pingora's
+/// `try_peek`, which reads and pushes back.
 async fn is_h2_preface(stream: &mut Stream) -> std::io::Result<bool> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut first = [0u8; 1];
-    if !stream.try_peek(&mut first).await? || first[0] != PREFACE[0] {
+    let peeked = match stream.as_any().downcast_ref::<TcpStream>() {
+        Some(tcp) => std::future::poll_fn(|cx| tcp.poll_peek(cx, &mut first)).await? == 1,
+        None => stream.try_peek(&mut first).await?,
+    };
+    if !peeked || first[0] != PREFACE[0] {
         return Ok(false);
     }
     let mut head = [0u8; 24];
@@ -153,15 +160,18 @@ async fn is_h2_preface(stream: &mut Stream) -> std::io::Result<bool> {
 /// the client closes it, which the request's read then sees). `None` when
 /// the connection failed. Clear text peeks without reading
 /// (`TcpStream::poll_peek_ready`: one `recv(MSG_PEEK)` once the socket is
-/// readable, no buffer held while idle); TLS peeks through [`Replay`].
+/// readable, no buffer held while idle, the write buffer given back
+/// meanwhile); TLS peeks through [`Replay`].
 async fn next_request(stream: Stream, tls: bool) -> Option<Stream> {
     // Our listeners hand clear-text connections over as Pingora's TCP
     // stream; the downcast gives back the same box.
     let mut stream = if tls {
         stream
     } else {
-        let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        tcp.set_idle_write_buffer(None);
         std::future::poll_fn(|cx| tcp.poll_peek_ready(cx)).await.ok()?;
+        tcp.set_idle_write_buffer(Some(WRITE_BUFFER));
         return Some(tcp);
     };
     let mut byte = [0u8; 1];
@@ -169,6 +179,30 @@ async fn next_request(stream: Stream, tls: bool) -> Option<Stream> {
         Ok(true) => Some(stream),
         Ok(false) | Err(_) => None,
     }
+}
+
+/// The session of a connection's next request: the first takes the
+/// listener's keep-alive and reuse limit (`first`), a later one the settings
+/// the request before left.
+fn session(
+    stream: Stream,
+    first: Option<Option<u32>>,
+    settings: Option<HttpPersistentSettings>,
+    keepalive: Option<u64>,
+) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    match first {
+        Some(limit) => {
+            session.set_keepalive(keepalive);
+            session.set_keepalive_reuses_remaining(limit);
+        }
+        None => {
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
+    }
+    session
 }
 
 impl Drop for Admitted<'_> {
@@ -255,23 +289,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut stopping = shutdown.clone();
         loop {
-            let mut session = ServerSession::new_http1(stream);
-            match first.take() {
-                Some(limit) => {
-                    session.set_keepalive((!*shutdown.borrow()).then_some(idle.as_secs()));
-                    session.set_keepalive_reuses_remaining(limit);
-                }
-                None => {
-                    if let Some(settings) = settings.take() {
-                        settings.apply_to_session(&mut session);
-                    }
-                }
-            }
             let before = self.counts.headers[slot].load(Relaxed);
             // The request's (boxed, large) future is dropped as soon as it is
-            // done: an idle kept-alive connection holds only its stream.
+            // done: an idle kept-alive connection holds only its stream. The
+            // session goes straight into it: a local would keep its room
+            // (680 bytes) in this future for the connection's life.
             let reused = {
-                let mut served = self.inner.process_new_http(session, shutdown);
+                let keepalive = (!*shutdown.borrow()).then_some(idle.as_secs());
+                let mut served = self.inner.process_new_http(
+                    session(stream, first.take(), settings.take(), keepalive),
+                    shutdown,
+                );
                 tokio::select! {
                     reused = &mut served => reused,
                     () = tokio::time::sleep_until(deadline) => {
@@ -443,5 +471,44 @@ mod tests {
         let mut head = [0u8; 18];
         stream.read_exact(&mut head).await.unwrap();
         assert_eq!(&head, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    /// The h2c check looks at an HTTP/1 request without taking any of it,
+    /// and still knows the preface.
+    #[tokio::test]
+    async fn the_h2c_check_leaves_an_http1_request_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for (sent, h2) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], false),
+            (&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], true),
+        ] {
+            let (mut client, mut stream) = after_an_exact_read().await;
+            client.write_all(sent).await.unwrap();
+            assert_eq!(is_h2_preface(&mut stream).await.unwrap(), h2);
+            let mut read = vec![0u8; sent.len()];
+            stream.read_exact(&mut read).await.unwrap();
+            assert_eq!(read, sent);
+        }
+    }
+
+    /// The write buffer given back while idle comes back with the request:
+    /// a response's header and body still leave together, at the flush.
+    #[tokio::test]
+    async fn the_next_request_gets_its_write_buffer_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, stream) = after_an_exact_read().await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut stream = next_request(stream, false).await.expect("the connection is fine");
+        let mut head = [0u8; 18];
+        stream.read_exact(&mut head).await.unwrap();
+        stream.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        stream.write_all(b"Content-Length: 0\r\n\r\n").await.unwrap();
+        let mut answer = [0u8; 40];
+        let early = tokio::time::timeout(Duration::from_millis(200), client.read(&mut answer)).await;
+        assert!(early.is_err(), "written before the flush: unbuffered");
+        stream.flush().await.unwrap();
+        let mut answer = [0u8; 38];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     }
 }

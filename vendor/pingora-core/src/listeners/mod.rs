@@ -329,6 +329,13 @@ impl UninitializedStream {
     }
 
     /// Get the peer address of the connection if available
+    /// fledge: the accepted socket's digest (shared, so a task can keep it
+    /// for a log line without the 120-byte address inline).
+    pub(crate) fn socket_digest(&self) -> Option<Arc<crate::protocols::SocketDigest>> {
+        self.l4.get_socket_digest()
+    }
+
+    #[allow(dead_code)] // fledge: the accept loop keeps the digest instead
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.l4
             .get_socket_digest()

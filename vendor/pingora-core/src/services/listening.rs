@@ -229,20 +229,23 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    // fledge: the handshake (a TLS one is large) boxed, with
+                    // the accepted stream it takes (440 bytes), and dropped
+                    // before the connection is served, so that the task of a
+                    // long-lived connection does not keep their room.
+                    let digest = io.socket_digest();
+                    let handshake = Box::pin(io.handshake());
                     current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
-                        // fledge: the handshake (a TLS one is large) boxed and
-                        // dropped before the connection is served, so that the
-                        // task of a long-lived connection does not keep its room.
-                        let handshake =
-                            timeout(Duration::from_secs(60), Box::pin(io.handshake())).await;
+                        let handshake = timeout(Duration::from_secs(60), handshake).await;
                         match handshake {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
                                     Err(e) => {
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
+                                        if let Some(addr) =
+                                            digest.as_ref().and_then(|d| d.peer_addr())
+                                        {
                                             error!("Downstream handshake error from {}: {e}", addr);
                                         } else {
                                             error!("Downstream handshake error: {e}");

@@ -540,6 +540,8 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
+    /// fledge: the write buffer is given back ([`Stream::set_idle_write_buffer`]).
+    write_buffer_idle: bool,
 }
 
 impl Stream {
@@ -572,6 +574,54 @@ impl Stream {
             #[cfg(unix)]
             RawStream::Unix(s) => s.poll_read_ready(cx),
             RawStream::Virtual(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// fledge: copy the bytes a read would return next into `buf` without
+    /// consuming them: `recv(MSG_PEEK)` on TCP once readable, no buffer
+    /// and no second read after (Pingora's `try_peek` reads, then pushes the
+    /// bytes back in a fresh `Vec`). Ready with 0 at the end of the stream.
+    /// Only what has arrived: call again for more only after a read. Other
+    /// sockets answer `Unsupported`.
+    pub fn poll_peek(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let held = match (self.rewind_read_buf.first(), self.stream()) {
+            (Some(rewound), _) => Some(rewound.as_slice()),
+            (None, BufferedStream::BufferedRead(reader)) if !reader.buffer().is_empty() => {
+                Some(reader.buffer())
+            }
+            _ => None,
+        };
+        if let Some(held) = held {
+            let n = held.len().min(buf.len());
+            buf[..n].copy_from_slice(&held[..n]);
+            return Poll::Ready(Ok(n));
+        }
+        match &self.stream().get_ref().stream {
+            RawStream::Tcp(s) => s.poll_peek(cx, &mut ReadBuf::new(buf)),
+            _ => Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+        }
+    }
+
+    /// fledge: give back the write buffer while the connection waits for
+    /// its next request, and take one of `capacity` again when it comes
+    /// (`None` while idle). An idle kept-alive client then costs no buffer
+    /// (most of a KiB and a half, for each of thousands of browsers);
+    /// a request pays one allocation. Nothing changes while either buffer
+    /// holds bytes (they would be lost), nor for a read-buffered stream.
+    pub fn set_idle_write_buffer(&mut self, capacity: Option<usize>) {
+        let idle = capacity.is_none();
+        let Some(BufferedStream::UnbufferedRead(writer)) = self.stream.as_ref() else {
+            return;
+        };
+        if !writer.buffer().is_empty() || self.write_buffer_idle == idle {
+            return;
+        }
+        self.write_buffer_idle = idle;
+        if let Some(BufferedStream::UnbufferedRead(writer)) = self.stream.take() {
+            self.stream = Some(BufferedStream::UnbufferedRead(BufWriter::with_capacity(
+                capacity.unwrap_or(0),
+                writer.into_inner(),
+            )));
         }
     }
 
@@ -692,6 +742,7 @@ impl From<TcpStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            write_buffer_idle: false,
         }
     }
 }
@@ -715,6 +766,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            write_buffer_idle: false,
         }
     }
 }
@@ -739,6 +791,7 @@ impl From<UnixStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            write_buffer_idle: false,
         }
     }
 }
