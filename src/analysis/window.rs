@@ -183,9 +183,10 @@ impl Window {
             .back()
             .is_some_and(|s| s.stable == stable && s.canary == canary);
         if !unchanged {
-            if self.slots.is_empty() {
-                // A quiet canary keeps one checkpoint: room for one (a
-                // VecDeque's first push makes room for four).
+            if self.slots.len() == self.slots.capacity() && self.slots.len() < 4 {
+                // A quiet canary keeps a checkpoint or two: room for what it
+                // keeps (a VecDeque's growth makes room for four at once,
+                // 600 bytes per tenant).
                 self.slots.reserve_exact(1);
             }
             self.slots.push_back(Slot {
@@ -521,6 +522,7 @@ mod tests {
         record(&c, 10, Outcome::ServerError, 10);
         w.push(&s.snapshot(), &c.snapshot());
         assert_eq!(w.newest_canary_requests(), 50);
+        assert_eq!(w.slots.capacity(), 2, "room for the two checkpoints it holds");
         // 100 s without a request.
         for _ in 0..1_000 {
             w.push(&s.snapshot(), &c.snapshot());
