@@ -236,12 +236,12 @@ where
     let digest = SocketDigest::from_raw_socket(stream.as_raw_socket());
     digest
         .peer_addr
-        .set(Some(peer_addr.clone()))
+        .set(Some(Box::new(peer_addr.clone())))
         .expect("newly created OnceCell must be empty");
     if let Some(local_addr) = local_addr {
         digest
             .local_addr
-            .set(Some(SocketAddr::Inet(local_addr)))
+            .set(Some(Box::new(SocketAddr::Inet(local_addr))))
             .expect("newly created OnceCell must be empty");
     }
     stream.set_socket_digest(digest);
@@ -397,7 +397,7 @@ mod tests {
             .local_addr
             .get()
             .expect("local address should be cached during connect")
-            .as_ref()
+            .as_deref()
             .and_then(SocketAddr::as_inet)
             .unwrap();
         let (_, observed_client_addr) = accept.await.unwrap();

@@ -92,7 +92,7 @@ impl Listener {
                 let digest = SocketDigest::from_raw_socket(s.as_raw_socket());
                 digest
                     .peer_addr
-                    .set(Some(peer_addr.into()))
+                    .set(Some(Box::new(peer_addr.into())))
                     .expect("newly created OnceCell must be empty");
                 s.set_socket_digest(digest);
                 // TODO: if listening on a specific bind address, we could save
@@ -106,7 +106,7 @@ impl Listener {
                 let digest = SocketDigest::from_raw_fd(s.as_raw_fd());
                 // note: if unnamed/abstract UDS, it will be `None`
                 // (see TryFrom<tokio::net::unix::SocketAddr>)
-                let addr = peer_addr.try_into().ok();
+                let addr = peer_addr.try_into().ok().map(Box::new);
                 digest
                     .peer_addr
                     .set(addr)
