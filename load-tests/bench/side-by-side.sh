@@ -16,10 +16,14 @@
 # CPU per request = the proxy worker's utime+stime (/proc/PID/stat) over
 # the requests served; RSS from /proc/PID/status.
 #
-# Usage: load-tests/bench/side-by-side.sh [ROUNDS] [SECONDS] [CONNECTIONS] [THREADS]
+# Usage: [RATE=req/s] load-tests/bench/side-by-side.sh [ROUNDS] [SECONDS] [CONNECTIONS] [THREADS]
 #   THREADS (default 1): proxy worker threads/processes, pinned to CPUs
 #   0..THREADS-1 (wrk and the backend then share the last CPU).
-# Needs: nginx, haproxy, wrk; cargo build --release -p fledge.
+#   RATE: equal load instead of each proxy's saturation: h2load --h1 sends
+#   RATE requests a second in all (spread over the connections) to every
+#   proxy, and latency comes from its per-request log. Set it below the
+#   slowest proxy's saturation rate. Writes side-by-side-t<THREADS>-r<RATE>.
+# Needs: nginx, haproxy, wrk (h2load for RATE); cargo build --release -p fledge.
 # Traffic stays on 127.0.0.1.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -32,6 +36,7 @@ ROOT=$(pwd)
 FLEDGE=${FLEDGE:-$ROOT/target/release/fledge}
 [ -x "$FLEDGE" ] || { echo "missing $FLEDGE: cargo build --release -p fledge" >&2; exit 1; }
 for t in nginx haproxy wrk taskset; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 1; }; done
+[ -z "${RATE:-}" ] || command -v h2load >/dev/null || { echo "needs h2load for RATE" >&2; exit 1; }
 NCPU=$(nproc)
 PROXY_CPUS=$(seq -s, 0 $((THREADS - 1)))
 LOAD_CPU=$((NCPU - 1))
@@ -150,18 +155,42 @@ PIN=$(curl -s -o /dev/null -D - -H 'Host: acme.example.com' -b "$SESSION" "http:
 COOKIE="$SESSION; $PIN"
 
 HZ=$(getconf CLK_TCK)
-CSV=$OUT/side-by-side-t$THREADS.csv
+RATE=${RATE:-}
+# h2load does not reconnect, and fledge (like nginx's default) closes a
+# connection after 1 000 requests: enough connections that none reaches it.
+HCONNS=$CONNS
+[ -z "$RATE" ] || HCONNS=$(( (RATE * SECS + 899) / 900 > CONNS ? (RATE * SECS + 899) / 900 : CONNS ))
+TAG=t$THREADS${RATE:+-r$RATE}
+CSV=$OUT/side-by-side-$TAG.csv
 echo "round,proxy,requests,rps,p50_ms,p99_ms,cpu_us_per_req,rss_kib" > "$CSV"
 run() { # name port pids...
   local name=$1 p=$2; shift 2
   local t0 t1 out reqs rps p50 p99 cpu mem
   t0=$(ticks "$@")
-  out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/web/session/get_session_info")
-  t1=$(ticks "$@")
-  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  if [ -n "$RATE" ]; then
+    rm -f "$WORK/h2load.log"
+    taskset -c $LOAD_CPU h2load --h1 -t1 -c"$HCONNS" --rps="$(python3 -c "print($RATE/$HCONNS)")" -D "$SECS" \
+      --log-file="$WORK/h2load.log" -H ':authority: acme.example.com' -H "Cookie: $COOKIE" \
+      "http://127.0.0.1:$p/web/session/get_session_info" > /dev/null
+    t1=$(ticks "$@")
+    # (h2load sets Host from :authority; a Host header of ours would be a
+    # second one, answered 400.) Log lines: start (µs since epoch),
+    # status, duration (µs).
+    read -r reqs rps p50 p99 < <(python3 - "$WORK/h2load.log" "$SECS" <<'PY'
+import sys
+d = sorted(int(l.split()[2]) for l in open(sys.argv[1]) if l.split()[1] == "200")
+q = lambda f: d[min(len(d) - 1, int(f * len(d)))] / 1000
+print(len(d), round(len(d) / float(sys.argv[2]), 1), f"{q(0.5):.3f}ms", f"{q(0.99):.3f}ms")
+PY
+)
+  else
+    out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/web/session/get_session_info")
+    t1=$(ticks "$@")
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  fi
   mem=$(rss "$@")
   cpu=$(python3 -c "print(round(($t1-$t0)/$HZ*1e6/$reqs, 2) if $# else 0)")
   echo "$r,$name,$reqs,$rps,$p50,$p99,$cpu,$mem" >> "$CSV"
@@ -183,7 +212,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$CSV" "$OUT/side-by-side-t$THREADS.md" "$ROUNDS" "$SECS" "$CONNS" "$THREADS" "$("$FLEDGE" --version 2>/dev/null || echo fledge)" <<'PY'
+python3 - "$CSV" "$OUT/side-by-side-$TAG.md" "$ROUNDS" "$SECS" "$CONNS" "$THREADS" "$("$FLEDGE" --version 2>/dev/null || echo fledge)" "$RATE" "$HCONNS" <<'PY'
 import csv, statistics, sys, subprocess, platform
 rows = list(csv.DictReader(open(sys.argv[1])))
 def num(v):
@@ -197,11 +226,14 @@ rounds, secs, conns, threads = sys.argv[3:7]
 cpu_name = sh('lscpu | grep "Model name" | sed "s/.*: *//"')
 ncpu, nginx_v, haproxy_v = sh('nproc'), sh('nginx -v 2>&1'), sh('haproxy -v | head -1')
 with open(sys.argv[2], "w") as out:
-    out.write(f"# fledge side by side with nginx and HAProxy ({threads} proxy thread{'s' if threads != '1' else ''})\n\n")
-    out.write(f"`load-tests/bench/side-by-side.sh {rounds} {secs} {conns} {threads}`. "
+    rate = sys.argv[8]
+    load = f"h2load --h1 -t1 -c{sys.argv[9]} at {rate} req/s in all for {secs} s" if rate else f"wrk -t1 -c{conns} -d{secs}s"
+    out.write(f"# fledge side by side with nginx and HAProxy ({threads} proxy thread{'s' if threads != '1' else ''}"
+              f"{f', equal load: {rate} req/s' if rate else ''})\n\n")
+    out.write(f"`{'RATE=' + rate + ' ' if rate else ''}load-tests/bench/side-by-side.sh {rounds} {secs} {conns} {threads}`. "
               f"CPU: {cpu_name}, {ncpu} vCPUs; kernel {platform.release()}. "
               f"{nginx_v}; {haproxy_v}; {sys.argv[7]}. "
-              f"Proxies on CPU 0..{int(threads)-1}, backend (nginx, fixed 200-byte JSON) and wrk -t1 -c{conns} -d{secs}s on the last CPU; "
+              f"Proxies on CPU 0..{int(threads)-1}, backend (nginx, fixed 200-byte JSON) and {load} on the last CPU; "
               f"{rounds} alternating rounds, medians. Same request through all: a returning browser's JSON-RPC call, 20 % canary split by session cookie.\n\n")
     out.write("| | req/s | p50 | p99 | proxy CPU µs/req | RSS MiB |\n|---|---|---|---|---|---|\n")
     for n in ("direct", "nginx", "haproxy", "fledge", "fledge-nosteal"):
