@@ -50,12 +50,11 @@ pub const VERSION_HEADER: &str = "X-Fledge-Version";
 /// keep-alive timeouts of the servers Odoo runs behind, so that we do not
 /// send a request on a connection the worker is closing.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
-/// Body of the answer to a host no tenant has.
 /// Client sockets' write buffer: one TCP segment, so a small response's
 /// header and body leave in one write. A kept-alive connection gives it back
 /// while idle ([`connections`]).
 pub const WRITE_BUFFER: usize = 1460;
-
+/// Body of the answer to a host no tenant has.
 const NO_TENANT_BODY: &[u8] = b"fledge: no tenant is configured for this host\n";
 
 /// The proxy: reads the route table, never writes it.

@@ -182,17 +182,16 @@ async fn next_request(stream: Stream, tls: bool) -> Option<Stream> {
 }
 
 /// The session of a connection's next request: the first takes the
-/// listener's keep-alive and reuse limit (`first`), a later one the settings
+/// listener's reuse limit and keep-alive (`first`), a later one the settings
 /// the request before left.
 fn session(
     stream: Stream,
-    first: Option<Option<u32>>,
+    first: Option<(Option<u32>, Option<u64>)>,
     settings: Option<HttpPersistentSettings>,
-    keepalive: Option<u64>,
 ) -> ServerSession {
     let mut session = ServerSession::new_http1(stream);
     match first {
-        Some(limit) => {
+        Some((limit, keepalive)) => {
             session.set_keepalive(keepalive);
             session.set_keepalive_reuses_remaining(limit);
         }
@@ -295,11 +294,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             // session goes straight into it: a local would keep its room
             // (680 bytes) in this future for the connection's life.
             let reused = {
-                let keepalive = (!*shutdown.borrow()).then_some(idle.as_secs());
-                let mut served = self.inner.process_new_http(
-                    session(stream, first.take(), settings.take(), keepalive),
-                    shutdown,
-                );
+                // Only the first request reads the shutdown flag (a lock).
+                let first = first
+                    .take()
+                    .map(|limit| (limit, (!*shutdown.borrow()).then_some(idle.as_secs())));
+                let mut served = self
+                    .inner
+                    .process_new_http(session(stream, first, settings.take()), shutdown);
                 tokio::select! {
                     reused = &mut served => reused,
                     () = tokio::time::sleep_until(deadline) => {
