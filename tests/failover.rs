@@ -1,10 +1,18 @@
-//! Dead canary workers, POSTs that must not be replayed, WebSocket workers.
+//! Dead canary workers, POSTs that must not be replayed, WebSocket workers,
+//! kept-alive worker connections.
 
 use fledge::mock_odoo::{Knobs, Options};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{call_kw, dead_addr, mock, mock_with, two_pools, Client, TestProxy};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::util::{call_kw, dead_addr, eventually, mock, mock_with, two_pools, Client, TestProxy};
 
 const HOST: &str = "acme.example.com";
 
@@ -198,5 +206,126 @@ tenants:
     assert_eq!(
         proxy.metric("fledge_worker_ejections_total{pool=\"one\"}").await,
         Some(0.0)
+    );
+}
+
+/// A worker speaking plain HTTP/1.1 keep-alive that counts the connections
+/// that carried a request. With `idle_end`, it ends a connection that has
+/// been idle that long after an answer the way a server whose keep-alive
+/// timeout ran out does (it stops writing), then counts when the proxy
+/// closes its end.
+struct KeptAliveWorker {
+    addr: SocketAddr,
+    used: Arc<AtomicU64>,
+    closed_by_proxy: Arc<AtomicU64>,
+}
+
+async fn kept_alive_worker(idle_end: Option<Duration>) -> KeptAliveWorker {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let used = Arc::new(AtomicU64::new(0));
+    let closed_by_proxy = Arc::new(AtomicU64::new(0));
+    let (u, c) = (used.clone(), closed_by_proxy.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let (used, closed_by_proxy) = (u.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut first = true;
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        let read = match idle_end {
+                            Some(idle) if !first => tokio::time::timeout(idle, conn.read(&mut chunk)).await,
+                            _ => Ok(conn.read(&mut chunk).await),
+                        };
+                        match read {
+                            Ok(Ok(0)) | Ok(Err(_)) => return,
+                            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                            Err(_) => {
+                                // Idle too long: stop writing, wait for the proxy to close.
+                                conn.shutdown().await.unwrap();
+                                if let Ok(0) = conn.read(&mut chunk).await {
+                                    closed_by_proxy.fetch_add(1, Relaxed);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                    if first {
+                        used.fetch_add(1, Relaxed);
+                        first = false;
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    KeptAliveWorker {
+        addr,
+        used,
+        closed_by_proxy,
+    }
+}
+
+fn one_worker(worker: SocketAddr) -> String {
+    format!(
+        r#"listen: "{{listen}}"
+threads: 2
+pools:
+  one: {{ workers: ["{worker}"] }}
+tenants:
+  acme:
+    hosts: ["acme.example.com"]
+    stable: one
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_worker_connection_serves_request_after_request() {
+    let worker = kept_alive_worker(None).await;
+    let proxy = TestProxy::start(&one_worker(worker.addr));
+    let client = Client::new(proxy.addr);
+    for i in 0..30 {
+        let r = client.get(HOST, "/web/login", &[]).await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(&r.body[..], b"ok");
+    }
+    // One client connection, one request at a time: one worker connection,
+    // kept between requests.
+    assert_eq!(worker.used.load(Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_connections_ended_while_idle_are_closed_and_never_reused() {
+    let worker = kept_alive_worker(Some(Duration::from_millis(100))).await;
+    let proxy = TestProxy::start(&one_worker(worker.addr));
+    let client = Client::new(proxy.addr);
+    assert_eq!(client.get(HOST, "/web/login", &[]).await.status, 200);
+    // No further request comes: fledge still closes the connection the
+    // worker ended, rather than keep it half-open in its pool.
+    let closed = eventually(5, || async { worker.closed_by_proxy.load(Relaxed) == 1 }).await;
+    assert!(closed, "fledge kept a connection the worker had ended");
+    // A request right after a worker ended the kept connection (before any
+    // sweep) is not sent down it: it gets a fresh one and its answer.
+    assert_eq!(client.get(HOST, "/web/login", &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client.get(HOST, "/web/login", &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(&r.body[..], b"ok");
+    assert_eq!(worker.used.load(Relaxed), 3);
+    assert_eq!(
+        proxy
+            .metric("fledge_requests_total{tenant=\"acme\",version=\"stable\",outcome=\"ok\"}")
+            .await,
+        Some(3.0)
     );
 }
