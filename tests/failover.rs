@@ -329,3 +329,45 @@ async fn worker_connections_ended_while_idle_are_closed_and_never_reused() {
         Some(3.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_answer_frees_the_worker_connection() {
+    // A worker that reads a request and never answers (a long poll), and
+    // reports when the proxy closes the connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker = listener.local_addr().unwrap();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return, // a health check
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let left = conn.read(&mut buf).await;
+                let _ = closed_tx.send(matches!(left, Ok(0) | Err(_))).await;
+            });
+        }
+    });
+    let proxy = TestProxy::start(&one_worker(worker));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET /longpolling/poll HTTP/1.1\r\nHost: acme.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    // fledge notices the client is gone while it waits for the worker, and
+    // gives the worker its connection back at once.
+    let closed = tokio::time::timeout(Duration::from_secs(5), closed_rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(Some(true))),
+        "the worker's connection outlived its client: {closed:?}"
+    );
+}

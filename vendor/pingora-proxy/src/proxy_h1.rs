@@ -113,7 +113,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upstream_upgrade = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upstream_upgrade);
 
         session.upstream_compression.request_filter(&req);
 
@@ -138,6 +139,21 @@ where
             Ok(reader) => reader,
             Err(e) => return (false, false, Some(e)),
         };
+
+        // fledge patch (vendor/pingora-proxy-bodiless.patch): see `proxy_1to1_bodiless`.
+        if !upstream_upgrade
+            && downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && !session.downstream_session.is_http2()
+            && !session.downstream_session.is_custom()
+            && !session.downstream_session.is_upgrade_req()
+            && !session.cache.enabled()
+            && !session.cache.bypassing()
+            && session.as_ref().get_retry_buffer().is_none()
+            && session.as_mut().is_body_empty()
+        {
+            return self.proxy_1to1_bodiless(session, client_session, ctx).await;
+        }
 
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
@@ -189,6 +205,117 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// fledge patch (vendor/pingora-proxy-bodiless.patch): the duplex of
+    /// `proxy_handle_downstream` and `proxy_handle_upstream`, for an HTTP/1
+    /// client's request without a body, no upgrade, no cache, no custom
+    /// messages — most requests — done in line. Its empty body ends at once
+    /// (the body filters still see the end), then each response task is
+    /// read, filtered and written down in turn, while the client's side is
+    /// watched for a close as the duplex does. Same filters, same errors and
+    /// the same reuse decisions as the duplex, without its two channels, the
+    /// join of two futures and their select loops per request.
+    async fn proxy_1to1_bodiless(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // The request body: empty and ended, as `send_body_to_pipe` and
+        // `send_body_to1` would pass it on.
+        let mut data = None;
+        if let Err(e) = session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        if let Err(e) = self
+            .inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(data, true))).await {
+            // As the duplex: a complete response can still be forwarded, but
+            // the upstream connection is not reused.
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        let mut watch_downstream = true;
+        loop {
+            let read = tokio::select! {
+                biased;
+                read = client_session.read_response_task() => read,
+                closed = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    match closed {
+                        // The client went away (or sent bytes it should not).
+                        Err(e) => return (false, false, Some(e.into_down())),
+                        Ok(_) => {
+                            watch_downstream = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let (mut task, upstream_done) = match read {
+                Ok(task) => {
+                    let end = task.is_end();
+                    (task, end)
+                }
+                Err(e) => {
+                    // The message boundary is lost: not reusable. The error
+                    // goes down the same path as in the duplex.
+                    upstream_can_reuse = false;
+                    (HttpTask::Failed(send_error.take().unwrap_or(e).into_up()), true)
+                }
+            };
+            session.upstream_compression.response_filter(&mut task);
+            let task = match self
+                .h1_response_filter(
+                    session,
+                    task,
+                    ctx,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    false,
+                )
+                .await
+            {
+                Ok(task) => task,
+                Err(e) => return (false, false, Some(e)),
+            };
+            let response_done = match session.write_response_tasks(vec![task]).await {
+                Ok(done) => done,
+                Err(e) => return (false, false, Some(e)),
+            };
+            if response_done || upstream_done {
+                // The client's response ended by its own framing before the
+                // worker's did: bytes are left unread upstream.
+                upstream_can_reuse &= upstream_done;
+                break;
+            }
+        }
+
+        let mut reuse_downstream = true;
+        if let Err(e) = session.as_mut().finish_body().await {
+            error!("Error finish sending body to downstream: {}", e);
+            reuse_downstream = false;
+        }
+        (reuse_downstream, upstream_can_reuse, None)
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
