@@ -165,18 +165,24 @@ where
         let pipe_state = Arc::new(AtomicU8::new(PipeState::Active as u8));
 
         // start bi-directional streaming
-        let ret = tokio::try_join!(
-            self.proxy_handle_downstream(
-                session,
-                tx_downstream,
-                rx_upstream,
-                ctx,
-                &mut downstream_custom_message_writer,
-                &mut downstream_custom_message_reader,
-                pipe_state.clone(),
-            ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
-        );
+        // fledge patch (future-box): boxed, so that the future of every
+        // request, which `proxy_1to1_bodiless` mostly serves, does not carry
+        // the duplex's (~2.7 KiB).
+        let ret = Box::pin(async {
+            tokio::try_join!(
+                self.proxy_handle_downstream(
+                    session,
+                    tx_downstream,
+                    rx_upstream,
+                    ctx,
+                    &mut downstream_custom_message_writer,
+                    &mut downstream_custom_message_reader,
+                    pipe_state.clone(),
+                ),
+                self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            )
+        })
+        .await;
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
             if let Some(downstream_custom_message_writer) = downstream_custom_message_writer {

@@ -311,7 +311,10 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // fledge patch (future-box): a new connection's future (a TLS
+            // handshake's among it, ~8 KiB) is boxed, so the future of every
+            // request, which mostly reuses a connection, does not carry it.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }
