@@ -142,6 +142,7 @@ where
 
         // fledge patch (vendor/pingora-proxy-bodiless.patch): see `proxy_1to1_bodiless`.
         if !upstream_upgrade
+            && cfg!(not(feature = "upstream_modules"))
             && downstream_custom_message_writer.is_none()
             && downstream_custom_message_reader.is_none()
             && !session.downstream_session.is_http2()
@@ -216,7 +217,7 @@ where
     /// fledge patch (vendor/pingora-proxy-bodiless.patch): the duplex of
     /// `proxy_handle_downstream` and `proxy_handle_upstream`, for an HTTP/1
     /// client's request without a body, no upgrade, no cache, no custom
-    /// messages — most requests — done in line. Its empty body ends at once
+    /// messages, no upstream modules — most requests — done in line. Its empty body ends at once
     /// (the body filters still see the end), then each response task is
     /// read, filtered and written down in turn, while the client's side is
     /// watched for a close as the duplex does. Same filters, same errors and

@@ -17,8 +17,10 @@
 // pool, closes every second the connections that servers closed or that
 // outlived their idle timeout, so none lingers on a peer that gets no more
 // requests (a worker taken out of a pool). The pool holds at most `max`
-// connections: a release beyond that closes the oldest idle connection of
-// the same peer, or, when that peer has none, the released one.
+// connections: a release beyond that closes the oldest idle connection,
+// whichever its peer, as Pingora's LRU does. The pool's callback hears of
+// every idle connection closed without reuse (expired, closed by its
+// server, bytes sent unasked, pool full), not only of evictions.
 
 use super::{test_reusable_stream, PoolCallback};
 use crate::protocols::Stream;
@@ -92,22 +94,43 @@ impl IdlePool {
             since: Instant::now(),
             timeout,
         };
-        let mut shard = self.shard(key).lock();
-        let stack = shard.entry(key).or_default();
         if self.held.fetch_add(1, Ordering::Relaxed) >= self.max {
+            // Full: make room by closing the oldest, or close this one.
             self.held.fetch_sub(1, Ordering::Relaxed);
-            // Full: make room by closing this peer's oldest, or close this one.
-            let Some(oldest) = stack.pop_front() else {
-                drop(shard);
-                self.left_unused(&idle);
-                return;
-            };
-            stack.push_back(idle);
-            drop(shard);
-            self.left_unused(&oldest);
-            return;
+            match self.pop_oldest() {
+                Some(oldest) => self.left_unused(&oldest),
+                None => {
+                    self.left_unused(&idle);
+                    return;
+                }
+            }
         }
-        stack.push_back(idle);
+        self.shard(key).lock().entry(key).or_default().push_back(idle);
+    }
+
+    /// The connection idle the longest, whichever its peer; `held` counts
+    /// it out. Only when the pool is full: it looks at every shard, one
+    /// lock at a time.
+    fn pop_oldest(&self) -> Option<Idle> {
+        let mut oldest: Option<(usize, u64, Instant)> = None;
+        for (i, shard) in self.shards.iter().enumerate() {
+            for (key, stack) in shard.lock().iter() {
+                if let Some(front) = stack.front() {
+                    if oldest.is_none_or(|(_, _, since)| front.since < since) {
+                        oldest = Some((i, *key, front.since));
+                    }
+                }
+            }
+        }
+        let (i, key, _) = oldest?;
+        let mut shard = self.shards[i].lock();
+        let stack = shard.get_mut(&key)?;
+        let idle = stack.pop_front()?;
+        if stack.is_empty() {
+            shard.remove(&key);
+        }
+        self.held.fetch_sub(1, Ordering::Relaxed);
+        Some(idle)
     }
 
     /// A kept connection to the peer whose reuse hash is `key` that is still
@@ -179,8 +202,20 @@ impl IdlePool {
         if self.sweeping.load(Ordering::Relaxed) || self.sweeping.swap(true, Ordering::Relaxed) {
             return;
         }
+        // Clears `sweeping` when the task ends for any reason (its runtime
+        // shut down, say), so that the next release starts another.
+        struct Running(Weak<IdlePool>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                if let Some(pool) = self.0.upgrade() {
+                    pool.sweeping.store(false, Ordering::Relaxed);
+                }
+            }
+        }
         let pool: Weak<IdlePool> = Arc::downgrade(self);
+        let running = Running(pool.clone());
         pingora_runtime::current_handle().spawn(async move {
+            let _running = running;
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
@@ -190,10 +225,5 @@ impl IdlePool {
                 pool.sweep();
             }
         });
-    }
-
-    #[cfg(test)]
-    pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
     }
 }
