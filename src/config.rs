@@ -43,6 +43,10 @@ pub struct Config {
     /// connections staying on the thread that accepted them, as nginx's
     /// workers do. Not hot-reloadable.
     pub work_stealing: bool,
+    /// Whether HTTP/1 header names keep their case through the proxy (off:
+    /// standard names title-cased, others lower-cased; half the header-map
+    /// work per request). Not hot-reloadable.
+    pub preserve_header_case: bool,
     /// Downstream and upstream timeouts.
     pub timeouts: Timeouts,
     /// Limits on what a client may send.

@@ -648,6 +648,10 @@ fn keep_fixed_settings(running: &Config, new: &mut Config) {
         fixed.push("work_stealing");
         new.work_stealing = running.work_stealing;
     }
+    if new.preserve_header_case != running.preserve_header_case {
+        fixed.push("preserve_header_case");
+        new.preserve_header_case = running.preserve_header_case;
+    }
     if new.admin.listen != running.admin.listen || new.admin.token != running.admin.token {
         fixed.push("admin");
         new.admin = running.admin.clone();

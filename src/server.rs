@@ -120,6 +120,9 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         .to_string();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
+    // Process-wide, in the vendored Pingora (`vendor/README.md`): a header
+    // map per message instead of two when names need not keep their case.
+    pingora::protocols::http::v1::common::set_preserve_header_case(config.preserve_header_case);
     let conf = ServerConf {
         threads: config.threads,
         work_stealing: config.work_stealing,

@@ -302,3 +302,86 @@ async fn rehearsal_traffic_is_counted_apart_as_well() {
         Some(3.0)
     );
 }
+
+/// A worker that records the head of the one request it gets and answers
+/// with headers spelt in mixed case.
+async fn recording_worker() -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break, // a health check
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            if head.is_empty() {
+                continue;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Odoo-Version: 17.0\r\nContent-Length: 2\r\n\r\nok";
+            conn.write_all(answer).await.unwrap();
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends one request with a mixed-case custom header through a fledge with
+/// `preserve_header_case: preserve`; the head the worker got and the
+/// response head the client got.
+async fn through_fledge(preserve: bool) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (worker, head) = recording_worker().await;
+    let proxy = TestProxy::start(&format!(
+        r#"listen: "{{listen}}"
+threads: 1
+preserve_header_case: {preserve}
+pools:
+  one: {{ workers: ["{worker}"] }}
+tenants:
+  acme:
+    hosts: ["acme.example.com"]
+    stable: one
+"#
+    ));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nX-Client-Tag: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    client.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    (head.await.unwrap(), response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_keep_their_case_only_when_asked() {
+    // The default: standard names title-cased, the others lower-cased.
+    let (to_worker, to_client) = through_fledge(false).await;
+    assert!(to_worker.contains("\r\nx-client-tag: a\r\n"), "{to_worker}");
+    assert!(
+        to_worker.contains("\r\nHost: acme.example.com\r\n"),
+        "{to_worker}"
+    );
+    assert!(to_client.contains("\r\nx-odoo-version: 17.0\r\n"), "{to_client}");
+    assert!(
+        to_client.contains("\r\nContent-Type: text/plain\r\n"),
+        "{to_client}"
+    );
+    assert!(to_client.ends_with("\r\n\r\nok"), "{to_client}");
+    // Asked to: spelt as sent, both ways.
+    let (to_worker, to_client) = through_fledge(true).await;
+    assert!(to_worker.contains("\r\nX-Client-Tag: a\r\n"), "{to_worker}");
+    assert!(to_client.contains("\r\nX-Odoo-Version: 17.0\r\n"), "{to_client}");
+    assert!(to_client.ends_with("\r\n\r\nok"), "{to_client}");
+}

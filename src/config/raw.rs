@@ -17,6 +17,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) work_stealing: Option<bool>,
     #[serde(default)]
+    pub(crate) preserve_header_case: Option<bool>,
+    #[serde(default)]
     pub(crate) timeouts: Timeouts,
     #[serde(default)]
     pub(crate) limits: Limits,

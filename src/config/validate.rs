@@ -211,6 +211,7 @@ impl Checker<'_> {
             listen,
             threads,
             work_stealing: raw.work_stealing.unwrap_or(true),
+            preserve_header_case: raw.preserve_header_case.unwrap_or(false),
             timeouts,
             limits,
             cookies,

@@ -652,3 +652,22 @@ mod test {
         assert_eq!(is_chunked_encoding_from_headers(&headers), expected);
     }
 }
+
+// fledge patch (vendor/pingora-core-header-case.patch).
+static PRESERVE_HEADER_CASE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+/// fledge patch: whether HTTP/1 headers read from clients and servers keep
+/// the case of their names (Pingora's behaviour, and the default). Off, a
+/// message holds one header map instead of two (values, and names as
+/// sent), so every insert, removal, clone and drop of its headers does
+/// about half the work; such names are written title-cased when standard
+/// (`Content-Type`) and in lower case otherwise, as HAProxy does. HTTP
+/// header names are case-insensitive (RFC 9110 §5.1). Process-wide.
+pub fn set_preserve_header_case(preserve: bool) {
+    PRESERVE_HEADER_CASE.store(preserve, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn preserve_header_case() -> bool {
+    PRESERVE_HEADER_CASE.load(std::sync::atomic::Ordering::Relaxed)
+}
