@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{call_kw, dead_addr, eventually, mock, mock_with, two_pools, Client, TestProxy};
+use crate::util::{
+    call_kw, dead_addr, eventually, mock, mock_with, one_worker, two_pools, Client, TestProxy,
+};
 
 const HOST: &str = "acme.example.com";
 
@@ -275,24 +277,10 @@ async fn kept_alive_worker(idle_end: Option<Duration>) -> KeptAliveWorker {
     }
 }
 
-fn one_worker(worker: SocketAddr) -> String {
-    format!(
-        r#"listen: "{{listen}}"
-threads: 2
-pools:
-  one: {{ workers: ["{worker}"] }}
-tenants:
-  acme:
-    hosts: ["acme.example.com"]
-    stable: one
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_worker_connection_serves_request_after_request() {
     let worker = kept_alive_worker(None).await;
-    let proxy = TestProxy::start(&one_worker(worker.addr));
+    let proxy = TestProxy::start(&one_worker(worker.addr, ""));
     let client = Client::new(proxy.addr);
     for i in 0..30 {
         let r = client.get(HOST, "/web/login", &[]).await;
@@ -307,7 +295,7 @@ async fn a_kept_alive_worker_connection_serves_request_after_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_connections_ended_while_idle_are_closed_and_never_reused() {
     let worker = kept_alive_worker(Some(Duration::from_millis(100))).await;
-    let proxy = TestProxy::start(&one_worker(worker.addr));
+    let proxy = TestProxy::start(&one_worker(worker.addr, ""));
     let client = Client::new(proxy.addr);
     assert_eq!(client.get(HOST, "/web/login", &[]).await.status, 200);
     // No further request comes: fledge still closes the connection the
@@ -355,7 +343,7 @@ async fn a_client_that_leaves_before_its_answer_frees_the_worker_connection() {
             });
         }
     });
-    let proxy = TestProxy::start(&one_worker(worker));
+    let proxy = TestProxy::start(&one_worker(worker, ""));
     let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     client
         .write_all(b"GET /longpolling/poll HTTP/1.1\r\nHost: acme.example.com\r\n\r\n")

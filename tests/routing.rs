@@ -1,7 +1,7 @@
 //! Tenant by host, the weighted split, stickiness, the override header and
 //! forwarded headers, through the real proxy.
 
-use crate::util::{call_kw, h2_get, mock, two_pools, Client, TestProxy};
+use crate::util::{call_kw, h2_get, mock, one_worker, two_pools, Client, TestProxy};
 
 const HOST: &str = "acme.example.com";
 
@@ -341,17 +341,9 @@ async fn recording_worker() -> (std::net::SocketAddr, tokio::sync::oneshot::Rece
 async fn through_fledge(preserve: bool) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (worker, head) = recording_worker().await;
-    let proxy = TestProxy::start(&format!(
-        r#"listen: "{{listen}}"
-threads: 1
-preserve_header_case: {preserve}
-pools:
-  one: {{ workers: ["{worker}"] }}
-tenants:
-  acme:
-    hosts: ["acme.example.com"]
-    stable: one
-"#
+    let proxy = TestProxy::start(&one_worker(
+        worker,
+        &format!("preserve_header_case: {preserve}\n"),
     ));
     let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     client

@@ -328,6 +328,22 @@ tenants:
     )
 }
 
+/// `acme` served by one worker at `worker` (any address, mock or raw), with
+/// `extra` top-level lines.
+pub fn one_worker(worker: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"listen: "{{listen}}"
+threads: 2
+{extra}pools:
+  one: {{ workers: ["{worker}"] }}
+tenants:
+  acme:
+    hosts: ["acme.example.com"]
+    stable: one
+"#
+    )
+}
+
 pub type Body = BoxBody<Bytes, Infallible>;
 
 pub fn full(b: impl Into<Bytes>) -> Body {
