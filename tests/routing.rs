@@ -377,3 +377,41 @@ async fn header_names_keep_their_case_only_when_asked() {
     assert!(to_client.contains("\r\nX-Odoo-Version: 17.0\r\n"), "{to_client}");
     assert!(to_client.ends_with("\r\n\r\nok"), "{to_client}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stop_at_fledge() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (worker, head) = recording_worker().await;
+    let proxy = TestProxy::start(&one_worker(worker, ""));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nKeep-Alive: timeout=5\r\n\
+              Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic YTpi\r\nTE: trailers\r\n\
+              Trailer: X-Sum\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Client-Tag: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    client.read_to_end(&mut response).await.unwrap();
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    let to_worker = head.await.unwrap().to_ascii_lowercase();
+    for name in [
+        "keep-alive:",
+        "proxy-connection:",
+        "proxy-authorization:",
+        "te:",
+        "trailer:",
+        "http2-settings:",
+    ] {
+        assert!(
+            !to_worker.contains(&format!("\r\n{name}")),
+            "{name} reached the worker: {to_worker}"
+        );
+    }
+    assert!(to_worker.contains("\r\nx-client-tag: a\r\n"), "{to_worker}");
+}
