@@ -95,11 +95,12 @@ impl IdlePool {
             timeout,
         };
         if self.held.fetch_add(1, Ordering::Relaxed) >= self.max {
-            // Full: make room by closing the oldest, or close this one.
-            self.held.fetch_sub(1, Ordering::Relaxed);
+            // Full: make room by closing the oldest (`pop_oldest` counts it
+            // out; this one stays counted in), or close this one.
             match self.pop_oldest() {
                 Some(oldest) => self.left_unused(&oldest),
                 None => {
+                    self.held.fetch_sub(1, Ordering::Relaxed);
                     self.left_unused(&idle);
                     return;
                 }
