@@ -359,3 +359,65 @@ async fn a_client_that_leaves_before_its_answer_frees_the_worker_connection() {
         "the worker's connection outlived its client: {closed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_pool_keeps_no_more_idle_connections_than_its_cap() {
+    // A worker that thinks 300 ms per request and counts its open
+    // connections that carried one.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicU64::new(0));
+    let counted = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let open = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                let mut counted = false;
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                if counted {
+                                    open.fetch_sub(1, Relaxed);
+                                }
+                                return;
+                            }
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if !counted {
+                        counted = true;
+                        open.fetch_add(1, Relaxed);
+                    }
+                    head.clear();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if conn.write_all(answer).await.is_err() {
+                        open.fetch_sub(1, Relaxed);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // One proxy thread: Pingora's pool keeps at most 128 idle connections.
+    let proxy = TestProxy::start(&one_worker(worker, "").replace("threads: 2", "threads: 1"));
+    // 200 requests at once: 200 worker connections, then all idle.
+    let mut requests = Vec::new();
+    for _ in 0..200 {
+        let addr = proxy.addr;
+        requests.push(tokio::spawn(async move {
+            Client::new(addr).get(HOST, "/web/login", &[]).await.status
+        }));
+    }
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let capped = eventually(5, || async { open.load(Relaxed) <= 128 }).await;
+    assert!(capped, "{} idle worker connections kept", open.load(Relaxed));
+    // And the pool does keep them: the closed ones are the surplus only.
+    assert!(open.load(Relaxed) >= 100, "{}", open.load(Relaxed));
+}
