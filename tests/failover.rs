@@ -60,12 +60,15 @@ tenants:
     assert_eq!(s.stats().posts, 100);
     // A canary whose workers are all down is a failing release: every
     // request routed to it counted a failed connect, and the policy rolled
-    // it back.
+    // it back. A breach seen again counts only with new requests, so the
+    // tenant's traffic goes on (as a live one's would) until it is.
     let failures = proxy
         .metric("fledge_requests_total{tenant=\"acme\",version=\"canary\",outcome=\"connect_failure\"}")
         .await;
     assert!(failures >= Some(50.0), "{failures:?}");
     let rolled_back = crate::util::eventually(10, || async {
+        let r = client.get(HOST, "/web/login", &[]).await;
+        assert_eq!((r.status.as_u16(), r.version()), (200, "stable"));
         proxy
             .metric("fledge_canary_state{tenant=\"acme\",state=\"rolled_back\"}")
             .await

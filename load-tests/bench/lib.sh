@@ -18,5 +18,8 @@ wait_port() {
 # CPU time (user + system, clock ticks) of the processes PIDs, summed.
 ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 
+# User and system CPU time (clock ticks) of the processes PIDs, summed: "U S".
+ticks_us() { local u=0 s=0; for p in "$@"; do read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
+
 # Resident memory (KiB) of the processes PIDs, summed.
 rss() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }

@@ -162,17 +162,17 @@ HCONNS=$CONNS
 [ -z "$RATE" ] || HCONNS=$(( (RATE * SECS + 899) / 900 > CONNS ? (RATE * SECS + 899) / 900 : CONNS ))
 TAG=t$THREADS${RATE:+-r$RATE}
 CSV=$OUT/side-by-side-$TAG.csv
-echo "round,proxy,requests,rps,p50_ms,p99_ms,cpu_us_per_req,rss_kib" > "$CSV"
+echo "round,proxy,requests,rps,p50_ms,p99_ms,cpu_us_per_req,rss_kib,user_us_per_req,sys_us_per_req" > "$CSV"
 run() { # name port pids...
   local name=$1 p=$2; shift 2
-  local t0 t1 out reqs rps p50 p99 cpu mem
-  t0=$(ticks "$@")
+  local u0 s0 u1 s1 out reqs rps p50 p99 cpu usr sys mem
+  read -r u0 s0 < <(ticks_us "$@")
   if [ -n "$RATE" ]; then
     rm -f "$WORK/h2load.log"
     taskset -c $LOAD_CPU h2load --h1 -t1 -c"$HCONNS" --rps="$(python3 -c "print($RATE/$HCONNS)")" -D "$SECS" \
       --log-file="$WORK/h2load.log" -H ':authority: acme.example.com' -H "Cookie: $COOKIE" \
       "http://127.0.0.1:$p/web/session/get_session_info" > /dev/null
-    t1=$(ticks "$@")
+    read -r u1 s1 < <(ticks_us "$@")
     # (h2load sets Host from :authority; a Host header of ours would be a
     # second one, answered 400.) Log lines: start (µs since epoch),
     # status, duration (µs).
@@ -185,16 +185,18 @@ PY
 )
   else
     out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/web/session/get_session_info")
-    t1=$(ticks "$@")
+    read -r u1 s1 < <(ticks_us "$@")
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     p50=$(echo "$out" | awk '$1=="50%" {print $2}')
     p99=$(echo "$out" | awk '$1=="99%" {print $2}')
   fi
   mem=$(rss "$@")
-  cpu=$(python3 -c "print(round(($t1-$t0)/$HZ*1e6/$reqs, 2) if $# else 0)")
-  echo "$r,$name,$reqs,$rps,$p50,$p99,$cpu,$mem" >> "$CSV"
-  echo "round $r $name: $rps req/s, p50 $p50, p99 $p99, $cpu us CPU/req, RSS $mem KiB"
+  read -r cpu usr sys < <(python3 -c "
+per = lambda t: round(t / $HZ * 1e6 / $reqs, 2) if $# else 0
+print(per($u1 + $s1 - $u0 - $s0), per($u1 - $u0), per($s1 - $s0))")
+  echo "$r,$name,$reqs,$rps,$p50,$p99,$cpu,$mem,$usr,$sys" >> "$CSV"
+  echo "round $r $name: $rps req/s, p50 $p50, p99 $p99, $cpu us CPU/req ($usr user, $sys system), RSS $mem KiB"
 }
 # Warm-up.
 for p in $B1 $PN $PH $PF $PW; do taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/" > /dev/null; done
@@ -235,11 +237,13 @@ with open(sys.argv[2], "w") as out:
               f"{nginx_v}; {haproxy_v}; {sys.argv[7]}. "
               f"Proxies on CPU 0..{int(threads)-1}, backend (nginx, fixed 200-byte JSON) and {load} on the last CPU; "
               f"{rounds} alternating rounds, medians. Same request through all: a returning browser's JSON-RPC call, 20 % canary split by session cookie.\n\n")
-    out.write("| | req/s | p50 | p99 | proxy CPU µs/req | RSS MiB |\n|---|---|---|---|---|---|\n")
+    out.write("| | req/s | p50 | p99 | proxy CPU µs/req | of it user / system | RSS MiB |\n|---|---|---|---|---|---|---|\n")
     for n in ("direct", "nginx", "haproxy", "fledge", "fledge-nosteal"):
-        cpu = "—" if n == "direct" else f"{med(n,'cpu_us_per_req'):.2f}"
-        mem = "—" if n == "direct" else f"{med(n,'rss_kib')/1024:.1f}"
-        out.write(f"| {n} | {med(n,'rps'):.0f} | {med(n,'p50_ms'):.3f} ms | {med(n,'p99_ms'):.3f} ms | {cpu} | {mem} |\n")
+        proxy = n != "direct"
+        cpu = f"{med(n,'cpu_us_per_req'):.2f}" if proxy else "—"
+        split = f"{med(n,'user_us_per_req'):.2f} / {med(n,'sys_us_per_req'):.2f}" if proxy else "—"
+        mem = f"{med(n,'rss_kib')/1024:.1f}" if proxy else "—"
+        out.write(f"| {n} | {med(n,'rps'):.0f} | {med(n,'p50_ms'):.3f} ms | {med(n,'p99_ms'):.3f} ms | {cpu} | {split} | {mem} |\n")
     f = lambda k: med("fledge", k)
     out.write("\n| fledge / … | CPU per request | req/s | p99 |\n|---|---|---|---|\n")
     for ref in ("nginx", "haproxy"):

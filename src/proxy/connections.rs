@@ -156,12 +156,11 @@ async fn is_h2_preface(stream: &mut Stream) -> std::io::Result<bool> {
     Ok(stream.try_peek(&mut head).await? && &head == PREFACE)
 }
 
-/// Wait until a kept-alive connection's next request begins to arrive (or
-/// the client closes it, which the request's read then sees). `None` when
-/// the connection failed. Clear text peeks without reading
-/// (`TcpStream::poll_peek_ready`: one `recv(MSG_PEEK)` once the socket is
-/// readable, no buffer held while idle, the write buffer given back
-/// meanwhile); TLS peeks through [`Replay`].
+/// Wait until a kept-alive connection's next request begins to arrive.
+/// `None` when the client closed the connection or it failed. Clear text
+/// reads ahead (`TcpStream::poll_read_ahead`: the bytes that came, read
+/// once and put back for the request's read; no buffer held while idle,
+/// the write buffer given back meanwhile); TLS peeks through [`Replay`].
 async fn next_request(stream: Stream, tls: bool) -> Option<Stream> {
     // Our listeners hand clear-text connections over as Pingora's TCP
     // stream; the downcast gives back the same box.
@@ -170,7 +169,10 @@ async fn next_request(stream: Stream, tls: bool) -> Option<Stream> {
     } else {
         let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
         tcp.set_idle_write_buffer(None);
-        std::future::poll_fn(|cx| tcp.poll_peek_ready(cx)).await.ok()?;
+        let read = std::future::poll_fn(|cx| tcp.poll_read_ahead(cx)).await.ok()?;
+        if read == 0 {
+            return None;
+        }
         tcp.set_idle_write_buffer(Some(WRITE_BUFFER));
         return Some(tcp);
     };
@@ -472,6 +474,40 @@ mod tests {
         let mut head = [0u8; 18];
         stream.read_exact(&mut head).await.unwrap();
         assert_eq!(&head, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    /// A request longer than what is read ahead comes whole: the rest is
+    /// read from the socket after the bytes put back.
+    #[tokio::test]
+    async fn a_request_longer_than_the_read_ahead_is_read_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, stream) = after_an_exact_read().await;
+        let cookie = "c".repeat(3 * pingora::protocols::l4::stream::READ_AHEAD);
+        let sent = format!("GET / HTTP/1.1\r\nCookie: {cookie}\r\n\r\n");
+        let writer = tokio::spawn(async move {
+            client.write_all(sent.as_bytes()).await.unwrap();
+            (client, sent)
+        });
+        let mut stream = next_request(stream, false).await.expect("the connection is fine");
+        let (_client, sent) = writer.await.unwrap();
+        let mut read = vec![0u8; sent.len()];
+        stream.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, sent.as_bytes());
+    }
+
+    /// A client that closes its idle connection ends the wait, and with it
+    /// the connection.
+    #[tokio::test]
+    async fn a_client_closing_while_idle_ends_the_connection() {
+        let (client, stream) = after_an_exact_read().await;
+        let next = tokio::spawn(next_request(stream, false));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(client);
+        let next = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("the close woke it")
+            .unwrap();
+        assert!(next.is_none(), "a closed connection is not served");
     }
 
     /// The h2c check looks at an HTTP/1 request without taking any of it,

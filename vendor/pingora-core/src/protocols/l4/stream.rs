@@ -549,37 +549,38 @@ pub struct Stream {
     write_buffer_idle: bool,
 }
 
+/// fledge: the most [`Stream::poll_read_ahead`] reads: a request header
+/// read buffer's first size (HTTP/1's `INIT_HEADER_BUF_SIZE`), so that the
+/// request's first read takes all of it.
+pub const READ_AHEAD: usize = 4096;
+
 impl Stream {
-    /// fledge: ready once the peer has sent bytes a read would return (or
-    /// closed, or failed), without consuming them. Lets a server wait for a
-    /// kept-alive connection's next request without a read buffer, and
-    /// without Pingora's `try_peek`, which reads and pushes the bytes back
-    /// in a fresh `Vec` (the request then takes a second read). On TCP the
-    /// socket's readiness is awaited first and confirmed with one
-    /// `recv(MSG_PEEK)`: tokio's readiness alone can be stale (a read that
-    /// filled its buffer exactly, or an event for bytes already read, leaves
-    /// it set), and a stale wake would start a header deadline on an idle
-    /// connection.
-    pub fn poll_peek_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.rewind_read_buf.is_empty() {
-            return Poll::Ready(Ok(()));
+    /// fledge: wait until the peer sends bytes (or closes the stream, or it
+    /// fails), read what has come, up to [`READ_AHEAD`] bytes, and put it
+    /// back to be read again ([`Stream::rewind`]). Ready with the count
+    /// held, 0 at the end of the stream. Lets a server wait for a kept-alive
+    /// connection's next request without holding a read buffer while idle:
+    /// the bytes are read into this call's stack and kept only once they
+    /// have come. One `recv` on TCP: the request's own read then takes them
+    /// without a system call (Pingora's `try_peek` reads one byte and the
+    /// request reads again; a `recv(MSG_PEEK)` to confirm the socket's
+    /// readiness, which can be stale, is a system call too). A stale
+    /// readiness costs nothing: the read finds no bytes and waits again.
+    pub fn poll_read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if let Some(held) = self.rewind_read_buf.last() {
+            return Poll::Ready(Ok(held.len()));
         }
-        let stream = self.stream();
-        if let BufferedStream::BufferedRead(reader) = stream {
+        if let BufferedStream::BufferedRead(reader) = self.stream() {
             if !reader.buffer().is_empty() {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(reader.buffer().len()));
             }
         }
-        match &stream.get_ref().stream {
-            RawStream::Tcp(s) => {
-                let mut byte = [0u8; 1];
-                let mut buf = ReadBuf::new(&mut byte);
-                s.poll_peek(cx, &mut buf).map_ok(|_| ())
-            }
-            #[cfg(unix)]
-            RawStream::Unix(s) => s.poll_read_ready(cx),
-            RawStream::Virtual(_) => Poll::Ready(Ok(())),
-        }
+        let mut ahead = [std::mem::MaybeUninit::<u8>::uninit(); READ_AHEAD];
+        let mut buf = ReadBuf::uninit(&mut ahead);
+        futures::ready!(Pin::new(&mut *self).poll_read(cx, &mut buf))?;
+        let read = buf.filled();
+        self.rewind(read);
+        Poll::Ready(Ok(read.len()))
     }
 
     /// fledge: copy the bytes a read would return next into `buf` without
