@@ -32,20 +32,20 @@ use pingora::upstreams::peer::Peer;
 
 use self::classify::JsonRpcSniffer;
 pub use self::ctx::RequestCtx;
+use self::headers::{SetOurs, X_FLEDGE_VERSION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::metrics::{Outcome, REHEARSAL_HEADER};
 use crate::routing::{Decision, RequestView, RouteTable, Version, BUCKET_COOKIE, VERSION_COOKIE};
 
 pub mod classify;
 pub mod connections;
 mod ctx;
+mod headers;
 pub mod limits;
 mod replay;
 pub mod retry;
 
 /// The default override header, as `http` spells names.
 const DEFAULT_OVERRIDE_HEADER_LC: &str = "x-fledge-version";
-/// Response header telling which version served a request.
-pub const VERSION_HEADER: &str = "X-Fledge-Version";
 /// How long an idle upstream connection stays in the pool: below the
 /// keep-alive timeouts of the servers Odoo runs behind, so that we do not
 /// send a request on a connection the worker is closing.
@@ -349,23 +349,20 @@ impl ProxyHttp for FledgeProxy {
         upstream: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
+        upstream.room_for(3);
         match client_ip(session) {
-            Some(ip) => upstream.insert_header("X-Forwarded-For", ip_header_value(ip))?,
-            None => {
-                upstream.remove_header("X-Forwarded-For");
-            }
+            Some(ip) => upstream.set(X_FORWARDED_FOR, ip_header_value(ip))?,
+            None => upstream.unset(X_FORWARDED_FOR),
         }
         let proto = if is_tls(session) { HTTPS } else { HTTP };
-        upstream.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
+        upstream.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
         let host = match session.req_header().uri.authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => session.req_header().headers.get(HOST).cloned(),
         };
         match host {
-            Some(h) => upstream.insert_header("X-Forwarded-Host", h)?,
-            None => {
-                upstream.remove_header("X-Forwarded-Host");
-            }
+            Some(h) => upstream.set(X_FORWARDED_HOST, h)?,
+            None => upstream.unset(X_FORWARDED_HOST),
         }
         Ok(())
     }
@@ -411,7 +408,7 @@ impl ProxyHttp for FledgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(VERSION_HEADER, HeaderValue::from_static(ctx.served.as_str()))?;
+        resp.set(X_FLEDGE_VERSION, HeaderValue::from_static(ctx.served.as_str()))?;
         let Some(route) = ctx.route else {
             return Ok(());
         };

@@ -371,10 +371,31 @@ async fn header_names_keep_their_case_only_when_asked() {
         "{to_client}"
     );
     assert!(to_client.ends_with("\r\n\r\nok"), "{to_client}");
-    // Asked to: spelt as sent, both ways.
+    // fledge's own headers go like the others.
+    assert!(
+        to_worker.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+        "{to_worker}"
+    );
+    assert!(
+        to_client.contains("\r\nx-fledge-version: stable\r\n"),
+        "{to_client}"
+    );
+    // Asked to: spelt as sent, both ways; fledge's own in their usual spelling.
     let (to_worker, to_client) = through_fledge(true).await;
     assert!(to_worker.contains("\r\nX-Client-Tag: a\r\n"), "{to_worker}");
     assert!(to_client.contains("\r\nX-Odoo-Version: 17.0\r\n"), "{to_client}");
+    assert!(
+        to_worker.contains("\r\nX-Forwarded-For: 127.0.0.1\r\n"),
+        "{to_worker}"
+    );
+    assert!(
+        to_worker.contains("\r\nX-Forwarded-Proto: http\r\n"),
+        "{to_worker}"
+    );
+    assert!(
+        to_client.contains("\r\nX-Fledge-Version: stable\r\n"),
+        "{to_client}"
+    );
     assert!(to_client.ends_with("\r\n\r\nok"), "{to_client}");
 }
 
