@@ -15,14 +15,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::health_check::{HealthObserve, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::server::ShutdownWatch;
@@ -51,14 +51,19 @@ pub struct Pool {
 
 /// Workers behind one port kind, with their health.
 ///
-/// Pingora's `LoadBalancer` holds the membership and the health state its
-/// checks write. We walk the members ourselves, round robin from an atomic
-/// cursor, asking the balancer whether each is ready: its own `select`
-/// allocates a de-duplicating set on every call, which showed up as the
-/// largest part of our per-request cost in callgrind.
+/// Pingora's `LoadBalancer` holds the membership and runs the health
+/// checks. We walk the members ourselves, round robin from an atomic
+/// cursor: its own `select` allocates a de-duplicating set on every call,
+/// which showed up as the largest part of our per-request cost in
+/// callgrind. Whether a member is up we read from [`Workers::down`], which
+/// the checks keep (a `HealthObserve` callback), not from
+/// `Backends::ready` (a snapshot load and two SipHash lookups per call).
 struct Workers {
     lb: LoadBalancer<RoundRobin>,
     members: Vec<Backend>,
+    /// Active health, by member index: what the TCP checks last found.
+    /// Members start up, as in Pingora.
+    down: Arc<[AtomicBool]>,
     next: AtomicUsize,
     /// Passive health, by member index.
     outliers: Box<[Outlier]>,
@@ -92,15 +97,21 @@ impl Pool {
             // Socket addresses need no DNS, so this cannot block or fail.
             let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().copied())
                 .expect("socket addresses resolve without I/O");
+            let members: Vec<Backend> = lb.backends().get_backend().iter().cloned().collect();
+            let down: Arc<[AtomicBool]> = members.iter().map(|_| AtomicBool::new(false)).collect();
             let mut check = TcpHealthCheck::new();
             check.peer_template.options.connection_timeout = Some(config.health_check.timeout);
+            check.health_changed_callback = Some(Box::new(HealthMirror {
+                members: members.clone(),
+                down: down.clone(),
+            }));
             lb.set_health_check(check);
             lb.parallel_health_check = true;
-            let members: Vec<Backend> = lb.backends().get_backend().iter().cloned().collect();
             Workers {
                 lb,
                 outliers: members.iter().map(|_| Outlier::default()).collect(),
                 members,
+                down,
                 next: AtomicUsize::new(0),
                 ejected: AtomicUsize::new(0),
                 epoch: Instant::now(),
@@ -178,12 +189,12 @@ impl Workers {
         let now = (healthy_only && self.ejected.load(Relaxed) > 0).then(|| self.now_ms());
         (0..n)
             .map(|i| start.wrapping_add(i) % n)
-            .find(|&i| {
-                !healthy_only
-                    || (self.lb.backends().ready(&self.members[i])
-                        && now.is_none_or(|t| !self.is_ejected(i, t)))
-            })
+            .find(|&i| !healthy_only || (self.is_up(i) && now.is_none_or(|t| !self.is_ejected(i, t))))
             .and_then(|i| self.members[i].addr.as_inet().copied())
+    }
+
+    fn is_up(&self, i: usize) -> bool {
+        !self.down[i].load(Relaxed)
     }
 
     fn now_ms(&self) -> u64 {
@@ -230,7 +241,7 @@ impl Workers {
         let now = self.now_ms();
         // Never the last worker that could serve.
         let others = (0..self.members.len())
-            .filter(|&j| j != i && self.lb.backends().ready(&self.members[j]) && !self.is_ejected(j, now))
+            .filter(|&j| j != i && self.is_up(j) && !self.is_ejected(j, now))
             .count();
         if others == 0 || self.is_ejected(i, now) {
             return None;
@@ -243,6 +254,22 @@ impl Workers {
         }
         o.failures.store(0, Relaxed);
         Some(length)
+    }
+}
+
+/// Keeps [`Workers::down`] as the health checks find the members: Pingora
+/// calls it when a member's health flips, right after recording it.
+struct HealthMirror {
+    members: Vec<Backend>,
+    down: Arc<[AtomicBool]>,
+}
+
+#[async_trait]
+impl HealthObserve for HealthMirror {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        if let Some(i) = self.members.iter().position(|m| m == target) {
+            self.down[i].store(!healthy, Relaxed);
+        }
     }
 }
 
@@ -292,5 +319,57 @@ impl BackgroundService for HealthChecks {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HealthCheckConfig;
+
+    fn pool(workers: Vec<SocketAddr>) -> Pool {
+        Pool::build(
+            "p",
+            &PoolConfig {
+                workers,
+                websocket_workers: Vec::new(),
+                health_check: HealthCheckConfig {
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(1),
+                },
+            },
+        )
+    }
+
+    /// A port nothing listens on (for now).
+    fn vacant() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    fn picks(pool: &Pool) -> HashSet<Option<SocketAddr>> {
+        (0..6).map(|_| pool.select(false)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_worker_the_checks_find_down_is_passed_over_until_they_find_it_up() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = live.local_addr().unwrap();
+        let down = vacant();
+        let pool = pool(vec![up, down]);
+        // Before any check, both serve (workers start up).
+        assert_eq!(picks(&pool), HashSet::from([Some(up), Some(down)]));
+
+        pool.check_health().await;
+        assert_eq!(picks(&pool), HashSet::from([Some(up)]));
+        // The last resort still knows it.
+        let any: HashSet<_> = (0..6).map(|_| pool.select_any(false)).collect();
+        assert_eq!(any, HashSet::from([Some(up), Some(down)]));
+
+        let _back = tokio::net::TcpListener::bind(down).await.unwrap();
+        pool.check_health().await;
+        assert_eq!(picks(&pool), HashSet::from([Some(up), Some(down)]));
     }
 }
