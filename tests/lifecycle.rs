@@ -1,5 +1,5 @@
 //! Process lifecycle: Pingora's graceful upgrade (`fledge run --upgrade`,
-//! then SIGQUIT to the old process) under load.
+//! then SIGQUIT to the old process) under load, and SIGTERM.
 
 use std::time::Duration;
 
@@ -120,4 +120,41 @@ async fn sigterm_lets_slow_requests_in_flight_finish() {
     // Gone after the grace period (3 s) and Pingora's runtime shutdown.
     let exited = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(15)));
     assert!(exited, "still running 15 s after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_kept_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let s = mock("17.0").await;
+    let config = crate::util::one_worker(s.addr(), "timeouts:\n  shutdown_grace_seconds: 20\n");
+    let proxy = TestProxy::start(&config);
+    // Idle after one request, and after three (the wait between requests
+    // is the same one for a connection's whole life).
+    let mut idle = Vec::new();
+    for requests in [1, 3] {
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        for _ in 0..requests {
+            tcp.write_all(b"GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(crate::util::response_status(&mut tcp).await, Some(200));
+        }
+        idle.push(tcp);
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // Closed well inside the 20 s grace period, without an answer.
+    for mut tcp in idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "an idle connection outlived the shutdown: {read:?}\n{}",
+            proxy.log()
+        );
+    }
 }

@@ -288,7 +288,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 .and_then(|o| o.keepalive_request_limit),
         );
         let mut settings: Option<HttpPersistentSettings> = None;
+        // A shutdown (SIGTERM, or an upgrade handing over) closes an idle
+        // connection at once, as nginx does, so that its client moves on
+        // while idle rather than find it reset under a request when the
+        // process exits. One wait on the shutdown flag for the connection's
+        // life, polled between requests: registering and removing a waiter
+        // on every request cost two lock round trips.
         let mut stopping = shutdown.clone();
+        let closing = async move {
+            if !*stopping.borrow() {
+                let _ = stopping.changed().await;
+            }
+        };
+        tokio::pin!(closing);
         loop {
             let before = self.counts.headers[slot].load(Relaxed);
             // The request's (boxed, large) future is dropped as soon as it is
@@ -317,22 +329,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             settings = kept;
 
             // Wait for the next request's first byte (the keep-alive idle
-            // time), then start its clock. A shutdown (SIGTERM, or an
-            // upgrade handing over) closes an idle connection at once, as
-            // nginx does, so that its client moves on while idle rather than
-            // find it reset under a request when the process exits.
-            let closing = async {
-                if !*stopping.borrow() {
-                    let _ = stopping.changed().await;
-                }
-            };
+            // time), then start its clock; closed at once on a shutdown
+            // (above).
             stream = tokio::select! {
                 biased;
                 next = tokio::time::timeout(idle, next_request(reused, tls)) => match next {
                     Ok(Some(stream)) => stream,
                     Ok(None) | Err(_) => return None,
                 },
-                () = closing => return None,
+                () = &mut closing => return None,
             };
             deadline = Instant::now() + header_timeout;
         }
