@@ -37,8 +37,13 @@ pub(super) const X_FORWARDED_FOR: Ours = Ours::new("x-forwarded-for", "X-Forward
 pub(super) const X_FORWARDED_PROTO: Ours = Ours::new("x-forwarded-proto", "X-Forwarded-Proto");
 #[allow(clippy::declare_interior_mutable_const)]
 pub(super) const X_FORWARDED_HOST: Ours = Ours::new("x-forwarded-host", "X-Forwarded-Host");
+/// The version header: fledge answers with it, and reads it (by default) as
+/// the override a request may carry, so its names come from there.
 #[allow(clippy::declare_interior_mutable_const)]
-pub(super) const X_FLEDGE_VERSION: Ours = Ours::new("x-fledge-version", "X-Fledge-Version");
+pub(super) const X_FLEDGE_VERSION: Ours = Ours::new(
+    super::DEFAULT_OVERRIDE_HEADER_LC,
+    crate::config::DEFAULT_OVERRIDE_HEADER,
+);
 
 /// A message fledge sets its own headers on.
 pub(super) trait SetOurs {
