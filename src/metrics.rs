@@ -254,8 +254,10 @@ const REHEARSALS: &str = "fledge_rehearsal_requests_total";
 /// Request header marking rehearsal traffic (`load-tests/`'s runner sends
 /// it). Such requests are routed, judged and counted like any other, and
 /// also counted in `fledge_rehearsal_requests_total`, so that a rehearsal
-/// on a shared deployment can be told apart from users' traffic.
-pub const REHEARSAL_HEADER: &str = "x-fledge-rehearsal";
+/// on a shared deployment can be told apart from users' traffic. A
+/// `HeaderName`, so looking for it on every request hashes a known name
+/// instead of parsing text.
+pub const REHEARSAL_HEADER: http::HeaderName = http::HeaderName::from_static("x-fledge-rehearsal");
 
 impl Exporter {
     /// An exporter of whatever table `routes` holds.

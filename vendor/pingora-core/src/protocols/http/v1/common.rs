@@ -31,6 +31,14 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// fledge patch (header-room): room made, when a message's header map is
+/// built from what was read, for the headers a proxy adds to it (the
+/// `X-Forwarded-*` set on a request, `Date`, `Connection` and its own on a
+/// response). A map built for exactly the headers read grew on the first
+/// insert, rehashing every header, and so did its clones, which keep its
+/// index table.
+pub(super) const HEADER_ROOM: usize = 4;
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";
