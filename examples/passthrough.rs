@@ -21,8 +21,9 @@ use pingora::server::configuration::{Opt, ServerConf};
 
 /// mimalloc, as Pingora's own examples use a non-glibc allocator: glibc's
 /// malloc spends a tenth of the proxy's CPU in free/consolidate under load.
+/// The same allocator as fledge's (`alloc/`), so that the two compare.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: fledge_alloc::Mimalloc = fledge_alloc::Mimalloc;
 
 struct Passthrough {
     upstream: SocketAddr,

@@ -13,11 +13,12 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc, as Pingora's own examples use a non-glibc allocator: glibc's
 /// malloc spends a tenth of the proxy's CPU in free/consolidate under load.
-/// Built with `no_thp` (Cargo.toml): with transparent huge pages mimalloc
-/// backs its arenas with 2 MiB pages, which made the idle process 23 MiB
-/// instead of 11.
+/// Built with `no_thp` (`alloc/Cargo.toml`): with transparent huge pages
+/// mimalloc backs its arenas with 2 MiB pages, which made the idle process
+/// 23 MiB instead of 11. Through `fledge-alloc` (`alloc/`), which asks
+/// mimalloc for an alignment only when a block's own falls short.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: fledge_alloc::Mimalloc = fledge_alloc::Mimalloc;
 
 /// Progressive-delivery edge proxy for hosted Odoo.
 #[derive(Parser)]
