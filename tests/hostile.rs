@@ -385,6 +385,44 @@ async fn a_connection_idle_after_a_request_body_keeps_its_idle_time() {
     assert_eq!(proxy.metric("fledge_slow_headers_total").await, Some(0.0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_is_closed_once_idle_for_its_idle_time_counted_from_its_last_request() {
+    // `timeouts.client_keepalive_seconds`: the idle time starts afresh after
+    // every request, so a client asking every second keeps its connection
+    // for twice the idle time and more; once silent, it is closed when the
+    // idle time has passed, not before.
+    let worker = mock("17.0").await;
+    let config = format!(
+        "listen: \"{{listen}}\"\nthreads: 2\ntimeouts:\n  client_keepalive_seconds: 2\n\
+         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
+        worker.addr()
+    );
+    let proxy = TestProxy::start(&config);
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut answered = tokio::time::Instant::now();
+    for i in 0..5 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tcp.write_all(b"GET /web/login HTTP/1.1\r\nHost: case0.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::util::response_status(&mut tcp).await,
+            Some(200),
+            "request {i}"
+        );
+        answered = tokio::time::Instant::now();
+    }
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("the idle connection was never closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    crate::util::assert_cut_after_two_seconds(answered.elapsed());
+    assert_eq!(worker.stats().requests, 5);
+}
+
 /// A worker that misbehaves on request: the path names the fault. `/ok`
 /// answers properly and keeps the connection for the next request.
 async fn faulty_worker() -> std::net::SocketAddr {
