@@ -32,40 +32,10 @@ http { access_log off; keepalive_requests 100000;
   server { listen 127.0.0.1:$B; location / { default_type application/json; return 200 '{"jsonrpc":"2.0","id":1,"result":{"server_version":"17.0","uid":2,"name":"Mitchell Admin","company_id":1}}'; } } }
 NGINX
 nginx -p "$WORK" -c "$WORK/nginx.conf"
-# nginx and HAProxy as proxies, in the foreground for valgrind.
-mkdir -p "$WORK/proxy"
-cat > "$WORK/proxy/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-master_process off;
-error_log $WORK/proxy/error.log;
-pid $WORK/proxy/nginx.pid;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  upstream stable { server 127.0.0.1:$B; keepalive 64; }
-  server { listen 127.0.0.1:$P;
-    location / { proxy_pass http://stable; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Forwarded-Proto \$scheme; } } }
-NGINX
-cat > "$WORK/haproxy.cfg" <<HAPROXY
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option forwardfor
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$P
-  default_backend odoo
-backend odoo
-  balance hash req.cook(session_id)
-  server stable 127.0.0.1:$B weight 80
-  server canary 127.0.0.1:$B weight 20
-HAPROXY
+# nginx and HAProxy as proxies (as side-by-side.sh has them, both
+# "pools" on the one backend), nginx in the foreground for valgrind.
+FOREGROUND=1 nginx_proxy_conf "$WORK/proxy" "$P" "$B" "$B" 1
+haproxy_cfg "$WORK/haproxy.cfg" "$P" "$B" "$B" 1
 { printf 'listen: "127.0.0.1:%s"\nthreads: 1\npools:\n  stable: { workers: ["127.0.0.1:%s"] }\n  canary: { workers: ["127.0.0.1:%s"] }\ntenants:\n' "$P" "$B" "$B"
   printf '  acme:\n    hosts: ["acme.example.com"]\n    stable: stable\n    canary: canary\n    canary_weight: 20\n'
   for i in $(seq 1 999); do printf '  t%s:\n    hosts: ["t%s.example.com"]\n    stable: stable\n' "$i" "$i"; done; } > "$WORK/fledge.yaml"

@@ -72,55 +72,13 @@ NGINX
 taskset -c $LOAD_CPU nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf"
 
 # nginx as the proxy.
-cat > "$WORK/proxy/nginx.conf" <<NGINX
-worker_processes $THREADS;
-worker_cpu_affinity auto $(python3 -c "print(''.join('1' if i < $THREADS else '0' for i in range($NCPU))[::-1])");
-error_log $WORK/proxy/error.log;
-pid $WORK/proxy/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream stable { server 127.0.0.1:$B1; keepalive 64; }
-  upstream canary { server 127.0.0.1:$B2; keepalive 64; }
-  split_clients "\${cookie_session_id}" \$pool { 20% canary; * stable; }
-  server {
-    listen 127.0.0.1:$PN;
-    location / {
-      proxy_pass http://\$pool;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
-NGINX
+nginx_proxy_conf "$WORK/proxy" "$PN" "$B1" "$B2" "$THREADS" \
+  "$(python3 -c "print(''.join('1' if i < $THREADS else '0' for i in range($NCPU))[::-1])")"
 nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf"
 
 # HAProxy as the proxy.
-cat > "$WORK/haproxy.cfg" <<HA
-global
-  nbthread $THREADS
-  cpu-map auto:1/1-$THREADS $(echo $PROXY_CPUS | tr , ' ' | awk '{print $1"-"$NF}')
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option forwardfor
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$PH
-  default_backend odoo
-backend odoo
-  balance hash req.cook(session_id)
-  hash-type consistent
-  server stable 127.0.0.1:$B1 weight 80
-  server canary 127.0.0.1:$B2 weight 20
-HA
+haproxy_cfg "$WORK/haproxy.cfg" "$PH" "$B1" "$B2" "$THREADS" \
+  "$(echo $PROXY_CPUS | tr , ' ' | awk '{print $1"-"$NF}')"
 haproxy -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 & PIDS+=($!); HPID=$!
 
 # fledge.
