@@ -60,7 +60,9 @@ pub struct Pool {
 /// `Backends::ready` (a snapshot load and two SipHash lookups per call).
 struct Workers {
     lb: LoadBalancer<RoundRobin>,
-    members: Vec<Backend>,
+    /// Shared with the health checks' [`HealthMirror`], which finds a
+    /// member's index in it.
+    members: Arc<[Backend]>,
     /// Active health, by member index: what the TCP checks last found.
     /// Members start up, as in Pingora.
     down: Arc<[AtomicBool]>,
@@ -97,13 +99,13 @@ impl Pool {
             // Socket addresses need no DNS, so this cannot block or fail.
             let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().copied())
                 .expect("socket addresses resolve without I/O");
-            let members: Vec<Backend> = lb.backends().get_backend().iter().cloned().collect();
+            let members: Arc<[Backend]> = lb.backends().get_backend().iter().cloned().collect();
             let down: Arc<[AtomicBool]> = members.iter().map(|_| AtomicBool::new(false)).collect();
             let mut check = TcpHealthCheck::new();
             check.peer_template.options.connection_timeout = Some(config.health_check.timeout);
             check.health_changed_callback = Some(Box::new(HealthMirror {
-                members: members.clone(),
-                down: down.clone(),
+                members: Arc::clone(&members),
+                down: Arc::clone(&down),
             }));
             lb.set_health_check(check);
             lb.parallel_health_check = true;
@@ -260,7 +262,7 @@ impl Workers {
 /// Keeps [`Workers::down`] as the health checks find the members: Pingora
 /// calls it when a member's health flips, right after recording it.
 struct HealthMirror {
-    members: Vec<Backend>,
+    members: Arc<[Backend]>,
     down: Arc<[AtomicBool]>,
 }
 
