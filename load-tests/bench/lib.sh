@@ -50,16 +50,25 @@ http {
   split_clients "\${cookie_session_id}" \$pool { 20% canary; * stable; }
   server {
     listen 127.0.0.1:$port;
+$(nginx_proxy_location '$pool')
+  }
+}
+NGINX
+}
+
+# nginx_proxy_location UPSTREAM: the location block every nginx proxy here
+# uses (worker keep-alive, Host and X-Forwarded-* passed on), proxying to
+# UPSTREAM (an upstream's name, or a variable naming one).
+nginx_proxy_location() {
+  cat <<NGINX
     location / {
-      proxy_pass http://\$pool;
+      proxy_pass http://$1;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host \$host;
       proxy_set_header X-Forwarded-For \$remote_addr;
       proxy_set_header X-Forwarded-Proto \$scheme;
     }
-  }
-}
 NGINX
 }
 
