@@ -10,7 +10,9 @@
 # of a request. Kernel time is not counted.
 #
 # Usage: load-tests/bench/instructions.sh [SECONDS]
-# NAMES picks the proxies (default: all five, in the order above).
+# NAMES picks the proxies (default: all five, in the order above); SETTLE
+# is how long a proxy gets after its port opens before it is measured
+# (default 5 s: valgrind slows start-up).
 # Needs: valgrind, nginx, haproxy, wrk, a release build (the passthrough:
 # `cargo build --release --examples`). Traffic stays on 127.0.0.1.
 set -euo pipefail
