@@ -3,14 +3,16 @@
 # unlike CPU time on a shared machine) for nginx and HAProxy (configured as
 # in side-by-side.sh: upstream keep-alive, X-Forwarded-*, HAProxy hashing
 # the session cookie over two weighted servers), the bare Pingora
-# passthrough, the passthrough setting X-Forwarded-*, and fledge (1000
+# passthrough, the passthrough setting X-Forwarded-*, the same work done
+# by a request loop of our own over pingora-core (examples/core-loop.rs:
+# Pingora's proxy layer left out), and fledge (1000
 # tenants, canary at 20 %, a returning browser's session and version
 # cookies). Each proxy is measured idle and under wrk for the same time
 # (below, `measure`); the difference over the requests served is the cost
 # of a request. Kernel time is not counted.
 #
 # Usage: load-tests/bench/instructions.sh [SECONDS]
-# NAMES picks the proxies (default: all five, in the order above); SETTLE
+# NAMES picks the proxies (default: all six, in the order above); SETTLE
 # is how long a proxy gets after its port opens before it is measured
 # (default 5 s: valgrind slows start-up).
 # Needs: valgrind, nginx, haproxy, wrk, a release build (the passthrough:
@@ -64,13 +66,14 @@ measure() { # name cmd...
   echo "$reqs $(total "$WORK/$name.cg.1") $(total "$WORK/$name.cg.2")"
 }
 declare -A per
-NAMES=${NAMES:-nginx haproxy passthrough passthrough+forwarded fledge}
+NAMES=${NAMES:-nginx haproxy passthrough passthrough+forwarded core-loop fledge}
 for name in $NAMES; do
   case $name in
     nginx) cmd=(nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf") ;;
     haproxy) cmd=(haproxy -db -f "$WORK/haproxy.cfg") ;;
     passthrough) cmd=("$ROOT/target/release/examples/passthrough" "127.0.0.1:$P" "127.0.0.1:$B" 1) ;;
     passthrough+forwarded) cmd=("$ROOT/target/release/examples/passthrough" "127.0.0.1:$P" "127.0.0.1:$B" 1 forwarded) ;;
+    core-loop) cmd=("$ROOT/target/release/examples/core-loop" "127.0.0.1:$P" "127.0.0.1:$B" 1) ;;
     fledge) cmd=("${FLEDGE:-$ROOT/target/release/fledge}" run --config "$WORK/fledge.yaml") ;;
   esac
   read -r reqs idle busy < <(measure "$name" "${cmd[@]}")

@@ -10,6 +10,11 @@
 #            servers (80/20), upstream keep-alive (http-reuse always)
 #   fledge   1000 tenants, the canary at 20 %, sticky by session cookie
 #   fledge-nosteal  the same with work_stealing: false (a runtime per thread)
+# With STICKS=1, two measuring sticks as well (`cargo build --release
+# --examples`; both to the stable port, no split): passthrough+forwarded,
+# Pingora's proxy with only X-Forwarded-* set, and core-loop, the same
+# work done by a request loop of our own over pingora-core
+# (examples/core-loop.rs) -- what leaving Pingora's proxy layer would save.
 # The request is a returning browser's: Odoo session cookie (and, for
 # fledge, the signed version cookie it handed out). Rounds alternate the
 # order; the summary reports medians and ratios against nginx and HAProxy.
@@ -52,7 +57,7 @@ cleanup() {
   [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
-B1=$(port); B2=$(port); PN=$(port); PH=$(port); PF=$(port); PW=$(port)
+B1=$(port); B2=$(port); PN=$(port); PH=$(port); PF=$(port); PW=$(port); PP=$(port); PC=$(port)
 
 # The backend: two "pools" of one nginx worker on the load CPU.
 BODY='{"jsonrpc":"2.0","id":1,"result":{"server_version":"17.0","uid":2,"name":"Mitchell Admin","company_id":1,"partner_id":3,"db":"acme","lang":"en_US","tz":"Europe/Brussels"}}'
@@ -103,6 +108,14 @@ done
 RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge.yaml" > "$WORK/fledge.log" 2>&1 & PIDS+=($!); FPID=$!
 sed -e "s/127.0.0.1:$PF/127.0.0.1:$PW/" -e "s#$WORK/state#$WORK/state-ws#" -e "s/^admin: .*/admin: { listen: \"127.0.0.1:$(port)\" }\nwork_stealing: false/" "$WORK/fledge.yaml" > "$WORK/fledge-ws.yaml"
 RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge-ws.yaml" > "$WORK/fledge-ws.log" 2>&1 & PIDS+=($!); WPID=$!
+STICKS=${STICKS:-}
+if [ -n "$STICKS" ]; then
+  EX=$ROOT/target/release/examples
+  [ -x "$EX/core-loop" ] && [ -x "$EX/passthrough" ] || { echo "STICKS=1 needs cargo build --release --examples" >&2; exit 1; }
+  taskset -c "$PROXY_CPUS" "$EX/passthrough" "127.0.0.1:$PP" "127.0.0.1:$B1" "$THREADS" forwarded > "$WORK/passthrough.log" 2>&1 & PIDS+=($!); PPID_=$!
+  taskset -c "$PROXY_CPUS" "$EX/core-loop" "127.0.0.1:$PC" "127.0.0.1:$B1" "$THREADS" > "$WORK/core-loop.log" 2>&1 & PIDS+=($!); CPID=$!
+  wait_port $PP; wait_port $PC
+fi
 for p in $B1 $B2 $PN $PH $PF $PW; do wait_port $p; done
 NPID=$(pgrep -P "$(cat "$WORK/proxy/nginx.pid")" | head -1)
 [ "$THREADS" -gt 1 ] && NPIDS=$(pgrep -P "$(cat "$WORK/proxy/nginx.pid")" | tr '\n' ' ') || NPIDS=$NPID
@@ -157,10 +170,10 @@ print(per($u1 + $s1 - $u0 - $s0), per($u1 - $u0), per($s1 - $s0))")
   echo "round $r $name: $rps req/s, p50 $p50, p99 $p99, $cpu us CPU/req ($usr user, $sys system), RSS $mem KiB"
 }
 # Warm-up.
-for p in $B1 $PN $PH $PF $PW; do taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/" > /dev/null; done
-NAMES=(direct nginx haproxy fledge fledge-nosteal)
+for p in $B1 $PN $PH $PF $PW ${STICKS:+$PP $PC}; do taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/" > /dev/null; done
+NAMES=(direct nginx haproxy fledge fledge-nosteal ${STICKS:+passthrough+forwarded core-loop})
 for r in $(seq 1 "$ROUNDS"); do
-  order=("${NAMES[@]}"); [ $((r % 2)) -eq 0 ] && order=(fledge-nosteal fledge haproxy nginx direct)
+  order=("${NAMES[@]}"); [ $((r % 2)) -eq 0 ] && order=($(printf '%s\n' "${NAMES[@]}" | tac))
   for n in "${order[@]}"; do
     case $n in
       direct) run direct $B1 ;;
@@ -168,6 +181,8 @@ for r in $(seq 1 "$ROUNDS"); do
       haproxy) run haproxy $PH $HPID ;;
       fledge) run fledge $PF $FPID ;;
       fledge-nosteal) run fledge-nosteal $PW $WPID ;;
+      passthrough+forwarded) run passthrough+forwarded $PP $PPID_ ;;
+      core-loop) run core-loop $PC $CPID ;;
     esac
   done
 done
@@ -196,7 +211,10 @@ with open(sys.argv[2], "w") as out:
               f"Proxies on CPU 0..{int(threads)-1}, backend (nginx, fixed 200-byte JSON) and {load} on the last CPU; "
               f"{rounds} alternating rounds, medians. Same request through all: a returning browser's JSON-RPC call, 20 % canary split by session cookie.\n\n")
     out.write("| | req/s | p50 | p99 | proxy CPU µs/req | of it user / system | RSS MiB |\n|---|---|---|---|---|---|---|\n")
-    for n in ("direct", "nginx", "haproxy", "fledge", "fledge-nosteal"):
+    names = ["direct", "nginx", "haproxy", "fledge", "fledge-nosteal"]
+    sticks = any(r["proxy"] == "core-loop" for r in rows)
+    names += ["passthrough+forwarded", "core-loop"] if sticks else []
+    for n in names:
         proxy = n != "direct"
         cpu = f"{med(n,'cpu_us_per_req'):.2f}" if proxy else "—"
         split = f"{med(n,'user_us_per_req'):.2f} / {med(n,'sys_us_per_req'):.2f}" if proxy else "—"
@@ -208,5 +226,10 @@ with open(sys.argv[2], "w") as out:
         out.write(f"| {ref} | **{f('cpu_us_per_req')/med(ref,'cpu_us_per_req'):.2f}×** | {f('rps')/med(ref,'rps'):.2f}× | {f('p99_ms')/med(ref,'p99_ms'):.2f}× |\n")
     w = lambda k: med("fledge-nosteal", k)
     out.write(f"\nwork_stealing: false (fledge-nosteal) / true (fledge, the default): CPU per request {w('cpu_us_per_req')/f('cpu_us_per_req'):.2f}×, req/s {w('rps')/f('rps'):.2f}×.\n")
+    if sticks:
+        c = lambda k: med("core-loop", k)
+        out.write(f"\nMeasuring sticks (no split, stable port only): core-loop / passthrough+forwarded: CPU per request "
+                  f"{c('cpu_us_per_req')/med('passthrough+forwarded','cpu_us_per_req'):.2f}×; core-loop / nginx "
+                  f"{c('cpu_us_per_req')/med('nginx','cpu_us_per_req'):.2f}×, / HAProxy {c('cpu_us_per_req')/med('haproxy','cpu_us_per_req'):.2f}×.\n")
 print(open(sys.argv[2]).read())
 PY
