@@ -409,6 +409,15 @@ impl ProxyHttp for FledgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.set(X_FLEDGE_VERSION, HeaderValue::from_static(ctx.served.as_str()))?;
+        // A process shutting down (SIGTERM, or a graceful upgrade handing
+        // over) says `Connection: close` on every answer it still gives, so
+        // that the client takes its next request elsewhere rather than
+        // send it down a connection about to close. (`request_filter` set
+        // the keep-alive time before the shutdown, or over Pingora's own
+        // "off" for a request that began during it.)
+        if session.is_process_shutting_down() {
+            session.set_keepalive(None);
+        }
         let Some(route) = ctx.route else {
             return Ok(());
         };

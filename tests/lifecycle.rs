@@ -158,3 +158,40 @@ async fn sigterm_closes_idle_kept_alive_connections_at_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_during_shutdown_says_connection_close() {
+    use fledge::mock_odoo::Knobs;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let s = mock("17.0").await;
+    let config = crate::util::one_worker(s.addr(), "timeouts:\n  shutdown_grace_seconds: 10\n");
+    let proxy = TestProxy::start(&config);
+    s.set_knobs(Knobs {
+        latency_ms: 1500,
+        ..Knobs::default()
+    });
+    // A kept-alive client whose request is with the worker when the
+    // shutdown begins.
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // The answer comes, says the connection closes, and it does.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(_))), "{read:?}\n{}", proxy.log());
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.lines().any(|l| l == "connection: close"),
+        "an answer during shutdown kept its connection alive:\n{head}"
+    );
+}
