@@ -14,6 +14,9 @@
 
 #![allow(missing_docs)]
 
+#[path = "shared/forwarded.rs"]
+mod forwarded;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,15 +49,7 @@ impl CoreLoop {
     async fn forward(&self, session: &mut ServerSession) -> Result<()> {
         let mut request: RequestHeader = session.req_header().clone();
         request.remove_header("connection");
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        request.insert_header("X-Forwarded-For", ip.unwrap_or_default())?;
-        request.insert_header("X-Forwarded-Proto", "http")?;
-        if let Some(host) = session.req_header().headers.get("host").cloned() {
-            request.insert_header("X-Forwarded-Host", host)?;
-        }
+        forwarded::set_forwarded(&mut request, session.req_header(), session.client_addr())?;
         let (mut upstream, _reused) = self.connector.get_http_session(&self.peer).await?;
         upstream.write_request_header(Box::new(request)).await?;
         loop {

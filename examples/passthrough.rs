@@ -10,6 +10,9 @@
 
 #![allow(missing_docs)]
 
+#[path = "shared/forwarded.rs"]
+mod forwarded;
+
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
@@ -47,15 +50,7 @@ impl ProxyHttp for Passthrough {
         _ctx: &mut (),
     ) -> Result<()> {
         if self.forwarded {
-            let ip = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string());
-            upstream.insert_header("X-Forwarded-For", ip.unwrap_or_default())?;
-            upstream.insert_header("X-Forwarded-Proto", "http")?;
-            if let Some(host) = session.req_header().headers.get("host").cloned() {
-                upstream.insert_header("X-Forwarded-Host", host)?;
-            }
+            forwarded::set_forwarded(upstream, session.req_header(), session.client_addr())?;
         }
         Ok(())
     }

@@ -109,11 +109,7 @@ async fn sigterm_lets_slow_requests_in_flight_finish() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    proxy.terminate();
     for request in slow {
         assert_eq!(request.await.unwrap(), 200, "{}", proxy.log());
     }
@@ -142,11 +138,7 @@ async fn sigterm_closes_idle_kept_alive_connections_at_once() {
         }
         idle.push(tcp);
     }
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    proxy.terminate();
     // Closed well inside the 20 s grace period, without an answer.
     for mut tcp in idle {
         let mut byte = [0u8; 1];
@@ -178,11 +170,7 @@ async fn an_answer_given_during_shutdown_says_connection_close() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    proxy.terminate();
     // The answer comes, says the connection closes, and it does.
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut answer)).await;

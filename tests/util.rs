@@ -251,6 +251,16 @@ impl TestProxy {
         self.child.id()
     }
 
+    /// SIGTERM: the process stops accepting, lets what is in flight finish
+    /// within its grace period, and exits.
+    pub fn terminate(&self) {
+        let term = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+    }
+
     /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
     pub fn memory_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
