@@ -14,8 +14,8 @@
 
 #![allow(missing_docs)]
 
-#[path = "shared/forwarded.rs"]
-mod forwarded;
+#[path = "shared/stick.rs"]
+mod stick;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +27,6 @@ use pingora::connectors::http::v1::Connector;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::{HttpTask, ServerSession};
-use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 
@@ -49,7 +48,7 @@ impl CoreLoop {
     async fn forward(&self, session: &mut ServerSession) -> Result<()> {
         let mut request: RequestHeader = session.req_header().clone();
         request.remove_header("connection");
-        forwarded::set_forwarded(&mut request, session.req_header(), session.client_addr())?;
+        stick::set_forwarded(&mut request, session.req_header(), session.client_addr())?;
         let (mut upstream, _reused) = self.connector.get_http_session(&self.peer).await?;
         upstream.write_request_header(Box::new(request)).await?;
         loop {
@@ -108,20 +107,11 @@ fn main() {
         std::process::exit(2);
     };
     let upstream: SocketAddr = upstream.parse().expect("UPSTREAM is IP:port");
-    let conf = ServerConf {
-        threads: threads.parse().expect("THREADS is a number"),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    server.bootstrap();
-    let mut options = HttpServerOptions::default();
-    options.keepalive_request_limit = Some(1_000);
+    let mut server = stick::server(threads.parse().expect("THREADS is a number"));
     let app = CoreLoop {
         peer: HttpPeer::new(upstream, false, String::new()),
         connector: Connector::new(None),
-        options,
+        options: stick::server_options(),
     };
     let mut service = Service::new("core-loop".to_string(), app);
     service.add_tcp(listen);

@@ -10,17 +10,15 @@
 
 #![allow(missing_docs)]
 
-#[path = "shared/forwarded.rs"]
-mod forwarded;
+#[path = "shared/stick.rs"]
+mod stick;
 
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
-use pingora::apps::HttpServerOptions;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
-use pingora::server::configuration::{Opt, ServerConf};
 
 /// mimalloc, as Pingora's own examples use a non-glibc allocator: glibc's
 /// malloc spends a tenth of the proxy's CPU in free/consolidate under load.
@@ -50,7 +48,7 @@ impl ProxyHttp for Passthrough {
         _ctx: &mut (),
     ) -> Result<()> {
         if self.forwarded {
-            forwarded::set_forwarded(upstream, session.req_header(), session.client_addr())?;
+            stick::set_forwarded(upstream, session.req_header(), session.client_addr())?;
         }
         Ok(())
     }
@@ -70,19 +68,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let conf = ServerConf {
-        threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    server.bootstrap();
-    let mut options = HttpServerOptions::default();
-    options.keepalive_request_limit = Some(1_000);
+    let mut server = stick::server(threads);
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, Passthrough { upstream, forwarded })
         .name("passthrough")
-        .server_options(options)
+        .server_options(stick::server_options())
         .build();
     proxy.add_tcp(&listen);
     server.add_service(proxy);
