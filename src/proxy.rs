@@ -242,7 +242,9 @@ impl ProxyHttp for FledgeProxy {
     /// `UPLOAD_GRACE`, a body arriving slower on average than
     /// `limits.min_upload_bytes_per_second` is cut with a 408. Pingora's
     /// read timeout alone restarts on every read, so a byte a minute would
-    /// hold a connection and a worker forever. Upgraded connections
+    /// hold a connection and a worker forever. The clock starts when the
+    /// body begins to come in: Pingora reads it once a worker is reached,
+    /// and the time that took is not the client's. Upgraded connections
     /// (WebSockets) are not uploads and are left alone.
     async fn request_body_filter(
         &self,
@@ -256,7 +258,8 @@ impl ProxyHttp for FledgeProxy {
             return Ok(());
         }
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        let elapsed = ctx.started.elapsed();
+        let now = tokio::time::Instant::now();
+        let elapsed = now - *ctx.body_since.get_or_insert(now);
         if elapsed > crate::config::UPLOAD_GRACE
             && (ctx.body_bytes as f64) < min as f64 * elapsed.as_secs_f64()
         {

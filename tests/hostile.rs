@@ -729,6 +729,80 @@ async fn an_upload_trickling_below_the_minimum_rate_is_cut_with_408() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_sent_at_once_is_not_cut_for_a_slow_connect_to_its_worker() {
+    // A worker whose accept queue is full: the kernel holds fledge's
+    // connect (the handshake is dropped and retried) until the queue is
+    // emptied, 11 s on, past the upload check's 10 s grace. The client
+    // sent its whole body at once; the time fledge spent reaching a worker
+    // is no slow upload of the client's.
+    let worker = tokio::net::TcpSocket::new_v4().unwrap();
+    worker.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let worker = worker.listen(1).unwrap();
+    let worker_addr = worker.local_addr().unwrap();
+    let config = format!(
+        "listen: \"{{listen}}\"\nthreads: 2\ntimeouts:\n  connect_ms: 25000\n\
+         limits:\n  min_upload_bytes_per_second: 1000\n\
+         pools:\n  p: {{ workers: [\"{worker_addr}\"], health_check: {{ interval_ms: 60000 }} }}\n\
+         tenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n"
+    );
+    let proxy = TestProxy::start(&config);
+    // Fill the queue: connections that complete and are not accepted.
+    let mut fillers = Vec::new();
+    while let Ok(Ok(tcp)) =
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(worker_addr)).await
+    {
+        fillers.push(tcp);
+        assert!(fillers.len() < 64, "the worker's accept queue never filled");
+    }
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(
+        b"POST /web/dataset/call_kw HTTP/1.1\r\nHost: case0.example.com\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let serve = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        loop {
+            let (mut conn, _) = worker.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.ends_with(b"hello") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(40), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    serve.abort();
+    drop(fillers);
+    assert!(read.is_ok(), "no answer in 40 s:\n{}", proxy.log());
+    assert_eq!(
+        first_status(&answer),
+        200,
+        "{:?}\n{}",
+        String::from_utf8_lossy(&answer),
+        proxy.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_serves_1000_requests_then_closes() {
     let worker = mock("17.0").await;
     let config = format!(

@@ -28,8 +28,10 @@ pub struct RequestCtx {
     pub(crate) in_flight: InFlight,
     /// When the request header was read.
     pub(crate) started: Instant,
-    /// Request body bytes received so far (the upload rate check).
+    /// Request body bytes received so far, and when the body began to
+    /// come in (the upload rate check).
     pub(crate) body_bytes: u64,
+    pub(crate) body_since: Option<Instant>,
     /// Watches a JSON-RPC response for an `error` member.
     pub(crate) sniffer: JsonRpcSniffer,
     /// The request carried the rehearsal header.
@@ -47,6 +49,7 @@ impl RequestCtx {
             in_flight,
             started: Instant::now(),
             body_bytes: 0,
+            body_since: None,
             sniffer: JsonRpcSniffer::default(),
             rehearsal: false,
         }
