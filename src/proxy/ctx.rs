@@ -28,9 +28,9 @@ pub struct RequestCtx {
     pub(crate) in_flight: InFlight,
     /// When the request header was read.
     pub(crate) started: Instant,
-    /// Request body bytes received so far, and when the body began to
-    /// come in (the upload rate check).
+    /// Request body bytes received so far (the upload rate check).
     pub(crate) body_bytes: u64,
+    /// When the request body began to come in (the upload rate check).
     pub(crate) body_since: Option<Instant>,
     /// Watches a JSON-RPC response for an `error` member.
     pub(crate) sniffer: JsonRpcSniffer,
