@@ -119,6 +119,15 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// fledge's config for one tenant (`case0.example.com`) on one pool of
+/// `worker`, two threads, with `extra` (top-level keys) before the pool.
+fn case0_config(worker: impl std::fmt::Display, extra: &str) -> String {
+    format!(
+        "listen: \"{{listen}}\"\nthreads: 2\n{extra}\
+         pools:\n  p: {{ workers: [\"{worker}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n"
+    )
+}
+
 /// First status line's code in `answer` (0: none).
 fn first_status(answer: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(answer);
@@ -242,10 +251,9 @@ async fn status_on(send: &mut hyper::client::conn::http1::SendRequest<crate::uti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_a_cap_are_closed_and_open_ones_spared() {
     let worker = mock("17.0").await;
-    let config = format!(
-        "listen: \"{{listen}}\"\nthreads: 2\nlimits:\n  max_connections: 8\n  max_connections_per_ip: 5\n\
-         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
-        worker.addr()
+    let config = case0_config(
+        worker.addr(),
+        "limits:\n  max_connections: 8\n  max_connections_per_ip: 5\n",
     );
     let proxy = TestProxy::start(&config);
     // The start-up probes' connections are gone before we count.
@@ -306,11 +314,7 @@ async fn connections_over_a_cap_are_closed_and_open_ones_spared() {
 /// `case0.example.com`.
 async fn two_second_header_deadline() -> (fledge::mock_odoo::MockOdoo, TestProxy) {
     let worker = mock("17.0").await;
-    let config = format!(
-        "listen: \"{{listen}}\"\nthreads: 2\nlimits:\n  header_timeout_seconds: 2\n\
-         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
-        worker.addr()
-    );
+    let config = case0_config(worker.addr(), "limits:\n  header_timeout_seconds: 2\n");
     let proxy = TestProxy::start(&config);
     (worker, proxy)
 }
@@ -392,11 +396,7 @@ async fn a_kept_alive_connection_is_closed_once_idle_for_its_idle_time_counted_f
     // for twice the idle time and more; once silent, it is closed when the
     // idle time has passed, not before.
     let worker = mock("17.0").await;
-    let config = format!(
-        "listen: \"{{listen}}\"\nthreads: 2\ntimeouts:\n  client_keepalive_seconds: 2\n\
-         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
-        worker.addr()
-    );
+    let config = case0_config(worker.addr(), "timeouts:\n  client_keepalive_seconds: 2\n");
     let proxy = TestProxy::start(&config);
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let mut answered = tokio::time::Instant::now();
@@ -473,10 +473,7 @@ async fn faulty_worker() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_workers_get_502s_and_never_mix_responses_between_clients() {
     let worker = faulty_worker().await;
-    let config = format!(
-        "listen: \"{{listen}}\"\nthreads: 2\npools:\n  p: {{ workers: [\"{worker}\"] }}\n\
-         tenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n"
-    );
+    let config = case0_config(worker, "");
     let proxy = TestProxy::start(&config);
     let client = crate::util::Client::new(proxy.addr);
     let host = "case0.example.com";
@@ -690,11 +687,7 @@ async fn verdicts_of_fledge_nginx_and_haproxy_side_by_side() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_trickling_below_the_minimum_rate_is_cut_with_408() {
     let worker = mock("17.0").await;
-    let config = format!(
-        "listen: \"{{listen}}\"\nthreads: 2\nlimits:\n  min_upload_bytes_per_second: 1000\n\
-         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
-        worker.addr()
-    );
+    let config = case0_config(worker.addr(), "limits:\n  min_upload_bytes_per_second: 1000\n");
     let proxy = TestProxy::start(&config);
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     tcp.write_all(
@@ -805,11 +798,7 @@ async fn an_upload_sent_at_once_is_not_cut_for_a_slow_connect_to_its_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_serves_1000_requests_then_closes() {
     let worker = mock("17.0").await;
-    let config = format!(
-        "listen: \"{{listen}}\"\nthreads: 2\n\
-         pools:\n  p: {{ workers: [\"{}\"] }}\ntenants:\n  t:\n    hosts: [\"case0.example.com\"]\n    stable: p\n",
-        worker.addr()
-    );
+    let config = case0_config(worker.addr(), "");
     let proxy = TestProxy::start(&config);
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let mut served = 0;
