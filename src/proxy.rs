@@ -27,6 +27,7 @@ use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 
@@ -39,6 +40,7 @@ use crate::routing::{Decision, RequestView, RouteTable, Version, BUCKET_COOKIE, 
 pub mod classify;
 pub mod connections;
 mod ctx;
+mod fast_path;
 mod headers;
 pub mod limits;
 mod replay;
@@ -60,23 +62,13 @@ const NO_TENANT_BODY: &[u8] = b"fledge: no tenant is configured for this host\n"
 /// The proxy: reads the route table, never writes it.
 pub struct FledgeProxy {
     routes: Arc<ArcSwap<RouteTable>>,
-    connections: Arc<connections::Connections>,
     retries: Arc<retry::RetryBudget>,
 }
 
 impl FledgeProxy {
-    /// A proxy serving whatever table `routes` holds; `connections` learns
-    /// when each request header is complete (the header deadline).
-    pub fn new(
-        routes: Arc<ArcSwap<RouteTable>>,
-        connections: Arc<connections::Connections>,
-        retries: Arc<retry::RetryBudget>,
-    ) -> Self {
-        FledgeProxy {
-            routes,
-            connections,
-            retries,
-        }
+    /// A proxy serving whatever table `routes` holds.
+    pub fn new(routes: Arc<ArcSwap<RouteTable>>, retries: Arc<retry::RetryBudget>) -> Self {
+        FledgeProxy { routes, retries }
     }
 }
 
@@ -88,7 +80,7 @@ pub fn host_of(req: &RequestHeader) -> Option<&str> {
     req.headers.get(HOST).and_then(|h| h.to_str().ok())
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
+fn client_ip(session: &ServerSession) -> Option<IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
@@ -124,7 +116,7 @@ fn is_long_lived(path: &str) -> bool {
     path.starts_with("/websocket") || path.starts_with("/longpolling/")
 }
 
-fn is_tls(session: &Session) -> bool {
+fn is_tls(session: &ServerSession) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
@@ -141,10 +133,23 @@ fn report_worker(pool: &crate::upstream::Pool, websocket: bool, worker: std::net
     }
 }
 
+/// What fledge decides about a request before any worker is chosen
+/// ([`FledgeProxy::admit`]).
+pub(crate) enum Admission {
+    /// Routed: on to a worker.
+    Proxy,
+    /// Refused by a limit, with this status.
+    Refuse(u16),
+    /// No tenant has this host: a 404.
+    NoTenant,
+    /// The tenant wants TLS: a 308 to this port.
+    Redirect(u16),
+}
+
 /// `308` to the same URL on the TLS listener (the method and body are kept
 /// by the client, unlike with a 301). Not a request of any version: no
 /// worker sees it and no counter records it.
-async fn redirect_to_https(session: &mut Session, port: u16) -> Result<()> {
+async fn redirect_to_https(session: &mut ServerSession, port: u16) -> Result<()> {
     let req = session.req_header();
     let host = host_of(req).unwrap_or("");
     // The host matched a tenant, so it is a name, with an optional port.
@@ -158,35 +163,30 @@ async fn redirect_to_https(session: &mut Session, port: u16) -> Result<()> {
     let mut resp = ResponseHeader::build(308, Some(3))?;
     resp.insert_header("Location", location)?;
     resp.insert_header("Content-Length", "0")?;
-    session.write_response_header(Box::new(resp), true).await
+    session.write_response_header(Box::new(resp)).await?;
+    session.finish_body().await
 }
 
-#[async_trait]
-impl ProxyHttp for FledgeProxy {
-    type CTX = RequestCtx;
-
-    /// No downstream modules. Pingora's default adds a response-compression
-    /// module, disabled, that is still built and called on every request;
-    /// fledge passes Odoo's bodies through as they are.
-    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
-
-    /// One snapshot of the route table per request (`load_full`, not a guard:
-    /// the context outlives many awaits).
-    fn new_ctx(&self) -> RequestCtx {
+/// fledge's request path, hook by hook. Each step is a plain method on the
+/// client's [`ServerSession`], so that the two callers share it: Pingora's
+/// `HttpProxy` through the `ProxyHttp` hooks below (requests with a body,
+/// upgrades, HTTP/2), and fledge's own path for the common request
+/// ([`fast_path`]), which calls them in the same order without Pingora's
+/// per-hook boxes.
+impl FledgeProxy {
+    /// One snapshot of the route table per request (`load_full`, not a
+    /// guard: the context outlives many awaits).
+    pub(crate) fn context(&self) -> RequestCtx {
         RequestCtx::new(self.routes.load_full(), self.retries.enter())
     }
 
     /// Route the request: decided once, here, and kept in the context.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Some(stream) = session.stream() {
-            self.connections.header_seen(stream.id());
-        }
+    /// Anything but [`Admission::Proxy`] is answered by [`Self::answer`].
+    pub(crate) fn admit(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Admission {
         let limits = &ctx.table.tuning().limits;
         if let Some(refusal) = limits::check(session.req_header(), limits, DEFAULT_OVERRIDE_HEADER_LC) {
             tracing::debug!(?refusal, "request refused before routing");
-            session.set_keepalive(None);
-            session.respond_error(refusal.status()).await?;
-            return Ok(true);
+            return Admission::Refuse(refusal.status());
         }
         let req = session.req_header();
         let view = RequestView {
@@ -196,16 +196,7 @@ impl ProxyHttp for FledgeProxy {
         };
         let route = match ctx.table.decide(&view) {
             Decision::Route(route) => route,
-            Decision::NoTenant => {
-                let mut resp = ResponseHeader::build(404, Some(3))?;
-                resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
-                resp.insert_header("Content-Length", NO_TENANT_BODY.len())?;
-                session.write_response_header(Box::new(resp), false).await?;
-                session
-                    .write_response_body(Some(Bytes::from_static(NO_TENANT_BODY)), true)
-                    .await?;
-                return Ok(true);
-            }
+            Decision::NoTenant => return Admission::NoTenant,
         };
         tracing::debug!(
             tenant = ctx.table.tenants()[route.tenant].name(),
@@ -215,8 +206,7 @@ impl ProxyHttp for FledgeProxy {
         );
         if let Some(port) = ctx.table.tenants()[route.tenant].https_redirect() {
             if !is_tls(session) {
-                redirect_to_https(session, port).await?;
-                return Ok(true);
+                return Admission::Redirect(port);
             }
         }
         ctx.route = Some(route);
@@ -235,41 +225,28 @@ impl ProxyHttp for FledgeProxy {
             // of an upgraded connection; an idle Odoo bus socket must outlive it.
             session.set_read_timeout(Some(timeouts.websocket_idle));
         }
-        Ok(false)
+        Admission::Proxy
     }
 
-    /// Uploads may be large (Odoo imports) but not slow: after
-    /// `UPLOAD_GRACE`, a body arriving slower on average than
-    /// `limits.min_upload_bytes_per_second` is cut with a 408. Pingora's
-    /// read timeout alone restarts on every read, so a byte a minute would
-    /// hold a connection and a worker forever. The clock starts when the
-    /// body begins to come in: Pingora reads it once a worker is reached,
-    /// and the time that took is not the client's. Upgraded connections
-    /// (WebSockets) are not uploads and are left alone.
-    async fn request_body_filter(
-        &self,
-        session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let min = ctx.table.tuning().limits.min_upload_bytes_per_second;
-        if min == 0 || session.was_upgraded() || ctx.long_lived {
-            return Ok(());
+    /// Answer a request [`Self::admit`] did not send on.
+    pub(crate) async fn answer(session: &mut ServerSession, admission: Admission) -> Result<()> {
+        match admission {
+            Admission::Proxy => Ok(()),
+            Admission::Refuse(status) => {
+                session.set_keepalive(None);
+                session.respond_error(status).await
+            }
+            Admission::NoTenant => {
+                let mut resp = ResponseHeader::build(404, Some(3))?;
+                resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+                resp.insert_header("Content-Length", NO_TENANT_BODY.len())?;
+                session.write_response_header(Box::new(resp)).await?;
+                session
+                    .write_response_body(Bytes::from_static(NO_TENANT_BODY), true)
+                    .await
+            }
+            Admission::Redirect(port) => redirect_to_https(session, port).await,
         }
-        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        let now = tokio::time::Instant::now();
-        let elapsed = now - *ctx.body_since.get_or_insert(now);
-        if elapsed > crate::config::UPLOAD_GRACE
-            && (ctx.body_bytes as f64) < min as f64 * elapsed.as_secs_f64()
-        {
-            tracing::debug!(bytes = ctx.body_bytes, ?elapsed, "upload too slow");
-            return Error::e_explain(
-                HTTPStatus(408),
-                "request body slower than limits.min_upload_bytes_per_second",
-            );
-        }
-        Ok(())
     }
 
     /// A worker of the chosen pool. A canary with no healthy worker falls
@@ -277,7 +254,7 @@ impl ProxyHttp for FledgeProxy {
     /// connect (a release whose workers are all down is failing, and the
     /// policy must see it); a stable pool that health checks call dead is
     /// still tried, since they may be wrong.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    pub(crate) fn pick_worker(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .ok_or_else(|| Error::explain(InternalError, "upstream_peer without a route"))?;
@@ -316,13 +293,7 @@ impl ProxyHttp for FledgeProxy {
 
     /// Nothing reached the worker: one retry is safe. A canary retries on
     /// stable, stable on its next worker.
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        peer: &HttpPeer,
-        ctx: &mut RequestCtx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
+    pub(crate) fn connect_failed(&self, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
         tracing::debug!(peer = %peer.address(), version = ctx.served.as_str(), error = %e, "connect failed");
         if let Some(route) = ctx.route {
             // The attempt counts against the version that failed it, even
@@ -346,12 +317,7 @@ impl ProxyHttp for FledgeProxy {
 
     /// `X-Forwarded-*` as Odoo's `proxy_mode` reads them, replacing whatever
     /// the client sent. Runs after Pingora's hop-by-hop sanitising.
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    pub(crate) fn set_forwarded(session: &ServerSession, upstream: &mut RequestHeader) -> Result<()> {
         upstream.room_for(3);
         match client_ip(session) {
             Some(ip) => upstream.set(X_FORWARDED_FOR, ip_header_value(ip))?,
@@ -372,12 +338,7 @@ impl ProxyHttp for FledgeProxy {
 
     /// Odoo's JSON-RPC answers (a JSON request, a JSON response, no content
     /// encoding) get their first bytes sniffed for an `error` member.
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    pub(crate) fn watch_answer(session: &ServerSession, upstream: &ResponseHeader, ctx: &mut RequestCtx) {
         let is_json =
             |v: Option<&HeaderValue>| v.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
         if upstream.status == http::StatusCode::OK
@@ -387,38 +348,24 @@ impl ProxyHttp for FledgeProxy {
         {
             ctx.sniffer = JsonRpcSniffer::start();
         }
-        Ok(())
-    }
-
-    /// Feed the sniffer; the bytes pass on untouched.
-    fn upstream_response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<Duration>> {
-        if let Some(b) = body {
-            ctx.sniffer.feed(b);
-        }
-        Ok(None)
     }
 
     /// Tell the client which version served it, and pin it there.
-    async fn response_filter(
-        &self,
-        session: &mut Session,
+    /// `stopping`: the process is shutting down.
+    pub(crate) fn stamp(
+        session: &mut ServerSession,
+        stopping: bool,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &RequestCtx,
     ) -> Result<()> {
         resp.set(X_FLEDGE_VERSION, HeaderValue::from_static(ctx.served.as_str()))?;
         // A process shutting down (SIGTERM, or a graceful upgrade handing
         // over) says `Connection: close` on every answer it still gives, so
         // that the client takes its next request elsewhere rather than
-        // send it down a connection about to close. (`request_filter` set
-        // the keep-alive time before the shutdown, or over Pingora's own
-        // "off" for a request that began during it.)
-        if session.is_process_shutting_down() {
+        // send it down a connection about to close. (`admit` set the
+        // keep-alive time before the shutdown, or over Pingora's own "off"
+        // for a request that began during it.)
+        if stopping {
             session.set_keepalive(None);
         }
         let Some(route) = ctx.route else {
@@ -447,10 +394,10 @@ impl ProxyHttp for FledgeProxy {
         Ok(())
     }
 
-    /// The last hook of every request: classify how it ended and record it
+    /// The last step of every request: classify how it ended and record it
     /// against the version that served it. WebSocket sessions count, but
     /// their duration (the tab's lifetime) is no latency.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    pub(crate) fn record(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let Some(route) = ctx.route {
             let outcome = classify::outcome(status, e, ctx.sniffer.is_error());
@@ -478,15 +425,11 @@ impl ProxyHttp for FledgeProxy {
         );
     }
 
-    /// Clients' mistakes and aborts (malformed requests, hang-ups) are not
-    /// ours to log at error level: scanners would flood the log.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        *error.esource() == ErrorSource::Downstream
-    }
-
-    /// Pingora's mapping, plus ours: a pool without workers is a 503.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
-        let code = match e.etype() {
+    /// The status a failed request gets: Pingora's mapping, plus ours (a
+    /// pool without workers is a 503). 0: the client is gone, nothing is
+    /// written.
+    pub(crate) fn error_status(e: &Error) -> u16 {
+        match e.etype() {
             t if *t == crate::error::NO_WORKER => 503,
             HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -497,7 +440,143 @@ impl ProxyHttp for FledgeProxy {
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
-        };
+        }
+    }
+
+    /// Clients' mistakes and aborts (malformed requests, hang-ups) are not
+    /// ours to log at error level: scanners would flood the log.
+    pub(crate) fn is_quiet(error: &Error) -> bool {
+        *error.esource() == ErrorSource::Downstream
+    }
+}
+
+/// Pingora's hooks, for the requests `HttpProxy` serves: each calls the
+/// step of the same name above.
+#[async_trait]
+impl ProxyHttp for FledgeProxy {
+    type CTX = RequestCtx;
+
+    /// No downstream modules. Pingora's default adds a response-compression
+    /// module, disabled, that is still built and called on every request;
+    /// fledge passes Odoo's bodies through as they are.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    fn new_ctx(&self) -> RequestCtx {
+        self.context()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match self.admit(session, ctx) {
+            Admission::Proxy => Ok(false),
+            early => {
+                Self::answer(session, early).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Uploads may be large (Odoo imports) but not slow: after
+    /// `UPLOAD_GRACE`, a body arriving slower on average than
+    /// `limits.min_upload_bytes_per_second` is cut with a 408. Pingora's
+    /// read timeout alone restarts on every read, so a byte a minute would
+    /// hold a connection and a worker forever. The clock starts when the
+    /// body begins to come in: Pingora reads it once a worker is reached,
+    /// and the time that took is not the client's. Upgraded connections
+    /// (WebSockets) are not uploads and are left alone. (Only `HttpProxy`
+    /// serves requests with a body.)
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let min = ctx.table.tuning().limits.min_upload_bytes_per_second;
+        if min == 0 || session.was_upgraded() || ctx.long_lived {
+            return Ok(());
+        }
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        let now = tokio::time::Instant::now();
+        let elapsed = now - *ctx.body_since.get_or_insert(now);
+        if elapsed > crate::config::UPLOAD_GRACE
+            && (ctx.body_bytes as f64) < min as f64 * elapsed.as_secs_f64()
+        {
+            tracing::debug!(bytes = ctx.body_bytes, ?elapsed, "upload too slow");
+            return Error::e_explain(
+                HTTPStatus(408),
+                "request body slower than limits.min_upload_bytes_per_second",
+            );
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        self.pick_worker(ctx)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.connect_failed(peer, ctx, e)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        Self::set_forwarded(session, upstream)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        Self::watch_answer(session, upstream, ctx);
+        Ok(())
+    }
+
+    /// Feed the sniffer; the bytes pass on untouched.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(b) = body {
+            ctx.sniffer.feed(b);
+        }
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let stopping = session.is_process_shutting_down();
+        Self::stamp(session, stopping, resp, ctx)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        Self::record(session, e, ctx);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        Self::is_quiet(error)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = Self::error_status(e);
         if code > 0 {
             if let Err(err) = session.respond_error(code).await {
                 tracing::debug!(error = %err, "could not send error response");

@@ -158,7 +158,7 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         .context("cannot register metrics")?;
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
-        FledgeProxy::new(control.routes(), Arc::clone(&connections), retries),
+        FledgeProxy::new(control.routes(), retries),
     );
     app.server_options = Some(server_options);
     registry

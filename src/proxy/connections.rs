@@ -6,8 +6,10 @@
 //! of HTTP is read, counts it, and drops it at once when a cap is reached;
 //! connections already open are untouched. It then runs an HTTP/1
 //! connection's requests itself (Pingora's keep-alive loop, which Pingora
-//! keeps inside one call, moved here), so that it sees each request begin
-//! and the connection end. HTTP/2 connections go to Pingora whole.
+//! keeps inside one call, moved here): it reads each request header, serves
+//! the common request on fledge's own path ([`fast_path`](super::fast_path))
+//! and hands any other, header read, to Pingora's `HttpProxy`. HTTP/2
+//! connections go to Pingora whole.
 //!
 //! It also bounds the time a request header may take as a whole (Pingora's
 //! timer restarts on every read, so a client sending a byte every 59 s
@@ -15,9 +17,6 @@
 //! for its first request, from a kept-alive request's first byte for the
 //! next ones (on TLS too, through `replay::Replay`), the header must be complete
 //! within `limits.header_timeout_seconds`, or the connection is closed.
-//! "Complete" is learnt from the proxy's `request_filter`, which marks the
-//! connection (by its file descriptor, unique among open connections) in
-//! [`Connections::header_seen`].
 //!
 //! Between kept-alive requests a clear-text connection waits for its
 //! socket to turn readable and reads ahead what has come (up to 4 KiB, on
@@ -39,15 +38,17 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
-use pingora::protocols::{Stream, UniqueIDType, ALPN};
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
+use pingora::ErrorType::InvalidHTTPHeader;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{timeout_at, Instant, Sleep};
 
+use super::fast_path::{self, Proxy};
 use super::replay::Replay;
 use super::WRITE_BUFFER;
 use crate::routing::RouteTable;
@@ -61,19 +62,18 @@ pub struct Connections {
     hasher: ahash::RandomState,
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
-    /// Request headers completed, by connection (its file descriptor: exact
-    /// while fewer than [`SLOTS`] are open, and a request's own count is
-    /// only compared with itself, so a descriptor reused is harmless).
-    headers: Box<[AtomicU32]>,
     slow_headers: AtomicU64,
 }
 
-/// The proxy app behind the caps.
-pub struct Guarded<A> {
-    inner: Arc<A>,
+/// The proxy behind the caps.
+pub struct Guarded {
+    inner: Arc<Proxy>,
     routes: Arc<ArcSwap<RouteTable>>,
     counts: Arc<Connections>,
 }
+
+/// A request header not complete by its deadline.
+struct Overdue;
 
 /// One admitted connection; gives its place back when dropped.
 struct Admitted<'a> {
@@ -90,19 +90,8 @@ impl Connections {
             hasher: ahash::RandomState::new(),
             refused_total: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
-            headers: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
             slow_headers: AtomicU64::new(0),
         })
-    }
-
-    fn header_slot(fd: UniqueIDType) -> usize {
-        (fd as u32 as usize) % SLOTS
-    }
-
-    /// A request header of the connection on descriptor `fd` is complete.
-    /// Called by the proxy once per HTTP/1 request.
-    pub fn header_seen(&self, fd: UniqueIDType) {
-        self.headers[Self::header_slot(fd)].fetch_add(1, Relaxed);
     }
 
     /// Take a place for a connection from `ip`, or `None` at a cap.
@@ -217,20 +206,64 @@ impl Drop for Admitted<'_> {
     }
 }
 
-impl<A> Guarded<A> {
+impl Guarded {
     /// Cap the connections `inner` serves, with the limits of the current
     /// route table (so a reload changes them for new connections).
-    pub fn new(inner: A, routes: Arc<ArcSwap<RouteTable>>, counts: Arc<Connections>) -> Self {
+    pub fn new(inner: Proxy, routes: Arc<ArcSwap<RouteTable>>, counts: Arc<Connections>) -> Self {
         Guarded {
             inner: Arc::new(inner),
             routes,
             counts,
         }
     }
+
+    /// One request of an HTTP/1 connection: its header read by `deadline`
+    /// (`timer` set to it only if the header is not whole at once), then
+    /// served. A shutdown (`closing`) while the header is awaited drops the
+    /// connection, as Pingora does.
+    async fn request(
+        &self,
+        mut session: ServerSession,
+        deadline: Instant,
+        mut timer: std::pin::Pin<&mut Sleep>,
+        closing: std::pin::Pin<&mut (impl std::future::Future<Output = ()> + Send)>,
+        shutdown: &ShutdownWatch,
+    ) -> Result<Option<ReusedHttpStream>, Overdue> {
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            () = async {
+                timer.as_mut().reset(deadline);
+                timer.as_mut().await;
+            } => return Err(Overdue),
+            () = closing => return Ok(None),
+        };
+        match read {
+            Ok(true) => {}
+            // The client closed a kept-alive connection between requests.
+            Ok(false) => return Ok(None),
+            Err(mut e) => {
+                e.as_down();
+                if *e.etype() == InvalidHTTPHeader {
+                    if let Err(e) = session.respond_error(400).await {
+                        tracing::debug!(error = %e, "could not send error response");
+                    }
+                }
+                tracing::debug!(error = %e, "request header not read");
+                session.shutdown().await;
+                return Ok(None);
+            }
+        }
+        Ok(if fast_path::takes(&mut session) {
+            fast_path::serve(&self.inner, session).await
+        } else {
+            self.inner.process_new_http(session, shutdown).await
+        })
+    }
 }
 
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+impl ServerApp for Guarded {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let (max_total, max_per_ip, header_timeout, idle) = {
             let table = self.routes.load();
@@ -259,7 +292,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         if digest.is_none() || (tls && stream.selected_alpn_proto() == Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
         }
-        let slot = Connections::header_slot(stream.id());
         let mut stream: Stream = if tls {
             // TLS does not peek; kept-alive requests need it (below).
             Box::new(Replay::new(stream))
@@ -305,7 +337,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         tokio::pin!(closing);
         // One timer for the connection's life, moved before each use: the
         // keep-alive idle time between requests, and a request header's
-        // deadline when the header is not whole at once (below). Moved
+        // deadline when the header is not whole at once (`request`). Moved
         // later, it only updates its registered deadline (an atomic
         // exchange); a timer made, registered and removed for every wait
         // cost about a thousand instructions a request, and a second one
@@ -313,43 +345,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let timer = tokio::time::sleep(idle);
         tokio::pin!(timer);
         loop {
-            let before = self.counts.headers[slot].load(Relaxed);
             // The request's (boxed, large) future is dropped as soon as it is
             // done: an idle kept-alive connection holds only its stream. The
             // session goes straight into it: a local would keep its room
-            // (680 bytes) in this future for the connection's life.
-            let reused = {
+            // (680 bytes) in this future for the connection's life. Its
+            // header is most often whole in what the wait read ahead, and
+            // then parsed on the first poll: the deadline needs no timer.
+            let served = {
                 // Only the first request reads the shutdown flag (a lock).
                 let first = first
                     .take()
                     .map(|limit| (limit, (!*shutdown.borrow()).then_some(idle.as_secs())));
-                let mut served = self
-                    .inner
-                    .process_new_http(session(stream, first, settings.take()), shutdown);
-                // The request is polled first: its header is most often
-                // whole in what the wait read ahead, and then parsed and
-                // marked seen on that first poll, so the deadline needs no
-                // timer at all. One still incomplete gets the timer.
-                let header_overdue = async {
-                    if self.counts.headers[slot].load(Relaxed) == before {
-                        timer.as_mut().reset(deadline);
-                        timer.as_mut().await;
-                    } else {
-                        std::future::pending::<()>().await;
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    reused = &mut served => reused,
-                    () = header_overdue => {
-                        if self.counts.headers[slot].load(Relaxed) == before {
-                            return self.counts.slow(ip);
-                        }
-                        served.await
-                    }
-                }
+                let session = session(stream, first, settings.take());
+                Box::pin(self.request(session, deadline, timer.as_mut(), closing.as_mut(), shutdown)).await
             };
-            let (reused, kept) = reused?.consume();
+            let Ok(served) = served else {
+                return self.counts.slow(ip);
+            };
+            let (reused, kept) = served?.consume();
             settings = kept;
 
             // Wait for the next request's first byte (the keep-alive idle

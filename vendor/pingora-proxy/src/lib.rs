@@ -100,6 +100,9 @@ use subrequest::{BodyMode, Ctx as SubrequestCtx};
 pub use proxy_cache::range_filter::{range_header_filter, MultiRangeInfo, RangeType};
 pub use proxy_purge::PurgeStatus;
 pub use proxy_trait::{FailToProxy, ProxyHttp, ProxyWarnLogContext};
+// fledge patch (vendor/pingora-proxy-own-loop.patch): for a server app that
+// sends some requests upstream itself, with the same sanitising.
+pub use proxy_common::sanitize_h1_upstream_request;
 
 pub mod prelude {
     pub use crate::{http_proxy, http_proxy_service, ProxyHttp, ProxyWarnLogContext, Session};
@@ -279,6 +282,31 @@ where
         self.client_upstream.unexpected_data_connection_counter()
     }
 
+    // fledge patch (vendor/pingora-proxy-own-loop.patch): what a server app
+    // wrapping this proxy needs to serve some requests itself, with the
+    // same hooks, the same upstream idle pool and the same shutdown state.
+
+    /// The [`ProxyHttp`] implementation this proxy calls.
+    pub fn inner(&self) -> &SV {
+        &self.inner
+    }
+
+    /// The upstream connector (and its idle pool) this proxy uses.
+    pub fn upstream_connector(&self) -> &Connector<C> {
+        &self.client_upstream
+    }
+
+    /// The most attempts a request gets upstream (`ServerConf::max_retries`).
+    pub fn max_retries(&self) -> usize {
+        self.max_retries
+    }
+
+    /// Whether the service has begun shutting down (`http_cleanup()` was
+    /// called): what [`Session::is_process_shutting_down()`] reads.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown_flag.load(Ordering::Acquire)
+    }
+
     /// Initialize the downstream modules for this proxy.
     ///
     /// This method must be called after creating an [`HttpProxy`] with [`HttpProxy::new()`]
@@ -329,12 +357,19 @@ where
     {
         // phase 1 read request header
 
-        let res = tokio::select! {
-            biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+        // fledge patch (vendor/pingora-proxy-own-loop.patch): a header the
+        // server app read itself is not read again (a second read would
+        // parse whatever follows as a new request).
+        let res = if downstream_session.is_request_read() {
+            Ok(true)
+        } else {
+            tokio::select! {
+                biased; // biased select is cheaper, and we don't want to drop already buffered requests
+                res = downstream_session.read_request() => { res }
+                _ = self.await_shutdown() => {
+                    // service shutting down, dropping the connection to stop more req from coming in
+                    return None;
+                }
             }
         };
         match res {

@@ -336,7 +336,7 @@ fn parse_host_authority(host: &http::HeaderValue) -> Result<http::uri::Authority
 }
 
 /// Apply automatic request policy before application upstream request filtering.
-pub(crate) fn sanitize_h1_upstream_request(
+pub fn sanitize_h1_upstream_request(
     req: &mut RequestHeader,
     policy: HttpUpstreamRequestPolicy,
     downstream_is_http11: bool,

@@ -127,6 +127,18 @@ impl Session {
         }
     }
 
+    /// Whether the request header has been read: true only for an HTTP/1
+    /// session after a successful [`Self::read_request()`]. (fledge patch,
+    /// `vendor/pingora-core-request-read.patch`: a server that reads the
+    /// header itself hands the session on, and the proxy does not read
+    /// again.)
+    pub fn is_request_read(&self) -> bool {
+        match self {
+            Self::H1(s) => s.get_method().is_some(),
+            _ => false,
+        }
+    }
+
     /// Return the request header it just read.
     /// # Panic
     /// This function will panic if [`Self::read_request()`] is not called.
@@ -299,6 +311,16 @@ impl Session {
                 // stream and resources dropped when session dropped
             }
             Self::Subrequest(ref mut s) => s.on_proxy_failure(e),
+        }
+    }
+
+    /// Write one response task, as [`Self::response_duplex_vec()`] writes a
+    /// vector of one, without the vector. Returns whether the response
+    /// ended. (fledge patch, `vendor/pingora-core-request-read.patch`.)
+    pub async fn response_task(&mut self, task: HttpTask) -> Result<bool> {
+        match self {
+            Self::H1(s) => s.response_duplex(task).await,
+            _ => Box::pin(self.response_duplex_vec(vec![task])).await,
         }
     }
 

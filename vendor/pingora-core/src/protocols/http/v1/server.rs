@@ -1512,7 +1512,9 @@ impl HttpSession {
         Ok(())
     }
 
-    async fn response_duplex(&mut self, task: HttpTask) -> Result<bool> {
+    // fledge patch (vendor/pingora-core-request-read.patch): pub(crate), for
+    // `ServerSession::response_task`.
+    pub(crate) async fn response_duplex(&mut self, task: HttpTask) -> Result<bool> {
         let end_stream = match task {
             HttpTask::Header(header, end_stream) => {
                 self.write_response_header(header)
