@@ -64,9 +64,13 @@ pub(crate) async fn serve(proxy: &Proxy, mut session: ServerSession) -> Option<R
         Admission::Proxy => {}
         early => {
             // Rare (a refusal, an unknown host, a redirect): boxed, so that
-            // the common request's future does not carry it.
-            if let Err(e) = Box::pin(FledgeProxy::answer(&mut session, early)).await {
-                return Box::pin(fail(session, &ctx, e, "Fail to filter request:")).await;
+            // the common request's future does not carry it. (Boxed in a
+            // statement of its own: in `Box::pin(f).await` the temporary
+            // `f` keeps its room in this future until the await ends.)
+            let answer = Box::pin(FledgeProxy::answer(&mut session, early));
+            if let Err(e) = answer.await {
+                let failed = Box::pin(fail(session, &ctx, e, "Fail to filter request:"));
+                return failed.await;
             }
             FledgeProxy::record(&session, None, &ctx);
             return finish(session).await;
@@ -99,7 +103,8 @@ pub(crate) async fn serve(proxy: &Proxy, mut session: ServerSession) -> Option<R
     }
     if let Some(e) = error {
         let context = format!("Fail to proxy: tries: {tries}, retry: false,");
-        return Box::pin(fail(session, &ctx, e, &context)).await;
+        let failed = Box::pin(fail(session, &ctx, e, &context));
+        return failed.await;
     }
     FledgeProxy::record(&session, None, &ctx);
     if !reuse {
