@@ -16,6 +16,9 @@ demo: setup
 
 test: setup
 	$(CARGO) test --workspace -- --test-threads $(TEST_THREADS)
+	# Again, every request through Pingora's proxy (fledge's own path for
+	# the common request off: src/server.rs, PINGORA_PATH).
+	FLEDGE_PINGORA_PATH=1 $(CARGO) test -p fledge --tests -- --test-threads $(TEST_THREADS)
 
 # Every shipped release rehearsal, self-contained (load-tests/README.md).
 rehearse: setup

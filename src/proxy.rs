@@ -293,7 +293,12 @@ impl FledgeProxy {
 
     /// Nothing reached the worker: one retry is safe. A canary retries on
     /// stable, stable on its next worker.
-    pub(crate) fn connect_failed(&self, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    pub(crate) fn connect_failed(
+        &self,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         tracing::debug!(peer = %peer.address(), version = ctx.served.as_str(), error = %e, "connect failed");
         if let Some(route) = ctx.route {
             // The attempt counts against the version that failed it, even

@@ -50,6 +50,17 @@ const TLS_BUFFERS: L4BufferSettings = L4BufferSettings {
     read: Some(16 * 1024),
     write: Some(WRITE_BUFFER),
 };
+/// Set (to anything but `0`), every request goes through Pingora's
+/// `HttpProxy`, none on fledge's own path (`proxy::fast_path`): an escape
+/// hatch should that path misbehave, and how the tests run through
+/// `HttpProxy` alone (`make test`).
+pub const PINGORA_PATH: &str = "FLEDGE_PINGORA_PATH";
+
+/// Whether the common request takes fledge's own path ([`PINGORA_PATH`]).
+fn own_path() -> bool {
+    std::env::var_os(PINGORA_PATH).is_none_or(|v| v.is_empty() || v == "0")
+}
+
 /// Unix socket of the graceful upgrade, inside `state_dir`.
 pub const UPGRADE_SOCKET: &str = "upgrade.sock";
 /// File holding the generated admin token, inside `state_dir`.
@@ -146,6 +157,9 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         None
     };
 
+    if !own_path() {
+        tracing::warn!("{PINGORA_PATH} is set: every request goes through Pingora's proxy");
+    }
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
     // Pingora counts the reuses after the first request.
@@ -156,17 +170,15 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     registry
         .register(Box::new(RetryExporter::new(Arc::clone(&retries))))
         .context("cannot register metrics")?;
-    let mut app = pingora::proxy::http_proxy(
-        &server.configuration,
-        FledgeProxy::new(control.routes(), retries),
-    );
+    let mut app =
+        pingora::proxy::http_proxy(&server.configuration, FledgeProxy::new(control.routes(), retries));
     app.server_options = Some(server_options);
     registry
         .register(Box::new(ConnectionExporter::new(Arc::clone(&connections))))
         .context("cannot register metrics")?;
     let mut proxy = Service::new(
         "fledge proxy".to_owned(),
-        Guarded::new(app, control.routes(), connections),
+        Guarded::new(app, control.routes(), connections, own_path()),
     );
     proxy.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(PLAIN_BUFFERS));
     if let (Some(tls), Some((store, _))) = (&config.tls, &tls_store) {

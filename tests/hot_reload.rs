@@ -66,12 +66,12 @@ async fn a_hundred_reloads_under_load_fail_no_request_and_keep_the_websocket() {
     let (s1, s2) = (mock("17.0").await, mock("17.0").await);
     let (c1, c2) = (mock("18.0").await, mock("18.0").await);
     let config = |i: usize| {
-        let stable = if i % 2 == 0 {
+        let stable = if i.is_multiple_of(2) {
             format!("\"{}\"", s1.addr())
         } else {
             format!("\"{}\", \"{}\"", s1.addr(), s2.addr())
         };
-        let canary = if i % 3 == 0 { c1.addr() } else { c2.addr() };
+        let canary = if i.is_multiple_of(3) { c1.addr() } else { c2.addr() };
         format!(
             "listen: \"{{listen}}\"\nthreads: 2\npools:\n  v17: {{ workers: [{stable}] }}\n  v18: {{ workers: [\"{canary}\"] }}\n\
              tenants:\n  acme:\n    hosts: [\"acme.example.com\"]\n    stable: v17\n    canary: v18\n    canary_weight: {}\n  \

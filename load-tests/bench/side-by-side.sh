@@ -9,7 +9,9 @@
 #   haproxy  the same split by hashing the session cookie over weighted
 #            servers (80/20), upstream keep-alive (http-reuse always)
 #   fledge   1000 tenants, the canary at 20 %, sticky by session cookie
-#   fledge-nosteal  the same with work_stealing: false (a runtime per thread)
+#   fledge-pingora  the same fledge with FLEDGE_PINGORA_PATH=1: every
+#            request through Pingora's proxy, none on fledge's own path
+#            (src/proxy/fast_path.rs) -- what that path saves
 # With STICKS=1, two measuring sticks as well (`cargo build --release
 # --examples`; both to the stable port, no split): passthrough+forwarded,
 # Pingora's proxy with only X-Forwarded-* set, and core-loop, the same
@@ -106,8 +108,8 @@ for i in $(seq 1 999); do
   printf '  t%s:\n    hosts: ["t%s.example.com"]\n    stable: stable\n' "$i" "$i" >> "$WORK/fledge.yaml"
 done
 RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge.yaml" > "$WORK/fledge.log" 2>&1 & PIDS+=($!); FPID=$!
-sed -e "s/127.0.0.1:$PF/127.0.0.1:$PW/" -e "s#$WORK/state#$WORK/state-ws#" -e "s/^admin: .*/admin: { listen: \"127.0.0.1:$(port)\" }\nwork_stealing: false/" "$WORK/fledge.yaml" > "$WORK/fledge-ws.yaml"
-RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge-ws.yaml" > "$WORK/fledge-ws.log" 2>&1 & PIDS+=($!); WPID=$!
+sed -e "s/127.0.0.1:$PF/127.0.0.1:$PW/" -e "s#$WORK/state#$WORK/state-pp#" -e "s/^admin: .*/admin: { listen: \"127.0.0.1:$(port)\" }/" "$WORK/fledge.yaml" > "$WORK/fledge-pp.yaml"
+FLEDGE_PINGORA_PATH=1 RUST_LOG=warn taskset -c "$PROXY_CPUS" "$FLEDGE" run --config "$WORK/fledge-pp.yaml" > "$WORK/fledge-pp.log" 2>&1 & PIDS+=($!); WPID=$!
 STICKS=${STICKS:-}
 if [ -n "$STICKS" ]; then
   EX=$ROOT/target/release/examples
@@ -171,7 +173,7 @@ print(per($u1 + $s1 - $u0 - $s0), per($u1 - $u0), per($s1 - $s0))")
 }
 # Warm-up.
 for p in $B1 $PN $PH $PF $PW ${STICKS:+$PP $PC}; do taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/" > /dev/null; done
-NAMES=(direct nginx haproxy fledge fledge-nosteal ${STICKS:+passthrough+forwarded core-loop})
+NAMES=(direct nginx haproxy fledge fledge-pingora ${STICKS:+passthrough+forwarded core-loop})
 for r in $(seq 1 "$ROUNDS"); do
   order=("${NAMES[@]}"); [ $((r % 2)) -eq 0 ] && order=($(printf '%s\n' "${NAMES[@]}" | tac))
   for n in "${order[@]}"; do
@@ -180,7 +182,7 @@ for r in $(seq 1 "$ROUNDS"); do
       nginx) run nginx $PN $NPIDS ;;
       haproxy) run haproxy $PH $HPID ;;
       fledge) run fledge $PF $FPID ;;
-      fledge-nosteal) run fledge-nosteal $PW $WPID ;;
+      fledge-pingora) run fledge-pingora $PW $WPID ;;
       passthrough+forwarded) run passthrough+forwarded $PP $PPID_ ;;
       core-loop) run core-loop $PC $CPID ;;
     esac
@@ -211,7 +213,7 @@ with open(sys.argv[2], "w") as out:
               f"Proxies on CPU 0..{int(threads)-1}, backend (nginx, fixed 200-byte JSON) and {load} on the last CPU; "
               f"{rounds} alternating rounds, medians. Same request through all: a returning browser's JSON-RPC call, 20 % canary split by session cookie.\n\n")
     out.write("| | req/s | p50 | p99 | proxy CPU µs/req | of it user / system | RSS MiB |\n|---|---|---|---|---|---|---|\n")
-    names = ["direct", "nginx", "haproxy", "fledge", "fledge-nosteal"]
+    names = ["direct", "nginx", "haproxy", "fledge", "fledge-pingora"]
     sticks = any(r["proxy"] == "core-loop" for r in rows)
     names += ["passthrough+forwarded", "core-loop"] if sticks else []
     for n in names:
@@ -224,8 +226,9 @@ with open(sys.argv[2], "w") as out:
     out.write("\n| fledge / … | CPU per request | req/s | p99 |\n|---|---|---|---|\n")
     for ref in ("nginx", "haproxy"):
         out.write(f"| {ref} | **{f('cpu_us_per_req')/med(ref,'cpu_us_per_req'):.2f}×** | {f('rps')/med(ref,'rps'):.2f}× | {f('p99_ms')/med(ref,'p99_ms'):.2f}× |\n")
-    w = lambda k: med("fledge-nosteal", k)
-    out.write(f"\nwork_stealing: false (fledge-nosteal) / true (fledge, the default): CPU per request {w('cpu_us_per_req')/f('cpu_us_per_req'):.2f}×, req/s {w('rps')/f('rps'):.2f}×.\n")
+    w = lambda k: med("fledge-pingora", k)
+    out.write(f"\nfledge's own path for the common request (fledge) / every request through Pingora's proxy (fledge-pingora): "
+              f"CPU per request {f('cpu_us_per_req')/w('cpu_us_per_req'):.2f}×, req/s {f('rps')/w('rps'):.2f}×, p99 {f('p99_ms')/w('p99_ms'):.2f}×.\n")
     if sticks:
         c = lambda k: med("core-loop", k)
         out.write(f"\nMeasuring sticks (no split, stable port only): core-loop / passthrough+forwarded: CPU per request "

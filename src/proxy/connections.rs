@@ -70,6 +70,9 @@ pub struct Guarded {
     inner: Arc<Proxy>,
     routes: Arc<ArcSwap<RouteTable>>,
     counts: Arc<Connections>,
+    /// Serve the common request on fledge's own path (else all go to
+    /// `HttpProxy`).
+    own_path: bool,
 }
 
 /// A request header not complete by its deadline.
@@ -209,11 +212,18 @@ impl Drop for Admitted<'_> {
 impl Guarded {
     /// Cap the connections `inner` serves, with the limits of the current
     /// route table (so a reload changes them for new connections).
-    pub fn new(inner: Proxy, routes: Arc<ArcSwap<RouteTable>>, counts: Arc<Connections>) -> Self {
+    /// `own_path`: serve the common request on fledge's own path.
+    pub fn new(
+        inner: Proxy,
+        routes: Arc<ArcSwap<RouteTable>>,
+        counts: Arc<Connections>,
+        own_path: bool,
+    ) -> Self {
         Guarded {
             inner: Arc::new(inner),
             routes,
             counts,
+            own_path,
         }
     }
 
@@ -254,7 +264,7 @@ impl Guarded {
                 return Ok(None);
             }
         }
-        Ok(if fast_path::takes(&mut session) {
+        Ok(if self.own_path && fast_path::takes(&mut session) {
             fast_path::serve(&self.inner, session).await
         } else {
             self.inner.process_new_http(session, shutdown).await

@@ -115,7 +115,12 @@ pub(crate) async fn serve(proxy: &Proxy, mut session: ServerSession) -> Option<R
 
 /// The request failed: its error answer, the error log line unless the
 /// client caused it, its record. The connection is not reused.
-async fn fail(mut session: ServerSession, ctx: &RequestCtx, e: Box<Error>, context: &str) -> Option<ReusedHttpStream> {
+async fn fail(
+    mut session: ServerSession,
+    ctx: &RequestCtx,
+    e: Box<Error>,
+    context: &str,
+) -> Option<ReusedHttpStream> {
     let status = FledgeProxy::error_status(&e);
     if status > 0 {
         if let Err(err) = session.respond_error(status).await {
@@ -164,7 +169,10 @@ async fn attempt(
     };
     let UpstreamSession::H1(mut upstream) = upstream else {
         // fledge's peers offer no ALPN and it has no custom connector.
-        return (false, Some(Error::explain(InternalError, "worker session is not HTTP/1")));
+        return (
+            false,
+            Some(Error::explain(InternalError, "worker session is not HTTP/1")),
+        );
     };
     let (server_reuse, client_reuse, error) = forward(proxy, session, &mut upstream, &peer, ctx).await;
     if client_reuse {
@@ -172,7 +180,10 @@ async fn attempt(
             .release_http_session(UpstreamSession::H1(upstream), &*peer, peer.idle_timeout())
             .await;
     }
-    (server_reuse, error.map(|e| while_proxying(&peer, session, e, reused)))
+    (
+        server_reuse,
+        error.map(|e| while_proxying(&peer, session, e, reused)),
+    )
 }
 
 /// Pingora's default `error_while_proxy`: an error once a worker connection
@@ -204,7 +215,8 @@ async fn forward(
     let mut req = session.req_header().clone();
     req.set_version(Version::HTTP_11);
     let http11 = session.req_header().version == Version::HTTP_11;
-    if let Err(e) = sanitize_h1_upstream_request(&mut req, peer.options.http_upstream_request_policy, http11) {
+    if let Err(e) = sanitize_h1_upstream_request(&mut req, peer.options.http_upstream_request_policy, http11)
+    {
         return (false, true, Some(e.into_down()));
     }
     if let Err(e) = FledgeProxy::set_forwarded(session, &mut req) {
@@ -285,8 +297,8 @@ async fn deliver(
             FledgeProxy::watch_answer(session, &header, ctx);
             // An answer framed by the connection's close goes on chunked,
             // so that the client connection can be kept.
-            let no_body = session.req_header().method == Method::HEAD
-                || matches!(header.status.as_u16(), 204 | 304);
+            let no_body =
+                session.req_header().method == Method::HEAD || matches!(header.status.as_u16(), 204 | 304);
             if !no_body
                 && !header.status.is_informational()
                 && !end
@@ -309,7 +321,10 @@ async fn deliver(
         }
         HttpTask::UpgradedBody(..) => {
             // The request was no upgrade: `HttpProxy` refuses this too.
-            return Err(Error::explain(InternalError, "upgraded body on a request that is no upgrade"));
+            return Err(Error::explain(
+                InternalError,
+                "upgraded body on a request that is no upgrade",
+            ));
         }
         other => other,
     };
