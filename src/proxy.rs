@@ -249,6 +249,35 @@ impl FledgeProxy {
         }
     }
 
+    /// Uploads may be large (Odoo imports) but not slow: after
+    /// `UPLOAD_GRACE`, a body arriving slower on average than
+    /// `limits.min_upload_bytes_per_second` is cut with a 408. Pingora's
+    /// read timeout alone restarts on every read, so a byte a minute would
+    /// hold a connection and a worker forever. The clock starts when the
+    /// body begins to come in (`HttpProxy` reads it once a worker is
+    /// reached, and the time that took is not the client's). Called with
+    /// each piece of the body, `received` bytes. Upgraded connections
+    /// (WebSockets) are not uploads and are left alone.
+    pub(crate) fn check_upload(session: &ServerSession, received: usize, ctx: &mut RequestCtx) -> Result<()> {
+        let min = ctx.table.tuning().limits.min_upload_bytes_per_second;
+        if min == 0 || session.was_upgraded() || ctx.long_lived {
+            return Ok(());
+        }
+        ctx.body_bytes += received as u64;
+        let now = tokio::time::Instant::now();
+        let elapsed = now - *ctx.body_since.get_or_insert(now);
+        if elapsed > crate::config::UPLOAD_GRACE
+            && (ctx.body_bytes as f64) < min as f64 * elapsed.as_secs_f64()
+        {
+            tracing::debug!(bytes = ctx.body_bytes, ?elapsed, "upload too slow");
+            return Error::e_explain(
+                HTTPStatus(408),
+                "request body slower than limits.min_upload_bytes_per_second",
+            );
+        }
+        Ok(())
+    }
+
     /// A worker of the chosen pool. A canary with no healthy worker falls
     /// back to stable, and the miss counts against the canary as a failed
     /// connect (a release whose workers are all down is failing, and the
@@ -480,15 +509,6 @@ impl ProxyHttp for FledgeProxy {
         }
     }
 
-    /// Uploads may be large (Odoo imports) but not slow: after
-    /// `UPLOAD_GRACE`, a body arriving slower on average than
-    /// `limits.min_upload_bytes_per_second` is cut with a 408. Pingora's
-    /// read timeout alone restarts on every read, so a byte a minute would
-    /// hold a connection and a worker forever. The clock starts when the
-    /// body begins to come in: Pingora reads it once a worker is reached,
-    /// and the time that took is not the client's. Upgraded connections
-    /// (WebSockets) are not uploads and are left alone. (Only `HttpProxy`
-    /// serves requests with a body.)
     async fn request_body_filter(
         &self,
         session: &mut Session,
@@ -496,23 +516,7 @@ impl ProxyHttp for FledgeProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let min = ctx.table.tuning().limits.min_upload_bytes_per_second;
-        if min == 0 || session.was_upgraded() || ctx.long_lived {
-            return Ok(());
-        }
-        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        let now = tokio::time::Instant::now();
-        let elapsed = now - *ctx.body_since.get_or_insert(now);
-        if elapsed > crate::config::UPLOAD_GRACE
-            && (ctx.body_bytes as f64) < min as f64 * elapsed.as_secs_f64()
-        {
-            tracing::debug!(bytes = ctx.body_bytes, ?elapsed, "upload too slow");
-            return Error::e_explain(
-                HTTPStatus(408),
-                "request body slower than limits.min_upload_bytes_per_second",
-            );
-        }
-        Ok(())
+        Self::check_upload(session, body.as_ref().map_or(0, Bytes::len), ctx)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {

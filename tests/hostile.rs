@@ -689,12 +689,19 @@ async fn an_upload_trickling_below_the_minimum_rate_is_cut_with_408() {
     let worker = mock("17.0").await;
     let config = case0_config(worker.addr(), "limits:\n  min_upload_bytes_per_second: 1000\n");
     let proxy = TestProxy::start(&config);
+    // A large body (streamed by Pingora's proxy) and a small one (read
+    // whole by fledge's own path) at once.
+    tokio::join!(trickle(&proxy, 100_000), trickle(&proxy, 10_000));
+}
+
+/// Send the header of a `length`-byte upload, then its body far under the
+/// minimum rate, and expect a 408.
+async fn trickle(proxy: &TestProxy, length: usize) {
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(
-        b"POST /web/binary/upload HTTP/1.1\r\nHost: case0.example.com\r\nContent-Length: 100000\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let head = format!(
+        "POST /web/binary/upload HTTP/1.1\r\nHost: case0.example.com\r\nContent-Length: {length}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
     tcp.write_all(&[b'x'; 100]).await.unwrap();
     // 20 bytes a second: far under 1000, each write restarting Pingora's
     // own read timer.
@@ -716,7 +723,7 @@ async fn an_upload_trickling_below_the_minimum_rate_is_cut_with_408() {
     assert_eq!(
         first_status(&answer),
         408,
-        "{:?}",
+        "{length} bytes: {:?}",
         String::from_utf8_lossy(&answer)
     );
 }

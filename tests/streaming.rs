@@ -217,3 +217,61 @@ tenants:
         failures.len()
     );
 }
+
+/// A request body reaches the worker byte for byte however it arrives:
+/// with its header or in pieces, small (read whole by fledge's own path)
+/// or past `BUFFERED_BODY` (16 KiB, streamed by Pingora's proxy), one
+/// request after another on one kept-alive connection. The worker echoes
+/// what it got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_reach_the_worker_whole_however_they_arrive() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while let Some((_, body)) = crate::util::read_message(&mut tcp).await {
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if tcp.write_all(&[head.as_bytes(), &body].concat()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = TestProxy::start(&crate::util::one_worker(worker, ""));
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    for (size, pieces) in [
+        (0usize, 1usize),
+        (300, 1),
+        (5_000, 3),
+        (16_384, 1),
+        (16_385, 2),
+        (40_000, 4),
+    ] {
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let head = format!(
+            "POST /web/dataset/call_kw HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        );
+        let mut chunks = body.chunks(size.div_ceil(pieces).max(1));
+        let first = chunks.next().unwrap_or_default();
+        tcp.write_all(&[head.as_bytes(), first].concat()).await.unwrap();
+        for chunk in chunks {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tcp.write_all(chunk).await.unwrap();
+        }
+        let (head, echoed) =
+            tokio::time::timeout(Duration::from_secs(10), crate::util::read_message(&mut tcp))
+                .await
+                .expect("an answer in time")
+                .unwrap_or_else(|| panic!("no answer for {size} bytes in {pieces}\n{}", proxy.log()));
+        assert!(head.starts_with("http/1.1 200"), "{size} bytes: {head}");
+        assert_eq!(echoed.len(), body.len(), "{size} bytes in {pieces}");
+        assert!(
+            echoed == body,
+            "{size} bytes in {pieces}: the worker got other bytes"
+        );
+    }
+}

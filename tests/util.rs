@@ -644,25 +644,28 @@ where
 
 /// Read one response with a `Content-Length` from `stream`; its status.
 pub async fn response_status<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<u16> {
+    let (head, _) = read_message(stream).await?;
+    head.get(9..12).and_then(|s| s.parse().ok())
+}
+
+/// One HTTP/1 message framed by `Content-Length` (or without a body), read
+/// from `stream` byte by byte, so that nothing of the next one is taken:
+/// its head (lowercased, without the blank line) and its body. `None`: the
+/// stream ended or failed first.
+pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<(String, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if got.len() >= end + 4 + length {
-                return head.get(9..12).and_then(|s| s.parse().ok());
-            }
-        }
-        let mut buf = [0u8; 4096];
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.ok()?);
     }
+    let head = String::from_utf8_lossy(&head[..head.len() - 4]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some((head, body))
 }
 
 /// A slow header under a 2 s deadline was cut at it: not before, and not

@@ -1,8 +1,15 @@
 //! Data plane, per request: fledge's own path for the common request — an
-//! HTTP/1 request with no body, no upgrade, not `CONNECT` (page loads,
-//! assets, `GET`s of JSON). [`connections`](super::connections) reads every
+//! HTTP/1 request with no body or a small one of known length (up to
+//! [`BUFFERED_BODY`]), no upgrade, not `CONNECT`: page loads, assets, and
+//! Odoo's JSON-RPC calls. [`connections`](super::connections) reads every
 //! HTTP/1 request header itself, then serves such a request here and hands
-//! any other to Pingora's `HttpProxy` (with its header read).
+//! any other to Pingora's `HttpProxy` (with its header read): uploads,
+//! chunked bodies, `Expect`, WebSockets, HTTP/2.
+//!
+//! A small body is read whole before a worker is chosen, as nginx buffers
+//! request bodies: a slow client never holds a worker, and a request whose
+//! connect fails is retried with its body in hand. It goes to the worker
+//! with the header, in one write when it fits.
 //!
 //! Why not `HttpProxy` for all: its orchestration (a boxed future per hook,
 //! a session wrapper with cache, compression and module state, checks for
@@ -20,13 +27,15 @@
 //!
 //! Left out, because fledge uses none of them for these requests: the cache,
 //! downstream and upstream modules, compression, subrequests, HTTP/2 and
-//! custom sessions, the request-body filter (there is no body), and the
-//! authority reconciled after the filters (`read_request` validated `Host`
-//! against the target, and fledge's filters change neither).
+//! custom sessions, and the authority reconciled after the filters
+//! (`read_request` validated `Host` against the target, and fledge's
+//! filters change neither).
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{Method, Version};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::v1::client::HttpSession as Upstream1;
 use pingora::protocols::http::{HttpTask, ServerSession};
@@ -40,14 +49,62 @@ use crate::proxy::Admission;
 /// The proxy this path stands in for: its hooks, connector and limits.
 pub(crate) type Proxy = HttpProxy<FledgeProxy>;
 
+/// The largest request body this path reads whole before it goes on: most
+/// JSON-RPC calls fit; an upload streams through `HttpProxy`.
+pub(crate) const BUFFERED_BODY: u64 = 16 * 1024;
+
 /// Whether this path serves the request whose header `session` has read:
-/// what Pingora's own bodiless path takes (`proxy_1to1`'s gate), and not
-/// `CONNECT` (which `HttpProxy` refuses with a 405).
+/// HTTP/1, no upgrade (Pingora's test: any `Upgrade` on HTTP/1.1), not
+/// `CONNECT` (which `HttpProxy` refuses with a 405), and no body or a small
+/// one ([`small_body`]).
 pub(crate) fn takes(session: &mut ServerSession) -> bool {
     session.as_http1().is_some()
         && session.req_header().method != Method::CONNECT
         && !session.is_upgrade_req()
-        && session.is_body_empty()
+        && (session.is_body_empty() || small_body(session.req_header()).is_some())
+}
+
+/// The length of a request body small enough to read whole: one
+/// `Content-Length` (the header read made sure there is no other framing
+/// it conflicts with), no `Transfer-Encoding`, no `Expect` (the client
+/// waits for a worker's `100 Continue` before it sends the body).
+fn small_body(req: &RequestHeader) -> Option<u64> {
+    let headers = &req.headers;
+    if headers.contains_key(TRANSFER_ENCODING) || headers.contains_key(EXPECT) {
+        return None;
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let length = lengths.next()?;
+    if lengths.next().is_some() {
+        return None;
+    }
+    let length: u64 = std::str::from_utf8(length.as_bytes()).ok()?.trim().parse().ok()?;
+    (length <= BUFFERED_BODY).then_some(length)
+}
+
+/// Read a small request body whole (fledge's upload rate applies, as to a
+/// body `HttpProxy` streams). `None`: the request has no body.
+async fn read_body(session: &mut ServerSession, ctx: &mut RequestCtx) -> pingora::Result<Option<Bytes>> {
+    if session.is_body_empty() {
+        return Ok(None);
+    }
+    // Most often the body came with the header: one piece, no copy.
+    let mut whole: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    while let Some(piece) = session.read_request_body().await? {
+        FledgeProxy::check_upload(session, piece.len(), ctx)?;
+        match (&mut more, whole.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&piece),
+            (None, Some(first)) => {
+                let mut buf = BytesMut::with_capacity(BUFFERED_BODY as usize);
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&piece);
+                more = Some(buf);
+            }
+            (None, None) => whole = Some(piece),
+        }
+    }
+    Ok(more.map(BytesMut::freeze).or(whole).or(Some(Bytes::new())))
 }
 
 /// Serve one request whose header is read and that [`takes`] accepted.
@@ -77,12 +134,21 @@ pub(crate) async fn serve(proxy: &Proxy, mut session: ServerSession) -> Option<R
         }
     }
 
+    let body = match read_body(&mut session, &mut ctx).await {
+        Ok(body) => body,
+        Err(mut e) => {
+            e.as_down();
+            let failed = Box::pin(fail(session, &ctx, e, "Fail to read request body:"));
+            return failed.await;
+        }
+    };
+
     let mut tries = 0;
     let mut reuse = false;
     let mut error = None;
     while tries < proxy.max_retries() {
         tries += 1;
-        let (reused, e) = attempt(proxy, &mut session, &mut ctx).await;
+        let (reused, e) = attempt(proxy, &mut session, body.as_ref(), &mut ctx).await;
         reuse = reused;
         let Some(e) = e else {
             error = None;
@@ -152,6 +218,7 @@ async fn finish(session: ServerSession) -> Option<ReusedHttpStream> {
 async fn attempt(
     proxy: &Proxy,
     session: &mut ServerSession,
+    body: Option<&Bytes>,
     ctx: &mut RequestCtx,
 ) -> (bool, Option<Box<Error>>) {
     let fledge = proxy.inner();
@@ -174,7 +241,7 @@ async fn attempt(
             Some(Error::explain(InternalError, "worker session is not HTTP/1")),
         );
     };
-    let (server_reuse, client_reuse, error) = forward(proxy, session, &mut upstream, &peer, ctx).await;
+    let (server_reuse, client_reuse, error) = forward(proxy, session, &mut upstream, &peer, body, ctx).await;
     if client_reuse {
         connector
             .release_http_session(UpstreamSession::H1(upstream), &*peer, peer.idle_timeout())
@@ -207,6 +274,7 @@ async fn forward(
     session: &mut ServerSession,
     upstream: &mut Upstream1,
     peer: &HttpPeer,
+    body: Option<&Bytes>,
     ctx: &mut RequestCtx,
 ) -> (bool, bool, Option<Box<Error>>) {
     upstream.read_timeout = peer.options.read_timeout;
@@ -225,13 +293,13 @@ async fn forward(
     if let Err(e) = upstream.write_request_header(Box::new(req)).await {
         return (false, false, Some(e.into_up()));
     }
-    // The empty body's end. A failed send still lets a complete answer
+    // The body and its end. A failed send still lets a complete answer
     // through (the worker may have answered before it read), but the
     // worker connection is not reused, and the send error is the one
     // reported if the answer fails too.
     let mut upstream_reusable = true;
     let mut send_error = None;
-    if let Err(e) = upstream.finish_body().await {
+    if let Err(e) = send_body(upstream, body).await {
         tracing::debug!(error = %e, "send error, draining read buf");
         upstream_reusable = false;
         send_error = Some(e.into_up());
@@ -281,6 +349,15 @@ async fn forward(
         reuse_client = false;
     }
     (reuse_client, upstream_reusable, None)
+}
+
+/// The request body, if any, then its end (a flush).
+async fn send_body(upstream: &mut Upstream1, body: Option<&Bytes>) -> pingora::Result<()> {
+    if let Some(body) = body.filter(|b| !b.is_empty()) {
+        upstream.write_body(body).await?;
+    }
+    upstream.finish_body().await?;
+    Ok(())
 }
 
 /// One task of the worker's answer through fledge's steps and on to the
