@@ -1,20 +1,24 @@
-//! Data plane: [`FledgeProxy`], our `ProxyHttp` implementation. Hooks only
-//! glue routing and upstream together; each says why it is overridden.
+//! Data plane: [`FledgeProxy`], fledge's request path as steps, and its
+//! `ProxyHttp` hooks. Steps only glue routing and upstream together.
 //!
-//! Request path: `new_ctx` takes one route-table snapshot → `request_filter`
-//! routes (tenant, version), answers unknown hosts and strips the override
-//! header → `upstream_peer` picks a worker of the chosen pool (canary without
-//! a healthy worker: stable) → `fail_to_connect` retries a refused connect
+//! Request path: `context` takes one route-table snapshot → `admit` routes
+//! (tenant, version), answers unknown hosts and strips the override header
+//! → `pick_worker` picks a worker of the chosen pool (canary without a
+//! healthy worker: stable) → `connect_failed` retries a refused connect
 //! once, a canary on stable (nothing was sent, so this cannot duplicate a
-//! request) → `upstream_request_filter` sets `X-Forwarded-*` (after Pingora
-//! has removed hop-by-hop and `Connection`-nominated headers, so a client
-//! cannot make us drop them) → `response_filter` adds `X-Fledge-Version` and
-//! the sticky cookies → `upstream_response_body_filter` watches JSON-RPC
-//! answers for an `error` member → `logging` classifies the outcome and
-//! records it, with the latency, in the tenant's per-version counters.
-//! Bodies stream through untouched; errors after bytes
-//! reached a worker are retried only for idempotent methods on a reused
-//! connection (Pingora's default), never for a POST.
+//! request) → `set_forwarded` sets `X-Forwarded-*` (after Pingora's
+//! sanitising has removed hop-by-hop and `Connection`-nominated headers, so
+//! a client cannot make us drop them) → `watch_answer` and the sniffer watch
+//! JSON-RPC answers for an `error` member → `stamp` adds `X-Fledge-Version`
+//! and the sticky cookies → `record` classifies the outcome and records it,
+//! with the latency, in the tenant's per-version counters. Bodies pass
+//! through untouched; errors after bytes reached a worker are retried only
+//! for idempotent methods on a reused connection (Pingora's default), never
+//! for a POST.
+//!
+//! Two callers take these steps in this order: fledge's own path for the
+//! common request (`fast_path`, from [`connections`]), and Pingora's
+//! `HttpProxy` for the rest, through the hooks at the end of this file.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -167,12 +171,12 @@ async fn redirect_to_https(session: &mut ServerSession, port: u16) -> Result<()>
     session.finish_body().await
 }
 
-/// fledge's request path, hook by hook. Each step is a plain method on the
-/// client's [`ServerSession`], so that the two callers share it: Pingora's
-/// `HttpProxy` through the `ProxyHttp` hooks below (requests with a body,
-/// upgrades, HTTP/2), and fledge's own path for the common request
-/// ([`fast_path`]), which calls them in the same order without Pingora's
-/// per-hook boxes.
+/// fledge's request path, step by step. Each step is a plain method over
+/// the client's [`ServerSession`], so that the two callers share it:
+/// fledge's own path for the common request (`fast_path`), which calls
+/// them in order without Pingora's per-hook boxes, and Pingora's
+/// `HttpProxy` through the `ProxyHttp` hooks below (uploads, upgrades,
+/// HTTP/2).
 impl FledgeProxy {
     /// One snapshot of the route table per request (`load_full`, not a
     /// guard: the context outlives many awaits).

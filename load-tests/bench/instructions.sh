@@ -5,14 +5,15 @@
 # the session cookie over two weighted servers), the bare Pingora
 # passthrough, the passthrough setting X-Forwarded-*, the same work done
 # by a request loop of our own over pingora-core (examples/core-loop.rs:
-# Pingora's proxy layer left out), and fledge (1000
-# tenants, canary at 20 %, a returning browser's session and version
-# cookies). Each proxy is measured idle and under wrk for the same time
+# Pingora's proxy layer left out), fledge (1000 tenants, canary at 20 %,
+# a returning browser's session and version cookies), and the same fledge
+# with every request through Pingora's proxy (fledge-pingora,
+# FLEDGE_PINGORA_PATH=1). Each proxy is measured idle and under wrk for the same time
 # (below, `measure`); the difference over the requests served is the cost
 # of a request. Kernel time is not counted.
 #
 # Usage: load-tests/bench/instructions.sh [SECONDS]
-# NAMES picks the proxies (default: all six, in the order above); SETTLE
+# NAMES picks the proxies (default: all seven, in the order above); SETTLE
 # is how long a proxy gets after its port opens before it is measured
 # (default 5 s: valgrind slows start-up).
 # Needs: valgrind, nginx, haproxy, wrk, a release build (the passthrough:
@@ -66,7 +67,7 @@ measure() { # name cmd...
   echo "$reqs $(total "$WORK/$name.cg.1") $(total "$WORK/$name.cg.2")"
 }
 declare -A per
-NAMES=${NAMES:-nginx haproxy passthrough passthrough+forwarded core-loop fledge}
+NAMES=${NAMES:-nginx haproxy passthrough passthrough+forwarded core-loop fledge fledge-pingora}
 for name in $NAMES; do
   case $name in
     nginx) cmd=(nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf") ;;
@@ -74,9 +75,12 @@ for name in $NAMES; do
     passthrough) cmd=("$ROOT/target/release/examples/passthrough" "127.0.0.1:$P" "127.0.0.1:$B" 1) ;;
     passthrough+forwarded) cmd=("$ROOT/target/release/examples/passthrough" "127.0.0.1:$P" "127.0.0.1:$B" 1 forwarded) ;;
     core-loop) cmd=("$ROOT/target/release/examples/core-loop" "127.0.0.1:$P" "127.0.0.1:$B" 1) ;;
-    fledge) cmd=("${FLEDGE:-$ROOT/target/release/fledge}" run --config "$WORK/fledge.yaml") ;;
+    fledge|fledge-pingora) cmd=("${FLEDGE:-$ROOT/target/release/fledge}" run --config "$WORK/fledge.yaml") ;;
   esac
-  read -r reqs idle busy < <(measure "$name" "${cmd[@]}")
+  # fledge-pingora: every request through Pingora's proxy, none on
+  # fledge's own path (src/server.rs, PINGORA_PATH).
+  pingora_path=; [ "$name" = fledge-pingora ] && pingora_path=1
+  read -r reqs idle busy < <(FLEDGE_PINGORA_PATH=$pingora_path measure "$name" "${cmd[@]}")
   per[$name]=$(( (busy - idle) / reqs ))
   echo "$name: $reqs requests, $((busy - idle)) instructions beyond idle, ${per[$name]} per request"
 done

@@ -7,7 +7,7 @@
 //! connections already open are untouched. It then runs an HTTP/1
 //! connection's requests itself (Pingora's keep-alive loop, which Pingora
 //! keeps inside one call, moved here): it reads each request header, serves
-//! the common request on fledge's own path ([`fast_path`](super::fast_path))
+//! the common request on fledge's own path (`fast_path`)
 //! and hands any other, header read, to Pingora's `HttpProxy`. HTTP/2
 //! connections go to Pingora whole.
 //!
