@@ -399,6 +399,62 @@ async fn header_names_keep_their_case_only_when_asked() {
     assert!(to_client.ends_with("\r\n\r\nok"), "{to_client}");
 }
 
+/// An absolute-form request (as a client configured for a forward proxy
+/// sends it) is served, and reaches the worker with its `Host`: its
+/// authority goes through the same reconciling step as in Pingora's proxy.
+/// (Without a `Host` it names no tenant fledge knows: a 404.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_request_reaches_the_worker_with_its_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (worker, head) = recording_worker().await;
+    let proxy = TestProxy::start(&one_worker(worker, ""));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET http://acme.example.com/web/login HTTP/1.1\r\nHost: acme.example.com\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    client.read_to_end(&mut response).await.unwrap();
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    let to_worker = head.await.unwrap().to_ascii_lowercase();
+    assert!(
+        to_worker.contains("\r\nhost: acme.example.com\r\n"),
+        "{to_worker}"
+    );
+}
+
+/// A client may name `Content-Length` in `Connection`, which makes it a
+/// hop-by-hop header that stops at fledge: the body still reaches the
+/// worker whole (chunked), not dropped for want of a length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_whose_length_is_named_in_connection_still_reaches_the_worker() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let worker = mock("17.0").await;
+    let proxy = TestProxy::start(&one_worker(worker.addr(), ""));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let body = r#"{"jsonrpc":"2.0","params":{}}"#;
+    let request = format!(
+        "POST /web/binary/upload HTTP/1.1\r\nHost: acme.example.com\r\nContent-Length: {}\r\n\
+         Connection: close, content-length\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    client.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.ends_with(&format!(r#"{{"received":{}}}"#, body.len())),
+        "the worker did not get the body: {response}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stop_at_fledge() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -27,19 +27,22 @@
 //!
 //! Left out, because fledge uses none of them for these requests: the cache,
 //! downstream and upstream modules, compression, subrequests, HTTP/2 and
-//! custom sessions, and the authority reconciled after the filters
-//! (`read_request` validated `Host` against the target, and fledge's
-//! filters change neither).
+//! custom sessions. The authority is reconciled after the filters only for
+//! requests not in origin form with a `Host` (for those `read_request`
+//! validated it, and fledge's filters change neither `Host` nor target).
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{Method, Version};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::v1::client::HttpSession as Upstream1;
 use pingora::protocols::http::{HttpTask, ServerSession};
-use pingora::proxy::{sanitize_h1_upstream_request, HttpProxy};
+use pingora::proxy::{
+    finalize_h1_upstream_request_framing, sanitize_h1_upstream_request, standard_upstream_authority,
+    HttpProxy,
+};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType::InternalError};
 
@@ -91,7 +94,12 @@ async fn read_body(session: &mut ServerSession, ctx: &mut RequestCtx) -> pingora
     // Most often the body came with the header: one piece, no copy.
     let mut whole: Option<Bytes> = None;
     let mut more: Option<BytesMut> = None;
-    while let Some(piece) = session.read_request_body().await? {
+    // A read error is the client's (the upload rate's 408 keeps its own
+    // source, as in `HttpProxy`).
+    while let Some(piece) = session.read_request_body().await.map_err(|mut e| {
+        e.as_down();
+        e
+    })? {
         FledgeProxy::check_upload(session, piece.len(), ctx)?;
         match (&mut more, whole.take()) {
             (Some(buf), _) => buf.extend_from_slice(&piece),
@@ -136,8 +144,7 @@ pub(crate) async fn serve(proxy: &Proxy, mut session: ServerSession) -> Option<R
 
     let body = match read_body(&mut session, &mut ctx).await {
         Ok(body) => body,
-        Err(mut e) => {
-            e.as_down();
+        Err(e) => {
             let failed = Box::pin(fail(session, &ctx, e, "Fail to read request body:"));
             return failed.await;
         }
@@ -283,11 +290,27 @@ async fn forward(
     let mut req = session.req_header().clone();
     req.set_version(Version::HTTP_11);
     let http11 = session.req_header().version == Version::HTTP_11;
+    let had_host = req.headers.contains_key(HOST);
     if let Err(e) = sanitize_h1_upstream_request(&mut req, peer.options.http_upstream_request_policy, http11)
     {
         return (false, true, Some(e.into_down()));
     }
     if let Err(e) = FledgeProxy::set_forwarded(session, &mut req) {
+        return (false, true, Some(e));
+    }
+    // `HttpProxy` reconciles `Host` with the target after the filters. For
+    // an origin-form request with a `Host` (nearly all) that changes
+    // nothing, since fledge's filters touch neither; the others (absolute
+    // form, no `Host`, `*`) take the same step: an absolute-form request
+    // without `Host` gets one from its target.
+    if req.uri.authority().is_some() || !had_host || !req.raw_path().starts_with(b"/") {
+        if let Err(e) = standard_upstream_authority(&mut req, had_host) {
+            return (false, true, Some(e));
+        }
+    }
+    // A body whose `Content-Length` the client nominated in `Connection`
+    // (so sanitising removed it) goes on chunked.
+    if let Err(e) = finalize_h1_upstream_request_framing(&mut req, body.is_some()) {
         return (false, true, Some(e));
     }
     if let Err(e) = upstream.write_request_header(Box::new(req)).await {
@@ -300,7 +323,7 @@ async fn forward(
     let mut upstream_reusable = true;
     let mut send_error = None;
     if let Err(e) = send_body(upstream, body).await {
-        tracing::debug!(error = %e, "send error, draining read buf");
+        tracing::warn!(target: "pingora_proxy", "send error, draining read buf: {e}");
         upstream_reusable = false;
         send_error = Some(e.into_up());
     }
@@ -345,7 +368,7 @@ async fn forward(
 
     let mut reuse_client = true;
     if let Err(e) = session.finish_body().await {
-        tracing::debug!(error = %e, "could not finish the answer");
+        tracing::error!(target: "pingora_proxy", "Error finish sending body to downstream: {e}");
         reuse_client = false;
     }
     (reuse_client, upstream_reusable, None)

@@ -102,7 +102,9 @@ pub use proxy_purge::PurgeStatus;
 pub use proxy_trait::{FailToProxy, ProxyHttp, ProxyWarnLogContext};
 // fledge patch (vendor/pingora-proxy-own-loop.patch): for a server app that
 // sends some requests upstream itself, with the same sanitising.
-pub use proxy_common::sanitize_h1_upstream_request;
+pub use proxy_common::{
+    finalize_h1_upstream_request_framing, sanitize_h1_upstream_request, standard_upstream_authority,
+};
 
 pub mod prelude {
     pub use crate::{http_proxy, http_proxy_service, ProxyHttp, ProxyWarnLogContext, Session};

@@ -13,7 +13,9 @@
 // limitations under the License.
 
 use http::header::{self, HeaderName};
-use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora_core::protocols::http::authority::{
+    raw_target_authority, validate_request_authority, RawTargetAuthority,
+};
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpUpstreamRequestPolicy};
 use pingora_error::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
 use pingora_http::RequestHeader;
@@ -387,8 +389,26 @@ pub fn sanitize_h1_upstream_request(
     Ok(())
 }
 
+/// Reconcile and revalidate an HTTP/1 upstream request's authority after the request filters,
+/// which can mutate Host, URI, or target (the standard authority policy). Errors are internal.
+///
+/// fledge patch (vendor/pingora-proxy-own-loop.patch): the body of a block of `proxy_1to1`, made
+/// a public function for a server app that sends requests upstream itself.
+pub fn standard_upstream_authority(req: &mut RequestHeader, downstream_had_host: bool) -> Result<()> {
+    reconcile_upstream_authority(req).map_err(|e| e.into_in())?;
+    // A filter may delete Host. Restore it for requests that originally carried one or
+    // whose URI or absolute-form target has an authority, without adding a new empty Host
+    // to Host-less HTTP/1.0 origin-form.
+    let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
+    if downstream_had_host || req.uri.authority().is_some() || target_has_authority {
+        set_h1_host_from_authority(req).map_err(|e| e.into_in())?;
+    }
+    // The final filter-produced request is invalid, so classify this as internal.
+    validate_request_authority(req).map_err(|e| e.into_in())
+}
+
 /// Frame a body-bearing HTTP/1 upstream request after application request filtering.
-pub(crate) fn finalize_h1_upstream_request_framing(
+pub fn finalize_h1_upstream_request_framing(
     req: &mut RequestHeader,
     downstream_has_body: bool,
 ) -> Result<()> {
