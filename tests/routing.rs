@@ -305,6 +305,24 @@ async fn rehearsal_traffic_is_counted_apart_as_well() {
 
 /// A worker that records the head of the one request it gets and answers
 /// with headers spelt in mixed case.
+/// Send `request` (which asks to close) through fledge to a recording
+/// worker; expect a 200 and return the head the worker got, lowercased.
+async fn through_to_worker(request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (worker, head) = recording_worker().await;
+    let proxy = TestProxy::start(&one_worker(worker, ""));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    client.read_to_end(&mut response).await.unwrap();
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    head.await.unwrap().to_ascii_lowercase()
+}
+
 async fn recording_worker() -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -405,24 +423,10 @@ async fn header_names_keep_their_case_only_when_asked() {
 /// (Without a `Host` it names no tenant fledge knows: a 404.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absolute_form_request_reaches_the_worker_with_its_host() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (worker, head) = recording_worker().await;
-    let proxy = TestProxy::start(&one_worker(worker, ""));
-    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(
-            b"GET http://acme.example.com/web/login HTTP/1.1\r\nHost: acme.example.com\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    client.read_to_end(&mut response).await.unwrap();
-    assert!(
-        response.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&response)
-    );
-    let to_worker = head.await.unwrap().to_ascii_lowercase();
+    let to_worker = through_to_worker(
+        b"GET http://acme.example.com/web/login HTTP/1.1\r\nHost: acme.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(
         to_worker.contains("\r\nhost: acme.example.com\r\n"),
         "{to_worker}"
@@ -457,26 +461,12 @@ async fn a_body_whose_length_is_named_in_connection_still_reaches_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stop_at_fledge() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (worker, head) = recording_worker().await;
-    let proxy = TestProxy::start(&one_worker(worker, ""));
-    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(
-            b"GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nKeep-Alive: timeout=5\r\n\
-              Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic YTpi\r\nTE: trailers\r\n\
-              Trailer: X-Sum\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Client-Tag: a\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    client.read_to_end(&mut response).await.unwrap();
-    assert!(
-        response.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&response)
-    );
-    let to_worker = head.await.unwrap().to_ascii_lowercase();
+    let to_worker = through_to_worker(
+        b"GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nKeep-Alive: timeout=5\r\n\
+          Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic YTpi\r\nTE: trailers\r\n\
+          Trailer: X-Sum\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Client-Tag: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     for name in [
         "keep-alive:",
         "proxy-connection:",
