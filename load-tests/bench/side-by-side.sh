@@ -30,6 +30,9 @@
 #   RATE requests a second in all (spread over the connections) to every
 #   proxy, and latency comes from its per-request log. Set it below the
 #   slowest proxy's saturation rate. Writes side-by-side-t<THREADS>-r<RATE>.
+#   POST=1: the request is a JSON-RPC call as Odoo's web client makes it, a
+#   POST with a small JSON body, rather than a GET (not with STICKS: the
+#   core-loop stick takes no bodies). Writes side-by-side-t<THREADS>[-r<RATE>]-post.
 # Needs: nginx, haproxy, wrk (h2load for RATE); cargo build --release -p fledge.
 # Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -49,7 +52,13 @@ PROXY_CPUS=$(seq -s, 0 $((THREADS - 1)))
 LOAD_CPU=$((NCPU - 1))
 [ "$THREADS" -lt "$NCPU" ] || LOAD_CPU=$((NCPU - 1))
 
+POST=${POST:-}
+[ -z "$POST" ] || [ -z "${STICKS:-}" ] || { echo "POST=1 does not go with STICKS=1 (core-loop takes no bodies)" >&2; exit 1; }
 WORK=$(mktemp -d)
+# The JSON-RPC call POST=1 sends (wrk script; h2load's data file).
+CALL='{"jsonrpc":"2.0","method":"call","params":{"model":"res.partner","method":"read","args":[[3]],"kwargs":{"fields":["name"]}}}'
+printf '%s' "$CALL" > "$WORK/call.json"
+printf 'wrk.method = "POST"\nwrk.body = [[%s]]\nwrk.headers["Content-Type"] = "application/json"\n' "$CALL" > "$WORK/call.lua"
 OUT=${OUT:-$ROOT/load-tests/runs/$(date +%F)-$(hostname -s)}
 mkdir -p "$OUT"
 PIDS=()
@@ -133,7 +142,7 @@ RATE=${RATE:-}
 # connection after 1 000 requests: enough connections that none reaches it.
 HCONNS=$CONNS
 [ -z "$RATE" ] || HCONNS=$(( (RATE * SECS + 899) / 900 > CONNS ? (RATE * SECS + 899) / 900 : CONNS ))
-TAG=t$THREADS${RATE:+-r$RATE}
+TAG=t$THREADS${RATE:+-r$RATE}${POST:+-post}
 CSV=$OUT/side-by-side-$TAG.csv
 echo "round,proxy,requests,rps,p50_ms,p99_ms,cpu_us_per_req,rss_kib,user_us_per_req,sys_us_per_req" > "$CSV"
 run() { # name port pids...
@@ -144,6 +153,7 @@ run() { # name port pids...
     rm -f "$WORK/h2load.log"
     taskset -c $LOAD_CPU h2load --h1 -t1 -c"$HCONNS" --rps="$(python3 -c "print($RATE/$HCONNS)")" -D "$SECS" \
       --log-file="$WORK/h2load.log" -H ':authority: acme.example.com' -H "Cookie: $COOKIE" \
+      ${POST:+-d "$WORK/call.json" -H 'content-type: application/json'} \
       "http://127.0.0.1:$p/web/session/get_session_info" > /dev/null
     read -r u1 s1 < <(ticks_us "$@")
     # (h2load sets Host from :authority; a Host header of ours would be a
@@ -157,7 +167,7 @@ print(len(d), round(len(d) / float(sys.argv[2]), 1), f"{q(0.5):.3f}ms", f"{q(0.9
 PY
 )
   else
-    out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/web/session/get_session_info")
+    out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${SECS}s" --latency ${POST:+-s "$WORK/call.lua"} -H 'Host: acme.example.com' -H "Cookie: $COOKIE" "http://127.0.0.1:$p/web/session/get_session_info")
     read -r u1 s1 < <(ticks_us "$@")
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -189,7 +199,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$CSV" "$OUT/side-by-side-$TAG.md" "$ROUNDS" "$SECS" "$CONNS" "$THREADS" "$("$FLEDGE" --version 2>/dev/null || echo fledge)" "$RATE" "$HCONNS" <<'PY'
+python3 - "$CSV" "$OUT/side-by-side-$TAG.md" "$ROUNDS" "$SECS" "$CONNS" "$THREADS" "$("$FLEDGE" --version 2>/dev/null || echo fledge)" "$RATE" "$HCONNS" "$POST" <<'PY'
 import csv, statistics, sys, subprocess, platform
 rows = list(csv.DictReader(open(sys.argv[1])))
 def num(v):
@@ -211,7 +221,8 @@ with open(sys.argv[2], "w") as out:
               f"CPU: {cpu_name}, {ncpu} vCPUs; kernel {platform.release()}. "
               f"{nginx_v}; {haproxy_v}; {sys.argv[7]}. "
               f"Proxies on CPU 0..{int(threads)-1}, backend (nginx, fixed 200-byte JSON) and {load} on the last CPU; "
-              f"{rounds} alternating rounds, medians. Same request through all: a returning browser's JSON-RPC call, 20 % canary split by session cookie.\n\n")
+              f"{rounds} alternating rounds, medians. Same request through all: a returning browser's JSON-RPC call "
+              f"({'a POST with a small JSON body' if sys.argv[10] else 'a GET'}), 20 % canary split by session cookie.\n\n")
     out.write("| | req/s | p50 | p99 | proxy CPU µs/req | of it user / system | RSS MiB |\n|---|---|---|---|---|---|---|\n")
     names = ["direct", "nginx", "haproxy", "fledge", "fledge-pingora"]
     sticks = any(r["proxy"] == "core-loop" for r in rows)
