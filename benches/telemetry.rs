@@ -21,11 +21,12 @@ fn record(c: &mut Criterion) {
             stats.record(
                 black_box(Outcome::Ok),
                 Some(black_box(Duration::from_micros(1_800))),
+                0,
             )
         })
     });
     group.bench_function("websocket_without_latency", |b| {
-        b.iter(|| stats.record(black_box(Outcome::Ok), None))
+        b.iter(|| stats.record(black_box(Outcome::Ok), None, 0))
     });
     group.finish();
 }
@@ -53,10 +54,10 @@ fn tick(c: &mut Criterion) {
         for t in table.tenants() {
             t.stats()
                 .version(Version::Stable)
-                .record(Outcome::Ok, Some(Duration::from_millis(20)));
+                .record(Outcome::Ok, Some(Duration::from_millis(20)), 0);
             t.stats()
                 .version(Version::Canary)
-                .record(Outcome::Ok, Some(Duration::from_millis(25)));
+                .record(Outcome::Ok, Some(Duration::from_millis(25)), 0);
         }
     };
     for _ in 0..50 {

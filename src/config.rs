@@ -162,6 +162,9 @@ pub struct AnalysisPolicy {
     pub thresholds: Thresholds,
     /// Breaches in a row before a rollback.
     pub consecutive_breaches: u32,
+    /// Odoo exception names (`error.data.name`) a user causes: their
+    /// JSON-RPC errors are counted as `jsonrpc_client_error`, not failures.
+    pub client_exceptions: Vec<String>,
 }
 
 /// A named set of Odoo workers running one release.

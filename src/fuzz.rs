@@ -140,7 +140,7 @@ pub fn jsonrpc_sniffer(data: &[u8]) {
     for piece in data.chunks(cut) {
         sniffer.feed(piece);
     }
-    let _ = sniffer.is_error();
+    let _ = sniffer.answer(&crate::proxy::classify::DEFAULT_CLIENT_EXCEPTIONS);
 }
 
 #[cfg(test)]

@@ -85,9 +85,17 @@ enum Command {
         /// Share of requests answered with HTTP 500.
         #[arg(long, default_value_t = 0.0)]
         error_rate: f64,
-        /// Share of JSON-RPC calls answered with HTTP 200 and an `error` member.
+        /// Share of JSON-RPC calls answered with HTTP 200 and an `error`
+        /// member that is a server fault (`builtins.ZeroDivisionError`).
         #[arg(long, default_value_t = 0.0)]
         jsonrpc_error_rate: f64,
+        /// Share of JSON-RPC calls answered with an `odoo.exceptions.UserError`.
+        #[arg(long, default_value_t = 0.0)]
+        user_error_rate: f64,
+        /// Answer JSON-RPC calls whose `session_id` no mock issued as Odoo
+        /// does: `SessionExpiredException`, code 100.
+        #[arg(long)]
+        check_sessions: bool,
         /// Delay added to every answer, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
@@ -260,6 +268,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             version,
             error_rate,
             jsonrpc_error_rate,
+            user_error_rate,
+            check_sessions,
             latency_ms,
             close_rate,
             push_interval_ms,
@@ -269,6 +279,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             options.knobs = mock_odoo::Knobs {
                 error_rate,
                 jsonrpc_error_rate,
+                user_error_rate,
+                check_sessions,
                 latency_ms,
                 close_rate,
             };

@@ -11,7 +11,7 @@
 //! current route table at scrape time, registered in an explicit `Registry`
 //! (no globals, so every test builds its own).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -44,10 +44,23 @@ pub const EXPORTED_BOUNDS_US: [u64; 15] = [
     10_000_000, 30_000_000, 60_000_000,
 ];
 
+/// Groups the failing clients of a version are counted in: a failed
+/// request adds one to the group of its client (its sticky key's bucket,
+/// or its address), so the analysis can tell many failing clients from a
+/// few failing often (`analysis::verdict`'s `min_failing_clients` and
+/// `max_client_failure_share`). 32 groups tell apart the handful of
+/// clients those checks are about (five clients fall in five groups 72 %
+/// of the time, in four or more 98 %) for 128 bytes a version, and a
+/// window's checkpoint keeps a copy of them.
+pub const CLIENT_GROUPS: usize = 32;
+
 /// Counters of one version of one tenant.
 #[derive(Debug)]
 pub struct VersionStats {
     outcomes: [AtomicU64; Outcome::COUNT],
+    /// Failed requests by client group ([`CLIENT_GROUPS`]), cumulative and
+    /// wrapping, as the analysis window keeps them.
+    failing_clients: [AtomicU32; CLIENT_GROUPS],
     /// The part of `outcomes` that was rehearsal traffic
     /// ([`REHEARSAL_HEADER`]).
     rehearsal: [AtomicU64; Outcome::COUNT],
@@ -60,6 +73,8 @@ pub struct VersionStats {
 pub struct Snapshot {
     /// Requests by outcome.
     pub outcomes: [u64; Outcome::COUNT],
+    /// Failed requests by client group, cumulative modulo 2^32.
+    pub failing_clients: [u32; CLIENT_GROUPS],
     /// Requests by latency bucket.
     pub latency: [u64; LATENCY_BUCKETS],
     /// Sum of latencies, microseconds.
@@ -91,6 +106,7 @@ impl Default for VersionStats {
     fn default() -> Self {
         VersionStats {
             outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            failing_clients: std::array::from_fn(|_| AtomicU32::new(0)),
             rehearsal: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_sum_us: AtomicU64::new(0),
@@ -99,10 +115,15 @@ impl Default for VersionStats {
 }
 
 impl VersionStats {
-    /// Record one request. `latency` is `None` for requests whose duration
-    /// means nothing (WebSocket sessions, which last as long as the tab).
-    pub fn record(&self, outcome: Outcome, latency: Option<Duration>) {
+    /// Record one request of `client` (any stable hash of who sent it:
+    /// failures are grouped by it modulo [`CLIENT_GROUPS`]). `latency` is
+    /// `None` for requests whose duration means nothing (WebSocket
+    /// sessions, which last as long as the tab).
+    pub fn record(&self, outcome: Outcome, latency: Option<Duration>, client: u16) {
         self.outcomes[outcome.index()].fetch_add(1, Relaxed);
+        if outcome.is_failure() {
+            self.failing_clients[usize::from(client) % CLIENT_GROUPS].fetch_add(1, Relaxed);
+        }
         if let Some(latency) = latency {
             let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
             self.latency[bucket_of(us)].fetch_add(1, Relaxed);
@@ -125,6 +146,7 @@ impl VersionStats {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             outcomes: std::array::from_fn(|i| self.outcomes[i].load(Relaxed)),
+            failing_clients: std::array::from_fn(|i| self.failing_clients[i].load(Relaxed)),
             latency: std::array::from_fn(|i| self.latency[i].load(Relaxed)),
             latency_sum_us: self.latency_sum_us.load(Relaxed),
         }
@@ -142,6 +164,7 @@ impl Default for Snapshot {
     fn default() -> Self {
         Snapshot {
             outcomes: [0; Outcome::COUNT],
+            failing_clients: [0; CLIENT_GROUPS],
             latency: [0; LATENCY_BUCKETS],
             latency_sum_us: 0,
         }

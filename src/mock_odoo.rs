@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `GET /web/health` | `{"status": "pass"}` (never faulted) |
 //! | `/web/login` | an HTML page; sets a `session_id` cookie when the client has none |
+//! | `POST /web/session/authenticate` | JSON-RPC: logs in (any login), sets a new `session_id` |
 //! | `POST /web/session/get_session_info`, `/web/dataset/call_kw/*`, `/jsonrpc` | JSON-RPC 2.0, errors as **HTTP 200 with an `error` member** like Odoo |
 //! | `GET /web/assets/*` | a 64 KiB static blob |
 //! | `GET /web/content/*?size=N` | an N-byte download (default 1 MiB), streamed |
@@ -19,7 +20,13 @@
 //! Every response carries `X-Odoo-Version` (the version this mock plays)
 //! and `X-Odoo-Worker` (its address). Fault knobs, applied to every route
 //! but `/web/health` and `/__mock/*`: `error_rate` (HTTP 500),
-//! `jsonrpc_error_rate` (HTTP 200 + `error`, on JSON-RPC routes),
+//! `jsonrpc_error_rate` (HTTP 200 + `error`, on JSON-RPC routes: a server
+//! fault, `builtins.ZeroDivisionError`), `user_error_rate` (the same with
+//! `odoo.exceptions.UserError`, the user's doing), `check_sessions` (a
+//! JSON-RPC call whose `session_id` no mock issued gets Odoo's
+//! `SessionExpiredException`, code 100, as a real Odoo answers a made-up
+//! or expired session; mocks share their sessions, as Odoo workers share
+//! a session store),
 //! `latency_ms` (added before answering) and `close_rate` (the connection is
 //! dropped without an answer, as a crashing worker does).
 
@@ -61,8 +68,14 @@ const MAX_JSON_BODY: usize = 1024 * 1024;
 pub struct Knobs {
     /// Share of requests answered with HTTP 500 (0.0..=1.0).
     pub error_rate: f64,
-    /// Share of JSON-RPC calls answered with HTTP 200 and an `error` member.
+    /// Share of JSON-RPC calls answered with HTTP 200 and an `error` member
+    /// that is the server's fault (`builtins.ZeroDivisionError`).
     pub jsonrpc_error_rate: f64,
+    /// Share of JSON-RPC calls answered with a `UserError` (the user's doing).
+    pub user_error_rate: f64,
+    /// JSON-RPC calls with a `session_id` no mock issued get a
+    /// `SessionExpiredException` (code 100), as Odoo answers them.
+    pub check_sessions: bool,
     /// Delay added before every answer.
     pub latency_ms: u64,
     /// Share of requests whose connection is dropped without an answer.
@@ -75,6 +88,8 @@ pub struct Knobs {
 struct KnobsPatch {
     error_rate: Option<f64>,
     jsonrpc_error_rate: Option<f64>,
+    user_error_rate: Option<f64>,
+    check_sessions: Option<bool>,
     latency_ms: Option<u64>,
     close_rate: Option<f64>,
 }
@@ -308,6 +323,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
 
     let response = if path == "/web/login" {
         login(&req, &state)
+    } else if path == "/web/session/authenticate" {
+        authenticate(&state)
     } else if path == "/jsonrpc"
         || path == "/web/session/get_session_info"
         || path.starts_with("/web/dataset/call_kw")
@@ -347,7 +364,7 @@ fn login(req: &Request<Incoming>, state: &State) -> Response<Body> {
         .base(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/html");
     if !has_session {
-        let sid = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let sid = new_session();
         builder = builder.header(header::SET_COOKIE, format!("session_id={sid}; HttpOnly; Path=/"));
     }
     builder
@@ -355,8 +372,73 @@ fn login(req: &Request<Incoming>, state: &State) -> Response<Body> {
         .expect("valid response")
 }
 
+/// Tag of the sessions mocks issue: mocks accept each other's, as Odoo
+/// workers share a session store, and nothing else.
+const SESSION_TAG: u64 = 0x6d6f_636b_2d6f_646f;
+
+/// A session id as a mock issues it: 16 random hex digits and a tag of them.
+pub fn new_session() -> String {
+    let id = fastrand::u64(..);
+    format!("{id:016x}{:016x}", session_tag(id))
+}
+
+fn session_tag(id: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(&id.to_le_bytes(), SESSION_TAG)
+}
+
+/// The request carries a `session_id` some mock issued.
+fn knows_session(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix("session_id="))
+        .any(|sid| {
+            sid.len() == 32
+                && u64::from_str_radix(&sid[..16], 16)
+                    .ok()
+                    .zip(u64::from_str_radix(&sid[16..], 16).ok())
+                    .is_some_and(|(id, tag)| session_tag(id) == tag)
+        })
+}
+
+/// `/web/session/authenticate`: any login works; a new session.
+fn authenticate(state: &State) -> Response<Body> {
+    state.stats.jsonrpc.fetch_add(1, Relaxed);
+    let sid = new_session();
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": null, "result": {"uid": 2, "db": "mock"}});
+    state
+        .base(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::SET_COOKIE, format!("session_id={sid}; HttpOnly; Path=/"))
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .expect("valid response")
+}
+
+/// The `error` member Odoo's `JsonRPCDispatcher.handle_error` writes for
+/// an exception `name` (key order as Odoo's).
+fn odoo_error(id: &serde_json::Value, code: u16, message: &str, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": code,
+            "message": message,
+            "data": {
+                "name": name,
+                "debug": "Traceback (most recent call last): injected by mock-odoo",
+                "message": "injected error",
+                "arguments": ["injected error"],
+                "context": {}
+            }
+        }
+    })
+}
+
 async fn jsonrpc(req: Request<Incoming>, state: &State, knobs: &Knobs) -> Response<Body> {
     state.stats.jsonrpc.fetch_add(1, Relaxed);
+    let known = !knobs.check_sessions || knows_session(&req);
     let body = match http_body_util::Limited::new(req.into_body(), MAX_JSON_BODY)
         .collect()
         .await
@@ -369,23 +451,18 @@ async fn jsonrpc(req: Request<Incoming>, state: &State, knobs: &Knobs) -> Respon
         .and_then(|v| v.get("id").cloned())
         .unwrap_or(serde_json::Value::Null);
     let version = &state.options.version;
-    let value = if chance(knobs.jsonrpc_error_rate) {
-        // What Odoo sends for an exception in a controller: HTTP 200.
-        serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": id,
-            "error": {
-                "code": 200,
-                "message": "Odoo Server Error",
-                "data": {
-                    "name": "odoo.exceptions.UserError",
-                    "debug": "Traceback (most recent call last): injected by mock-odoo",
-                    "message": "injected error",
-                    "arguments": ["injected error"],
-                    "context": {}
-                }
-            }
-        })
+    // What Odoo sends for an exception in a controller: HTTP 200.
+    let value = if !known {
+        odoo_error(
+            &id,
+            100,
+            "Odoo Session Expired",
+            "odoo.http.SessionExpiredException",
+        )
+    } else if chance(knobs.jsonrpc_error_rate) {
+        odoo_error(&id, 200, "Odoo Server Error", "builtins.ZeroDivisionError")
+    } else if chance(knobs.user_error_rate) {
+        odoo_error(&id, 200, "Odoo Server Error", "odoo.exceptions.UserError")
     } else {
         serde_json::json!({
             "jsonrpc": "2.0",
@@ -542,9 +619,16 @@ async fn control(rest: &str, req: Request<Incoming>, state: &State) -> Response<
             let mut k = (*state.knobs.load_full()).clone();
             k.error_rate = patch.error_rate.unwrap_or(k.error_rate);
             k.jsonrpc_error_rate = patch.jsonrpc_error_rate.unwrap_or(k.jsonrpc_error_rate);
+            k.user_error_rate = patch.user_error_rate.unwrap_or(k.user_error_rate);
+            k.check_sessions = patch.check_sessions.unwrap_or(k.check_sessions);
             k.latency_ms = patch.latency_ms.unwrap_or(k.latency_ms);
             k.close_rate = patch.close_rate.unwrap_or(k.close_rate);
-            let rates = [k.error_rate, k.jsonrpc_error_rate, k.close_rate];
+            let rates = [
+                k.error_rate,
+                k.jsonrpc_error_rate,
+                k.user_error_rate,
+                k.close_rate,
+            ];
             if rates.iter().any(|r| !(0.0..=1.0).contains(r)) {
                 return state.json(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -88,6 +88,18 @@ fn client_ip(session: &ServerSession) -> Option<IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
+/// A stable key of a client address for the analysis' failing-client
+/// groups: the address itself for IPv4, its /64 for IPv6 (one host holds a
+/// whole /64, so its addresses are one client).
+fn client_group_key(ip: Option<IpAddr>) -> u16 {
+    let folded = match ip {
+        Some(IpAddr::V4(v4)) => u64::from(u32::from(v4)),
+        Some(IpAddr::V6(v6)) => (u128::from(v6) >> 64) as u64,
+        None => 0,
+    };
+    (xxhash_rust::xxh3::xxh3_64(&folded.to_le_bytes()) >> 48) as u16
+}
+
 const HTTP: &str = "http";
 const HTTPS: &str = "https";
 
@@ -215,6 +227,7 @@ impl FledgeProxy {
         }
         ctx.route = Some(route);
         ctx.served = route.version;
+        ctx.client = route.bucket.unwrap_or_else(|| client_group_key(view.client_ip));
 
         // The override header is ours: workers never see it, allowed or not.
         let policy = ctx.table.tenants()[route.tenant].policy();
@@ -298,7 +311,7 @@ impl FledgeProxy {
             addr = tenant.pool(Version::Canary).select(ws);
             if addr.is_none() {
                 let stats = tenant.stats().version(Version::Canary);
-                stats.record(Outcome::ConnectFailure, None);
+                stats.record(Outcome::ConnectFailure, None, ctx.client);
                 if ctx.rehearsal {
                     stats.record_rehearsal(Outcome::ConnectFailure);
                 }
@@ -338,7 +351,7 @@ impl FledgeProxy {
             // when the retry on stable then succeeds.
             let tenant = &ctx.table.tenants()[route.tenant];
             let stats = tenant.stats().version(ctx.served);
-            stats.record(Outcome::ConnectFailure, None);
+            stats.record(Outcome::ConnectFailure, None, ctx.client);
             if ctx.rehearsal {
                 stats.record_rehearsal(Outcome::ConnectFailure);
             }
@@ -438,11 +451,12 @@ impl FledgeProxy {
     pub(crate) fn record(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let Some(route) = ctx.route {
-            let outcome = classify::outcome(status, e, ctx.sniffer.is_error());
-            let latency = (!session.was_upgraded()).then(|| ctx.started.elapsed());
             let tenant = &ctx.table.tenants()[route.tenant];
+            let rpc = ctx.sniffer.answer(&tenant.policy().analysis.client_exceptions);
+            let outcome = classify::outcome(status, e, rpc);
+            let latency = (!session.was_upgraded()).then(|| ctx.started.elapsed());
             let stats = tenant.stats().version(ctx.served);
-            stats.record(outcome, latency);
+            stats.record(outcome, latency, ctx.client);
             if ctx.rehearsal {
                 stats.record_rehearsal(outcome);
             }

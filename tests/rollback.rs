@@ -279,3 +279,111 @@ async fn a_healthy_canary_walks_its_promotion_steps() {
     assert_eq!(load.get(&load.stats.stable), stable_before);
     assert!(load.get(&load.stats.canary) > canary);
 }
+
+/// A `session_id` that lands on `version`, found as an attacker finds one:
+/// made-up values tried until the answer says so.
+async fn forged_session_on(client: &crate::util::Client, version: &str) -> String {
+    for i in 0..1_000 {
+        let sid = format!("forged-{version}-{i}");
+        let r = client
+            .get(HOST, "/web/login", &[("cookie", &format!("session_id={sid}"))])
+            .await;
+        if r.version() == version {
+            return sid;
+        }
+    }
+    panic!("no made-up session lands on the {version}");
+}
+
+/// Issue 23: the attack from its text. Two anonymous clients with made-up
+/// sessions flood the canary with JSON-RPC calls (each answered, as Odoo
+/// answers an unknown session, with HTTP 200 and a `SessionExpired` error)
+/// and with 404s, two more do the same to stable, and the canary's logged-in
+/// users meet `UserError`s: nothing is rolled back. Then a real server fault
+/// across the logged-in clients is rolled back as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anonymous_floods_and_user_errors_roll_nothing_back_but_a_real_fault_does() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let sessions = Knobs {
+        check_sessions: true,
+        ..Knobs::default()
+    };
+    s.set_knobs(sessions.clone());
+    c.set_knobs(Knobs {
+        user_error_rate: 0.3,
+        ..sessions.clone()
+    });
+    let proxy = TestProxy::start(&config(&s, &c, 20.0, FAST));
+    let load = start_load(proxy.addr, HOST, 200, true);
+
+    let client = crate::util::Client::new(proxy.addr);
+    let mut attackers = Vec::new();
+    for version in ["canary", "canary", "stable", "stable"] {
+        attackers.push((forged_session_on(&client, version).await, version));
+    }
+    let mut tasks = Vec::new();
+    for (sid, version) in attackers {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let cookie = format!("session_id={sid}");
+            let mut expired = 0u32;
+            for i in 0..400u64 {
+                let r = if i % 4 == 3 {
+                    client
+                        .get(HOST, "/web/no-such-page", &[("cookie", &cookie)])
+                        .await
+                } else {
+                    client
+                        .post_json(
+                            HOST,
+                            "/web/dataset/call_kw/res.partner/read",
+                            &[("cookie", &cookie)],
+                            &crate::util::call_kw(i),
+                        )
+                        .await
+                };
+                assert_eq!(r.version(), version, "the forged session stays on its version");
+                if r.status == 200 && r.json()["error"]["code"] == 100 {
+                    expired += 1;
+                }
+            }
+            expired
+        }));
+    }
+    let mut expired = 0;
+    for t in tasks {
+        expired += t.await.unwrap();
+    }
+    // The flood happened as an attacker would see it, and was counted.
+    assert_eq!(expired, 4 * 300, "every forged call got Odoo's SessionExpired");
+    let client_errors = proxy
+        .metric("fledge_requests_total{tenant=\"acme\",version=\"canary\",outcome=\"jsonrpc_client_error\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(client_errors >= 600.0, "{}", proxy.metrics().await);
+    // Let the analysis judge what it saw for a while longer.
+    let sent = load.get(&load.stats.sent);
+    assert!(eventually(10, || async { load.get(&load.stats.sent) > sent + 200 }).await);
+    assert!(state_is(&proxy, "progressing").await, "{}", proxy.metrics().await);
+    assert!(!proxy.journal().iter().any(|e| e["event"] == "rolled_back"));
+
+    // A real fault, across the logged-in clients: rolled back.
+    c.set_knobs(Knobs {
+        jsonrpc_error_rate: 0.5,
+        ..sessions
+    });
+    assert!(
+        eventually(10, || state_is(&proxy, "rolled_back")).await,
+        "not rolled back:\n{}",
+        proxy.metrics().await
+    );
+    let entry = proxy
+        .journal()
+        .into_iter()
+        .find(|e| e["event"] == "rolled_back")
+        .expect("a rollback entry");
+    assert!(
+        entry["figures"]["canary"]["failing_clients"].as_u64().unwrap() >= 5,
+        "{entry}"
+    );
+}

@@ -524,8 +524,8 @@ impl Load {
     }
 }
 
-/// `rps` requests a second to `host`, each from one of 500 sessions in
-/// turn: JSON-RPC calls when `jsonrpc`, else page loads. Each request runs
+/// `rps` requests a second to `host`, each from one of 500 logged-in
+/// sessions in turn: JSON-RPC calls when `jsonrpc`, else page loads. Each request runs
 /// in its own task, so a slow canary does not slow the rate.
 pub fn start_load(addr: SocketAddr, host: &'static str, rps: u32, jsonrpc: bool) -> Load {
     load(addr, host, rps, jsonrpc, false)
@@ -545,6 +545,9 @@ fn load(addr: SocketAddr, host: &'static str, rps: u32, jsonrpc: bool, retry: bo
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let stats = std::sync::Arc::new(LoadStats::default());
     let s = std::sync::Arc::clone(&stats);
+    // Sessions as a mock Odoo issues them at login: logged-in users.
+    let sessions: std::sync::Arc<Vec<String>> =
+        std::sync::Arc::new((0..500).map(|_| fledge::mock_odoo::new_session()).collect());
     tokio::spawn(async move {
         let client = Client::new(addr);
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps)));
@@ -556,8 +559,8 @@ fn load(addr: SocketAddr, host: &'static str, rps: u32, jsonrpc: bool, retry: bo
             }
             i += 1;
             let (client, s) = (client.clone(), std::sync::Arc::clone(&s));
+            let cookie = format!("session_id={}", sessions[(i % 500) as usize]);
             tokio::spawn(async move {
-                let cookie = format!("session_id=load-{}", i % 500);
                 s.sent.fetch_add(1, Relaxed);
                 let r = if jsonrpc {
                     client

@@ -260,8 +260,11 @@ mod tests {
                 max_error_rate_increase_percent: Some(5.0),
                 max_latency_ms: None,
                 max_latency_ratio: None,
+                min_failing_clients: 5,
+                max_client_failure_share: 0.25,
             },
             consecutive_breaches: consecutive,
+            client_exceptions: Vec::new(),
         }
     }
 

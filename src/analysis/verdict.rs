@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::CLIENT_GROUPS;
+
 /// What one version did over the window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
@@ -15,6 +17,10 @@ pub struct Sample {
     /// Latencies by the window's buckets (`window::SLOT_BOUNDS_US`).
     #[serde(skip)]
     pub histogram: [u64; super::window::SLOT_BUCKETS],
+    /// Client groups (`metrics::CLIENT_GROUPS`) the counted errors came
+    /// from: a lower bound on the distinct failing clients.
+    #[serde(default)]
+    pub failing_clients: u64,
 }
 
 /// A policy's thresholds. Each check is optional; absolute checks judge the
@@ -31,6 +37,26 @@ pub struct Thresholds {
     pub max_latency_ms: Option<f64>,
     /// Canary latency quantile over stable's above this breaches.
     pub max_latency_ratio: Option<f64>,
+    /// An error-rate breach needs failures from at least this many client
+    /// groups: a handful of clients (an attacker, one broken script)
+    /// cannot roll a canary back.
+    pub min_failing_clients: u64,
+    /// No client group counts for more than this share (0..=1) of a
+    /// stretch's failures, on the canary and on stable alike: a few
+    /// clients can neither push the canary over its limit nor raise
+    /// stable's rate to hide a bad canary. 1: no limit.
+    pub max_client_failure_share: f64,
+}
+
+/// What [`spread`] made of a stretch's failures by client group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spread {
+    /// Failures in all groups.
+    pub total: u64,
+    /// Failures counted once no group has more than its share.
+    pub counted: u64,
+    /// Groups with counted failures.
+    pub groups: u64,
 }
 
 /// The outcome of one evaluation.
@@ -98,6 +124,7 @@ impl Sample {
             errors,
             latency_ms: Some(latency_ms),
             histogram,
+            failing_clients: errors.min(CLIENT_GROUPS as u64),
         }
     }
 
@@ -190,6 +217,49 @@ impl Check {
     ];
 }
 
+/// Count a stretch's failures by client group (`by_group`) so that no group
+/// counts for more than `max_share` of the counted total: each group is
+/// capped at the largest `c` with `c <= max_share * sum(min(f, c))`
+/// (water-filling). One group alone, or fewer than `1 / max_share` of
+/// them, count for nothing; many groups failing alike count in full.
+pub fn spread(by_group: &[u64; CLIENT_GROUPS], max_share: f64) -> Spread {
+    let total: u64 = by_group.iter().sum();
+    let mut groups = *by_group;
+    groups.sort_unstable();
+    let sorted = &groups[groups.partition_point(|&f| f == 0)..];
+    if max_share >= 1.0 || sorted.is_empty() {
+        return Spread {
+            total,
+            counted: total,
+            groups: sorted.len() as u64,
+        };
+    }
+    let s = max_share.max(0.0);
+    let k = sorted.len();
+    // Walk the breakpoints upwards: below the i-th smallest count, the
+    // groups above it (k - i of them) all grow with the cap.
+    let mut below = 0.0; // sum of the counts under the cap
+    let mut cap = sorted[k - 1] as f64;
+    for (i, &f) in sorted.iter().enumerate() {
+        let f = f as f64;
+        let above = (k - i) as f64;
+        // g(c) = s * (below + above * c) - c at c = f.
+        if s * (below + above * f) - f < -1e-9 * f {
+            // The root lies before f: s * below + (s * above - 1) c = 0.
+            cap = s * below / (1.0 - s * above);
+            break;
+        }
+        below += f;
+    }
+    let counted: f64 = sorted.iter().map(|&f| (f as f64).min(cap)).sum();
+    let counted = (counted + 1e-6).floor() as u64;
+    Spread {
+        total,
+        counted: counted.min(total),
+        groups: if counted == 0 { 0 } else { k as u64 },
+    }
+}
+
 /// Judge the canary against `t`, and against stable where a check is relative.
 ///
 /// An error-rate check fails only when the excess is significant at
@@ -212,15 +282,17 @@ pub fn evaluate(t: &Thresholds, quantile: f64, stable: &Sample, canary: &Sample)
         }))
     };
     let canary_rate = canary.error_rate_percent();
+    // Failures from too few clients say nothing about the release.
+    let spread_enough = canary.failing_clients >= t.min_failing_clients;
 
     let (_, vc) = canary.proportion();
-    if let Some(limit) = t.max_error_rate_percent {
+    if let (Some(limit), true) = (t.max_error_rate_percent, spread_enough) {
         let margin = (canary_rate - limit) / 100.0;
         if canary_rate > limit && margin > CONFIDENCE_Z * vc.sqrt() {
             return breach(Check::ErrorRate, canary_rate, limit);
         }
     }
-    if let (Some(limit), true) = (t.max_error_rate_increase_percent, stable_ok) {
+    if let (Some(limit), true, true) = (t.max_error_rate_increase_percent, stable_ok, spread_enough) {
         let increase = canary_rate - stable.error_rate_percent();
         let (_, vs) = stable.proportion();
         let margin = (increase - limit) / 100.0;

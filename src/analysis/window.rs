@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 
 use super::verdict::{self, Sample, Thresholds, Verdict};
-use crate::metrics::{Snapshot, LATENCY_BOUNDS_US, LATENCY_BUCKETS};
+use crate::metrics::{Snapshot, CLIENT_GROUPS, LATENCY_BOUNDS_US, LATENCY_BUCKETS};
 
 /// Upper bounds (µs) of the coarser histogram kept per slot: 16 buckets are
 /// enough to read a p95/p99 for thresholds in the tens of milliseconds and
@@ -47,6 +47,8 @@ struct Totals {
     requests: u32,
     errors: u32,
     latency: [u32; SLOT_BUCKETS],
+    /// Failures by client group (`metrics::CLIENT_GROUPS`).
+    failing_clients: [u32; CLIENT_GROUPS],
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,6 +88,7 @@ impl Totals {
             requests: s.requests() as u32,
             errors: s.errors() as u32,
             latency: [0; SLOT_BUCKETS],
+            failing_clients: s.failing_clients,
         };
         for (fine, &n) in s.latency.iter().enumerate() {
             t.latency[COARSE_OF[fine]] = t.latency[COARSE_OF[fine]].wrapping_add(n as u32);
@@ -102,6 +105,9 @@ impl Totals {
             requests: u64::from(self.requests.wrapping_sub(older.requests)),
             errors: u64::from(self.errors.wrapping_sub(older.errors)),
             latency,
+            failing_clients: std::array::from_fn(|i| {
+                u64::from(self.failing_clients[i].wrapping_sub(older.failing_clients[i]))
+            }),
         }
     }
 }
@@ -110,15 +116,25 @@ struct Sample64 {
     requests: u64,
     errors: u64,
     latency: [u64; SLOT_BUCKETS],
+    failing_clients: [u64; CLIENT_GROUPS],
 }
 
 impl Sample64 {
-    fn sample(&self, q: f64) -> Sample {
+    /// The sample the verdict judges: no client group counts for more than
+    /// `max_share` of the failures (the excess is taken out of the errors
+    /// and of the requests, as if never sent), and the groups left failing
+    /// are counted.
+    fn sample(&self, q: f64, max_share: f64) -> Sample {
+        let spread = verdict::spread(&self.failing_clients, max_share);
+        // The groups are counted at record time, the totals at the tick:
+        // a failure between the two reads is in one and not yet the other.
+        let excess = (spread.total - spread.counted).min(self.errors);
         Sample {
-            requests: self.requests,
-            errors: self.errors,
+            requests: self.requests.saturating_sub(excess),
+            errors: self.errors - excess,
             latency_ms: quantile(&self.latency, q),
             histogram: self.latency,
+            failing_clients: spread.groups,
         }
     }
 }
@@ -236,9 +252,10 @@ impl Window {
 
     /// Stable and canary over the newest slots holding `min_requests` canary
     /// requests (or all of them), latency at quantile `q` (0..1).
+    /// Errors as counted, every client in full.
     pub fn samples(&self, min_requests: u64, q: f64) -> (Sample, Sample) {
         let mut first = None;
-        self.scales(min_requests, q, |s, c| {
+        self.scales(min_requests, q, 1.0, |s, c| {
             first = Some((s, c));
             true
         });
@@ -257,7 +274,7 @@ impl Window {
     /// lasted, and never promoted.
     pub fn verdict(&self, t: &Thresholds, q: f64) -> Verdict {
         let mut out = Verdict::Inconclusive;
-        self.scales(t.min_requests, q, |stable, canary| {
+        self.scales(t.min_requests, q, t.max_client_failure_share, |stable, canary| {
             let v = verdict::evaluate(t, q, &stable, &canary);
             let stop = matches!(v, Verdict::Breach(_));
             if stop || matches!(out, Verdict::Inconclusive) {
@@ -271,11 +288,19 @@ impl Window {
     /// Call `judge` with stable and canary over growing stretches of the
     /// newest slots: the first holding `min_requests` canary requests, then
     /// twice, four times as many…, and the whole window last (or at once,
-    /// when it holds fewer). Stops when `judge` returns true.
+    /// when it holds fewer). Stops when `judge` returns true. No client
+    /// group counts for more than `max_share` of a stretch's failures
+    /// (1: no limit).
     ///
     /// The shortest stretch sees a fault within moments of its start; the
     /// longer ones have the numbers to tell a real regression from noise.
-    pub fn scales(&self, min_requests: u64, q: f64, mut judge: impl FnMut(Sample, Sample) -> bool) {
+    pub fn scales(
+        &self,
+        min_requests: u64,
+        q: f64,
+        max_share: f64,
+        mut judge: impl FnMut(Sample, Sample) -> bool,
+    ) {
         let Some(newest) = self.slots.back() else {
             judge(Sample::default(), Sample::default());
             return;
@@ -319,7 +344,7 @@ impl Window {
                 newest.canary.minus(&base.canary),
             );
             let got = c.requests;
-            if judge(s.sample(q), c.sample(q)) || whole || start == oldest {
+            if judge(s.sample(q, max_share), c.sample(q, max_share)) || whole || start == oldest {
                 return;
             }
             while want <= got {
@@ -401,7 +426,7 @@ mod tests {
             w.push(&s.snapshot(), &c.snapshot());
         }
         let mut seen = Vec::new();
-        w.scales(100, 0.99, |_, canary| {
+        w.scales(100, 0.99, 1.0, |_, canary| {
             seen.push(canary.requests);
             false
         });
@@ -413,8 +438,9 @@ mod tests {
     use std::time::Duration;
 
     fn record(stats: &VersionStats, n: usize, outcome: Outcome, ms: u64) {
-        for _ in 0..n {
-            stats.record(outcome, Some(Duration::from_millis(ms)));
+        // Every request from another client.
+        for i in 0..n {
+            stats.record(outcome, Some(Duration::from_millis(ms)), i as u16);
         }
     }
 
@@ -458,6 +484,8 @@ mod tests {
             max_error_rate_increase_percent: Some(5.0),
             max_latency_ms: None,
             max_latency_ratio: Some(2.0),
+            min_failing_clients: 5,
+            max_client_failure_share: 0.25,
         }
     }
 
@@ -570,5 +598,91 @@ mod tests {
         let (_, p50) = w.samples(1, 0.5);
         assert!(p50.latency_ms.unwrap() <= 5.0);
         assert_eq!(stable.latency_ms, None);
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::*;
+    use crate::metrics::{Outcome, VersionStats};
+    use std::time::Duration;
+
+    fn relative() -> Thresholds {
+        Thresholds {
+            min_requests: 40,
+            max_error_rate_percent: None,
+            max_error_rate_increase_percent: Some(5.0),
+            max_latency_ms: None,
+            max_latency_ratio: None,
+            min_failing_clients: 5,
+            max_client_failure_share: 0.25,
+        }
+    }
+
+    /// `n` requests of `outcome` from the clients `clients` (cycled).
+    fn send(stats: &VersionStats, n: usize, outcome: Outcome, clients: &[u16]) {
+        for i in 0..n {
+            stats.record(
+                outcome,
+                Some(Duration::from_millis(20)),
+                clients[i % clients.len()],
+            );
+        }
+    }
+
+    fn clients(range: std::ops::Range<u16>) -> Vec<u16> {
+        range.collect()
+    }
+
+    /// Ten ticks: healthy traffic from 200 clients on both versions, plus
+    /// `canary_failures` and `stable_failures` as (count, clients).
+    fn judge(canary_failures: (usize, &[u16]), stable_failures: (usize, &[u16])) -> Verdict {
+        let (s, c) = (VersionStats::default(), VersionStats::default());
+        let mut w = Window::with_resolution(100, usize::MAX, 1);
+        w.push(&s.snapshot(), &c.snapshot());
+        for _ in 0..10 {
+            send(&s, 40, Outcome::Ok, &clients(0..200));
+            send(&c, 40, Outcome::Ok, &clients(0..200));
+            send(
+                &c,
+                canary_failures.0 / 10,
+                Outcome::ServerError,
+                canary_failures.1,
+            );
+            send(
+                &s,
+                stable_failures.0 / 10,
+                Outcome::ServerError,
+                stable_failures.1,
+            );
+            w.push(&s.snapshot(), &c.snapshot());
+        }
+        w.verdict(&relative(), 0.99)
+    }
+
+    #[test]
+    fn failures_from_a_handful_of_clients_roll_nothing_back() {
+        // 800 failing canary requests from two clients: a third of the
+        // canary's answers, and no breach.
+        assert_eq!(
+            judge((800, &clients(7..9)), (0, &clients(0..1))),
+            Verdict::Healthy
+        );
+        // The same from 50 clients is a breach.
+        assert!(matches!(
+            judge((800, &clients(0..50)), (0, &clients(0..1))),
+            Verdict::Breach(_)
+        ));
+        // One client flooding stable with failures hides no bad canary.
+        assert!(matches!(
+            judge((200, &clients(0..50)), (2_000, &clients(3..4))),
+            Verdict::Breach(_)
+        ));
+        // Many clients failing on stable as on the canary: a platform
+        // incident, no breach.
+        assert_eq!(
+            judge((200, &clients(0..50)), (200, &clients(0..50))),
+            Verdict::Healthy
+        );
     }
 }

@@ -129,6 +129,9 @@ pub(crate) struct Analysis {
     #[serde(default, deserialize_with = "nullable")]
     pub(crate) max_p99_latency_ratio: Option<Option<f64>>,
     pub(crate) consecutive_breaches: Option<u32>,
+    pub(crate) min_failing_clients: Option<u64>,
+    pub(crate) max_client_failure_share_percent: Option<f64>,
+    pub(crate) client_exceptions: Option<Vec<String>>,
 }
 
 /// Missing → `None` (take the default); `null` → `Some(None)` (off).

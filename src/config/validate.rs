@@ -30,6 +30,20 @@ const DEFAULT_STATE_DIR: &str = "fledge-state";
 /// Longest analysis window: beyond this a rollback is no longer "fast".
 const MAX_WINDOW_SECONDS: u64 = 600;
 
+/// Default `analysis.min_failing_clients`: five clients. One attacker, or
+/// a couple of users whose sessions expired, or one broken integration
+/// script, are fewer; a release that fails its users fails far more than
+/// five of them within the first second at the 200 requests a second
+/// fledge's rollback target is stated for. (`docs/analysis.md`.)
+const DEFAULT_MIN_FAILING_CLIENTS: u64 = 5;
+/// Highest `analysis.min_failing_clients`: half the client groups, beyond
+/// which group collisions would make the count reach it only for far more
+/// clients than asked.
+const MAX_MIN_FAILING_CLIENTS: u64 = (crate::metrics::CLIENT_GROUPS / 2) as u64;
+/// Default `analysis.max_client_failure_share_percent`: no client counts for
+/// more than a quarter of a window's failures.
+const DEFAULT_MAX_CLIENT_FAILURE_SHARE_PERCENT: f64 = 25.0;
+
 /// Default `Max-Age` of fledge's cookies: a week, about an Odoo session's life.
 const DEFAULT_COOKIE_MAX_AGE_SECONDS: u64 = 7 * 24 * 3600;
 
@@ -477,7 +491,29 @@ impl Checker<'_> {
                 a.max_p99_latency_ratio,
                 t.max_latency_ratio,
             ),
+            min_failing_clients: t.min_failing_clients,
+            max_client_failure_share: t.max_client_failure_share,
         };
+        let mut thresholds = thresholds;
+        match a.min_failing_clients {
+            Some(n) if !(1..=MAX_MIN_FAILING_CLIENTS).contains(&n) => self.problem(
+                format!("{base}.analysis.min_failing_clients"),
+                format!(
+                    "must be between 1 and {MAX_MIN_FAILING_CLIENTS} (clients are told apart in {} groups)",
+                    crate::metrics::CLIENT_GROUPS
+                ),
+            ),
+            Some(n) => thresholds.min_failing_clients = n,
+            None => {}
+        }
+        match a.max_client_failure_share_percent {
+            Some(p) if !(p.is_finite() && p > 0.0 && p <= 100.0) => self.problem(
+                format!("{base}.analysis.max_client_failure_share_percent"),
+                format!("`{p}` is not a percentage above 0 and at most 100 (100: no limit)"),
+            ),
+            Some(p) => thresholds.max_client_failure_share = p / 100.0,
+            None => {}
+        }
         if thresholds.max_latency_ratio.is_some_and(|r| r <= 1.0) {
             self.problem(
                 format!("{base}.analysis.max_p99_latency_ratio"),
@@ -495,11 +531,34 @@ impl Checker<'_> {
             Some(n) => n,
             None => d.consecutive_breaches,
         };
+        let client_exceptions = match &a.client_exceptions {
+            None => d.client_exceptions,
+            Some(names) => {
+                for (i, name) in names.iter().enumerate() {
+                    let ok = !name.is_empty()
+                        && name.len() <= crate::proxy::classify::NAME_MAX
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+                    if !ok {
+                        self.problem(
+                            format!("{base}.analysis.client_exceptions[{i}]"),
+                            format!(
+                                "`{name}` is not an exception name as Odoo writes it (`module.ClassName`, at most {} bytes)",
+                                crate::proxy::classify::NAME_MAX
+                            ),
+                        );
+                    }
+                }
+                names.clone()
+            }
+        };
         AnalysisPolicy {
             window: Duration::from_secs(window_seconds),
             quantile: percentile / 100.0,
             thresholds,
             consecutive_breaches,
+            client_exceptions,
         }
     }
 
@@ -699,8 +758,14 @@ fn default_analysis() -> AnalysisPolicy {
             max_error_rate_increase_percent: Some(5.0),
             max_latency_ms: None,
             max_latency_ratio: Some(2.0),
+            min_failing_clients: DEFAULT_MIN_FAILING_CLIENTS,
+            max_client_failure_share: DEFAULT_MAX_CLIENT_FAILURE_SHARE_PERCENT / 100.0,
         },
         consecutive_breaches: 3,
+        client_exceptions: crate::proxy::classify::DEFAULT_CLIENT_EXCEPTIONS
+            .iter()
+            .map(|&n| n.to_owned())
+            .collect(),
     }
 }
 

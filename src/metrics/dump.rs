@@ -243,13 +243,13 @@ mod tests {
     fn counts_survive_a_round_trip_and_differences_add_up() {
         let a = TenantStats::default();
         a.version(Version::Stable)
-            .record(Outcome::Ok, Some(Duration::from_millis(3)));
+            .record(Outcome::Ok, Some(Duration::from_millis(3)), 0);
         a.version(Version::Stable).record_rehearsal(Outcome::Ok);
         a.version(Version::Canary)
-            .record(Outcome::JsonRpcError, Some(Duration::from_secs(90)));
+            .record(Outcome::JsonRpcError, Some(Duration::from_secs(90)), 0);
         a.count_rollback(Some(Check::ErrorRate));
         let first = TenantDump::of(&a);
-        a.version(Version::Stable).record(Outcome::ServerError, None);
+        a.version(Version::Stable).record(Outcome::ServerError, None, 0);
 
         // Into a fresh process's counters: the dump at hand-over, then what
         // the old process counted while draining.
@@ -272,7 +272,7 @@ mod tests {
     #[test]
     fn a_canary_that_never_served_has_no_counters() {
         let a = TenantStats::default();
-        a.version(Version::Stable).record(Outcome::Ok, None);
+        a.version(Version::Stable).record(Outcome::Ok, None, 0);
         assert!(a.served(Version::Canary).is_none());
         assert_eq!(a.snapshot(Version::Canary), Snapshot::default());
         let b = TenantStats::default();
@@ -280,7 +280,7 @@ mod tests {
         assert!(b.served(Version::Canary).is_none(), "made for nothing");
         assert_eq!(b.snapshot(Version::Stable).requests(), 1);
 
-        a.version(Version::Canary).record(Outcome::ServerError, None);
+        a.version(Version::Canary).record(Outcome::ServerError, None, 0);
         assert_eq!(a.snapshot(Version::Canary).errors(), 1);
         assert_eq!(TenantDump::of(&a).add_to(&b), 0);
         assert_eq!(b.snapshot(Version::Canary).errors(), 1);

@@ -9,8 +9,14 @@ pub enum Outcome {
     ClientError,
     /// 5xx from a worker (or ours when no worker could answer).
     ServerError,
-    /// HTTP 200 carrying a JSON-RPC `error` member, as Odoo reports exceptions.
+    /// HTTP 200 carrying a JSON-RPC `error` member, as Odoo reports
+    /// exceptions: one that is the server's fault (`builtins.KeyError`,
+    /// `psycopg2.*`, …).
     JsonRpcError,
+    /// HTTP 200 carrying a JSON-RPC `error` the user caused: a session Odoo
+    /// does not know, a validation or access error… (the policy's
+    /// `analysis.client_exceptions`). Counted, not a failure.
+    JsonRpcClientError,
     /// The worker could not be connected to.
     ConnectFailure,
     /// The worker did not answer in time.
@@ -24,7 +30,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Number of outcomes (array sizes).
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
 
     /// Every outcome, in index order.
     pub const ALL: [Outcome; Self::COUNT] = [
@@ -32,6 +38,7 @@ impl Outcome {
         Outcome::ClientError,
         Outcome::ServerError,
         Outcome::JsonRpcError,
+        Outcome::JsonRpcClientError,
         Outcome::ConnectFailure,
         Outcome::Timeout,
         Outcome::Reset,
@@ -45,6 +52,7 @@ impl Outcome {
             Outcome::ClientError => "client_error",
             Outcome::ServerError => "server_error",
             Outcome::JsonRpcError => "jsonrpc_error",
+            Outcome::JsonRpcClientError => "jsonrpc_client_error",
             Outcome::ConnectFailure => "connect_failure",
             Outcome::Timeout => "timeout",
             Outcome::Reset => "reset",

@@ -11,6 +11,8 @@ fn relative() -> Thresholds {
         max_error_rate_increase_percent: Some(5.0),
         max_latency_ms: None,
         max_latency_ratio: Some(2.0),
+        min_failing_clients: 5,
+        max_client_failure_share: 0.25,
     }
 }
 
@@ -21,6 +23,8 @@ fn absolute() -> Thresholds {
         max_error_rate_increase_percent: None,
         max_latency_ms: Some(1000.0),
         max_latency_ratio: None,
+        min_failing_clients: 5,
+        max_client_failure_share: 0.25,
     }
 }
 
@@ -245,6 +249,7 @@ fn every_verdict_of_the_table() {
                 errors: 0,
                 latency_ms: None,
                 histogram: Default::default(),
+                failing_clients: 0,
             },
             "healthy",
             None,
@@ -313,5 +318,90 @@ fn one_slow_request_in_a_small_sample_is_not_a_latency_breach() {
     let slow = sample(16, 0, 900.0);
     assert!(
         matches!(evaluate(&t, 0.99, &stable, &slow), Verdict::Breach(b) if b.check == Check::LatencyRatio)
+    );
+}
+
+fn groups(counts: &[u64]) -> [u64; CLIENT_GROUPS] {
+    let mut g = [0; CLIENT_GROUPS];
+    g[..counts.len()].copy_from_slice(counts);
+    g
+}
+
+#[test]
+fn no_client_group_counts_for_more_than_its_share() {
+    let table: &[(&[u64], f64, u64, u64)] = &[
+        // (failures by group, share, counted, groups)
+        (&[], 0.25, 0, 0),
+        (&[800], 0.25, 0, 0),
+        (&[400, 400], 0.25, 0, 0),
+        (&[100, 100, 100], 0.25, 0, 0),
+        (&[10, 10, 10, 10], 0.25, 40, 4),
+        (&[1, 1, 1, 1, 100], 0.25, 5, 5),
+        (&[5, 5, 5, 5, 5, 5, 5, 5, 5, 5], 0.25, 50, 10),
+        (&[800], 1.0, 800, 1),
+        (&[3, 9, 1], 1.0, 13, 3),
+    ];
+    for &(counts, share, counted, n) in table {
+        let s = spread(&groups(counts), share);
+        assert_eq!(s.total, counts.iter().sum::<u64>(), "{counts:?}");
+        assert_eq!((s.counted, s.groups), (counted, n), "{counts:?} at {share}");
+    }
+    // Whatever the counts, no group is over its share of what is counted.
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..2_000 {
+        let counts: Vec<u64> = (0..rng.usize(1..CLIENT_GROUPS))
+            .map(|_| rng.u64(0..500))
+            .collect();
+        let share = [0.1, 0.25, 0.5][rng.usize(0..3)];
+        let s = spread(&groups(&counts), share);
+        assert!(s.counted <= s.total);
+        if s.counted > 0 {
+            // The cap is what one group keeps: the most any group counts.
+            let cap = share * s.counted as f64 + 1.0;
+            let kept: f64 = counts.iter().map(|&f| (f as f64).min(cap)).sum();
+            assert!(kept + 1.0 >= s.counted as f64, "{counts:?} {share} {s:?}");
+        }
+        // Equal counts over at least 1/share groups count in full.
+        let n = (1.0 / share).ceil() as usize + rng.usize(0..5);
+        let f = rng.u64(1..100);
+        let even = spread(&groups(&vec![f; n.min(CLIENT_GROUPS)]), share);
+        assert_eq!(even.counted, even.total);
+    }
+}
+
+#[test]
+fn error_rate_breaches_need_failures_from_enough_clients() {
+    // 40 % errors on the canary, stable clean: a breach of both checks,
+    // unless the failures come from fewer groups than the policy wants.
+    let stable = sample(1000, 0, 20.0);
+    for t in [relative(), absolute()] {
+        let mut canary = sample(200, 80, 20.0);
+        canary.failing_clients = 5;
+        assert!(
+            matches!(evaluate(&t, 0.99, &stable, &canary), Verdict::Breach(_)),
+            "{t:?}"
+        );
+        canary.failing_clients = 4;
+        assert_eq!(
+            check_of(&evaluate(&t, 0.99, &stable, &canary)),
+            None,
+            "four clients are not enough: {t:?}"
+        );
+        let one = Thresholds {
+            min_failing_clients: 1,
+            ..t.clone()
+        };
+        canary.failing_clients = 1;
+        assert!(matches!(
+            evaluate(&one, 0.99, &stable, &canary),
+            Verdict::Breach(_)
+        ));
+    }
+    // Latency is no failure count: a slow canary is slow for whoever asks.
+    let mut slow = sample(200, 0, 3_000.0);
+    slow.failing_clients = 0;
+    assert_eq!(
+        check_of(&evaluate(&absolute(), 0.99, &stable, &slow)),
+        Some(Check::Latency)
     );
 }
