@@ -58,9 +58,12 @@ fn decide(c: &mut Criterion) {
 
         // A returning browser: session id plus the version cookie we gave it.
         let i = t.tenant_index(&host).unwrap();
-        let pin =
-            t.cookie_key()
-                .version_cookie(fledge::routing::Version::Stable, 7_000, t.tenants()[i].epoch());
+        let pin = t.cookie_key().version_cookie(
+            fledge::routing::Version::Stable,
+            7_000,
+            t.tenants()[i].epoch(),
+            fledge::routing::unix_now(),
+        );
         let mut returning = HeaderMap::new();
         returning.insert(
             "cookie",
@@ -83,6 +86,7 @@ fn decide(c: &mut Criterion) {
                         host: black_box(host),
                         headers: black_box(headers),
                         client_ip: Some(ip),
+                        now: None,
                     };
                     let d = t.decide(&view);
                     black_box(matches!(d, Decision::Route(_)))

@@ -530,7 +530,9 @@ impl Control {
                 }
                 RolloutState::RolledBack => {
                     let pool = rollout.canary_pool.clone();
+                    let generation = rollout.generation.wrapping_add(1);
                     *rollout = Rollout::start(&pool, t.canary_weight, promotion);
+                    rollout.generation = generation;
                     "resumed"
                 }
                 state => return Err(conflict("resume", state)),

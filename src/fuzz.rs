@@ -86,6 +86,7 @@ pub fn routing(data: &[u8]) {
         host,
         headers: &headers,
         client_ip: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))),
+        now: None,
     };
     let _ = table().0.decide(&view);
 }
@@ -120,6 +121,7 @@ pub fn http1_request(data: &[u8]) {
         host: crate::proxy::host_of(&header).unwrap_or(""),
         headers: &header.headers,
         client_ip: None,
+        now: None,
     };
     let _ = table.decide(&view);
 }

@@ -209,6 +209,7 @@ impl FledgeProxy {
             host: host_of(req).unwrap_or(""),
             headers: &req.headers,
             client_ip: client_ip(session),
+            now: None,
         };
         let route = match ctx.table.decide(&view) {
             Decision::Route(route) => route,
@@ -435,7 +436,7 @@ impl FledgeProxy {
         );
         // Allocates: only on the responses that hand out a cookie.
         if route.set_version_cookie {
-            let value = key.version_cookie(route.version, bucket, tenant.epoch());
+            let value = key.version_cookie(route.version, bucket, tenant.epoch(), crate::routing::unix_now());
             resp.append_header("Set-Cookie", format!("{VERSION_COOKIE}={value}{attrs}"))?;
         }
         if route.set_bucket_cookie {

@@ -11,7 +11,8 @@
 //! 1. the policy's override header (`X-Fledge-Version: stable|canary`), only
 //!    from a client address in the policy's `override_from` networks;
 //! 2. while the canary is active (a canary pool and a weight above 0), the
-//!    signed version cookie fledge gave this client earlier: `canary` stays on
+//!    signed version cookie fledge gave this client earlier (in this
+//!    rollout's generation, within `cookies.max_age_seconds`): `canary` stays on
 //!    the canary; `stable` is re-split with the bucket the cookie carries, so
 //!    raising the weight still adds that client;
 //! 3. the weighted split: the sticky key (the policy's application cookie,
@@ -30,7 +31,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-pub use self::cookie::{CookieKey, BUCKET_COOKIE, VERSION_COOKIE};
+pub use self::cookie::{unix_now, CookieKey, BUCKET_COOKIE, VERSION_COOKIE};
 pub use self::table::{TenantRoute, Tuning};
 use crate::config::Weight;
 
@@ -72,6 +73,9 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// The client's address, when known.
     pub client_ip: Option<IpAddr>,
+    /// The time to check a version cookie's age against (Unix seconds);
+    /// `None`: the system clock, read only when the request carries one.
+    pub now: Option<u32>,
 }
 
 /// The outcome of [`RouteTable::decide`].
@@ -195,10 +199,11 @@ impl RouteTable {
 
         let cookies = cookie::scan(req.headers, &policy.sticky_cookie);
         if canary_active {
-            if let Some(pin) = cookies
-                .version
-                .and_then(|c| self.cookie_key.verify_version(c, t.epoch()))
-            {
+            let max_age = u32::try_from(self.tuning.cookie_max_age_seconds).unwrap_or(u32::MAX);
+            if let Some(pin) = cookies.version.and_then(|c| {
+                let now = req.now.unwrap_or_else(cookie::unix_now);
+                self.cookie_key.verify_version(c, t.epoch(), now, max_age)
+            }) {
                 let version = match pin.version {
                     Version::Canary => Version::Canary,
                     Version::Stable => t.split(pin.bucket),

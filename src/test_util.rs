@@ -56,13 +56,22 @@ pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     h
 }
 
-/// Route a request; panics on `NoTenant`.
+/// The time the routing tests run at (Unix seconds, in 2027).
+pub(crate) const NOW: u32 = 1_800_000_000;
+
+/// Route a request at [`NOW`]; panics on `NoTenant`.
 pub(crate) fn route(table: &RouteTable, host: &str, headers: &HeaderMap, ip: &str) -> Route {
+    route_at(table, host, headers, ip, NOW)
+}
+
+/// Route a request at `now`; panics on `NoTenant`.
+pub(crate) fn route_at(table: &RouteTable, host: &str, headers: &HeaderMap, ip: &str, now: u32) -> Route {
     let ip: IpAddr = ip.parse().unwrap();
     match table.decide(&RequestView {
         host,
         headers,
         client_ip: Some(ip),
+        now: Some(now),
     }) {
         Decision::Route(r) => r,
         Decision::NoTenant => panic!("no tenant for {host}"),

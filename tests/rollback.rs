@@ -387,3 +387,116 @@ async fn anonymous_floods_and_user_errors_roll_nothing_back_but_a_real_fault_doe
         "{entry}"
     );
 }
+
+/// Issue 23: a canary's version cookie copied to other clients puts them on
+/// the canary neither after a rollback and resume, nor past its age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copied_canary_cookie_dies_with_its_rollout_and_its_age() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let text = config(&s, &c, 50.0, FAST).replace("pools:", "cookies: { max_age_seconds: 3 }\npools:");
+    let proxy = TestProxy::start(&text);
+    let client = crate::util::Client::new(proxy.addr);
+    // A client on the canary, and its cookie.
+    let mut pin = None;
+    for i in 0..200 {
+        let r = client
+            .get(
+                HOST,
+                "/web/login",
+                &[("cookie", &format!("session_id=first-{i}"))],
+            )
+            .await;
+        if r.version() == "canary" {
+            pin = r
+                .cookies()
+                .into_iter()
+                .find(|c| c.starts_with("fledge_version="))
+                .map(|c| c.split(';').next().unwrap().to_owned());
+            break;
+        }
+    }
+    let pin = pin.expect("a canary client got a version cookie");
+    // Sessions the split puts on stable: with the copied cookie they are on
+    // the canary.
+    let mut stable = Vec::new();
+    for i in 0..200 {
+        let sid = format!("other-{i}");
+        let r = client
+            .get(HOST, "/web/login", &[("cookie", &format!("session_id={sid}"))])
+            .await;
+        if r.version() == "stable" {
+            stable.push(sid);
+        }
+        if stable.len() == 20 {
+            break;
+        }
+    }
+    let with_pin = |sid: &str| format!("session_id={sid}; {pin}");
+    let on_canary = || async {
+        let mut n = 0;
+        for sid in &stable {
+            let r = client
+                .get(HOST, "/web/login", &[("cookie", &with_pin(sid))])
+                .await;
+            n += usize::from(r.version() == "canary");
+        }
+        n
+    };
+    assert_eq!(
+        on_canary().await,
+        stable.len(),
+        "the cookie pins whoever sends it"
+    );
+
+    // Rolled back and resumed: the cookie is from another generation.
+    assert_eq!(
+        proxy
+            .admin("POST", "/api/v1/tenants/acme/rollback", "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        proxy
+            .admin("POST", "/api/v1/tenants/acme/resume", "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        on_canary().await,
+        0,
+        "a cookie from before the rollback still pins"
+    );
+
+    // A fresh cookie of the new generation pins again, until its age.
+    let mut fresh = None;
+    for i in 0..200 {
+        let r = client
+            .get(
+                HOST,
+                "/web/login",
+                &[("cookie", &format!("session_id=again-{i}"))],
+            )
+            .await;
+        if r.version() == "canary" {
+            fresh = r
+                .cookies()
+                .into_iter()
+                .find(|c| c.starts_with("fledge_version="))
+                .map(|c| c.split(';').next().unwrap().to_owned());
+            break;
+        }
+    }
+    let fresh = fresh.expect("a new canary cookie");
+    let pinned = |sid: &str| format!("session_id={sid}; {fresh}");
+    let r = client
+        .get(HOST, "/web/login", &[("cookie", &pinned(&stable[0]))])
+        .await;
+    assert_eq!(r.version(), "canary");
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let r = client
+        .get(HOST, "/web/login", &[("cookie", &pinned(&stable[0]))])
+        .await;
+    assert_eq!(r.version(), "stable", "a cookie past its max age still pins");
+}

@@ -55,6 +55,11 @@ pub struct Rollout {
     /// The figures behind the last automatic decision (boxed: most rollouts
     /// have none, and 10 000 of them are kept).
     pub figures: Option<Box<Breach>>,
+    /// Moves on at every rollback and at the resume of a rolled-back
+    /// canary: it is part of the tenant's cookie epoch, so a version cookie
+    /// from before either puts nobody back on the canary.
+    #[serde(default)]
+    pub generation: u32,
 }
 
 /// Promotion settings of a policy.
@@ -138,6 +143,7 @@ impl Rollout {
             since_breach: 0,
             reason: None,
             figures: None,
+            generation: 0,
         }
     }
 
@@ -213,6 +219,7 @@ impl Rollout {
     /// Weight to 0 at once, state `rolled_back`.
     pub fn roll_back(&mut self, reason: &str, figures: Option<Box<Breach>>) {
         self.state = RolloutState::RolledBack;
+        self.generation = self.generation.wrapping_add(1);
         self.weight = Weight::default();
         self.reason = Some(reason.to_owned());
         self.figures = figures;

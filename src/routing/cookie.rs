@@ -1,9 +1,13 @@
 //! fledge's two cookies, signed so that a client cannot pick its version.
 //!
-//! * `fledge_version=<s|c>.<bucket>.<epoch>.<mac>`: the version a client was
-//!   given while a canary is active, the bucket it was given it for, and the
-//!   canary's epoch (a hash of tenant and canary pool, so a new release
-//!   starts afresh).
+//! * `fledge_version=<s|c>.<bucket>.<epoch>.<issued>.<mac>`: the version a
+//!   client was given while a canary is active, the bucket it was given it
+//!   for, the canary's epoch (a hash of tenant, canary pool and the
+//!   rollout's generation, which a rollback and a resume move on: a new
+//!   release, or the same one re-armed, starts afresh) and when it was
+//!   issued (Unix seconds). Past `cookies.max_age_seconds` it is refused,
+//!   whatever the browser keeps: a cookie copied to other clients puts them
+//!   on the canary for that long at most, and only until the next rollback.
 //! * `fledge_bucket=<bucket>.<mac>`: the client's bucket when its sticky key
 //!   was only its address.
 //!
@@ -24,6 +28,18 @@ use super::{Version, BUCKETS};
 pub const VERSION_COOKIE: &str = "fledge_version";
 /// Name of the bucket cookie.
 pub const BUCKET_COOKIE: &str = "fledge_bucket";
+
+/// How far in the future an issue time may be: replicas' clocks differ by
+/// less (NTP keeps them within milliseconds; five minutes is what Kerberos
+/// allows).
+const CLOCK_SKEW_SECONDS: u32 = 300;
+
+/// Now, in Unix seconds (`u32` lasts until 2106).
+pub fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
 
 /// Secret key for fledge's cookies.
 #[derive(Clone)]
@@ -91,11 +107,17 @@ impl CookieKey {
         h.finish()
     }
 
-    /// Value of a version cookie (allocates: only on responses that set it).
-    pub fn version_cookie(&self, version: Version, bucket: u16, epoch: u32) -> String {
+    /// A version cookie's MAC: the epoch and the issue time are both in it.
+    fn version_mac(&self, kind: u8, bucket: u16, epoch: u32, issued: u32) -> u64 {
+        self.mac(kind, bucket, u64::from(epoch) << 32 | u64::from(issued))
+    }
+
+    /// Value of a version cookie issued at `issued` (Unix seconds;
+    /// allocates: only on responses that set it).
+    pub fn version_cookie(&self, version: Version, bucket: u16, epoch: u32, issued: u32) -> String {
         let v = version_char(version);
-        let mac = self.mac(v, bucket, u64::from(epoch));
-        format!("{}.{bucket}.{epoch:08x}.{mac:016x}", v as char)
+        let mac = self.version_mac(v, bucket, epoch, issued);
+        format!("{}.{bucket}.{epoch:08x}.{issued:08x}.{mac:016x}", v as char)
     }
 
     /// Value of a bucket cookie (allocates: only on responses that set it).
@@ -104,7 +126,10 @@ impl CookieKey {
         format!("{bucket}.{mac:016x}")
     }
 
-    pub(super) fn verify_version(&self, value: &[u8], epoch: u32) -> Option<Pin> {
+    /// A version cookie of this `epoch`, signed by us, issued no more than
+    /// `max_age` seconds before `now` (and not far after it: another
+    /// replica's clock may be a little ahead).
+    pub(super) fn verify_version(&self, value: &[u8], epoch: u32, now: u32, max_age: u32) -> Option<Pin> {
         let mut parts = value.split(|&b| b == b'.');
         let v = match parts.next()? {
             b"s" => Version::Stable,
@@ -113,11 +138,14 @@ impl CookieKey {
         };
         let bucket = parse_bucket(parts.next()?)?;
         let their_epoch = parse_hex(parts.next()?, 8)?;
+        let issued = parse_hex(parts.next()?, 8)? as u32;
         let mac = parse_hex(parts.next()?, 16)?;
         if parts.next().is_some() || their_epoch != u64::from(epoch) {
             return None;
         }
-        (self.mac(version_char(v), bucket, u64::from(epoch)) == mac).then_some(Pin { version: v, bucket })
+        let fresh = issued <= now.saturating_add(CLOCK_SKEW_SECONDS) && now.saturating_sub(issued) <= max_age;
+        (fresh && self.version_mac(version_char(v), bucket, epoch, issued) == mac)
+            .then_some(Pin { version: v, bucket })
     }
 
     pub(super) fn verify_bucket(&self, value: &[u8], seed: u64) -> Option<u16> {

@@ -87,8 +87,8 @@ impl TenantRoute {
         self.seed
     }
 
-    /// Identity of the current canary (tenant and canary pool); version
-    /// cookies from another canary are ignored.
+    /// Identity of the current canary (tenant, canary pool and the
+    /// rollout's generation); version cookies from another are ignored.
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
@@ -175,10 +175,11 @@ impl RouteTable {
                     HostPattern::Wildcard(s) => wildcard.insert(s.as_str().into(), index),
                 };
             }
-            let epoch_input = format!("{name}\0{}", t.canary.as_deref().unwrap_or(""));
             let rollout = rollouts
                 .get(name)
                 .filter(|r| Some(r.canary_pool.as_str()) == t.canary.as_deref());
+            let generation = rollout.map_or(0, |r| r.generation);
+            let epoch_input = format!("{name}\0{}\0{generation}", t.canary.as_deref().unwrap_or(""));
             let (weight, rollout_state) = match rollout {
                 Some(r) => (r.weight, r.state),
                 None => (t.canary_weight, RolloutState::Progressing),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::test_util::{headers, route, table};
+use crate::test_util::{headers, route, table, NOW};
 
 const HOST: &str = "acme.example.com";
 
@@ -91,7 +91,7 @@ fn version_cookie_for(t: &RouteTable, r: &Route) -> String {
     let tenant = &t.tenants()[r.tenant];
     let value = t
         .cookie_key()
-        .version_cookie(r.version, r.bucket.unwrap(), tenant.epoch());
+        .version_cookie(r.version, r.bucket.unwrap(), tenant.epoch(), NOW);
     format!("{VERSION_COOKIE}={value}")
 }
 
@@ -158,7 +158,7 @@ fn forged_or_foreign_cookies_are_ignored() {
     let tenant = &other.tenants()[0];
     let value = other
         .cookie_key()
-        .version_cookie(Version::Canary, 5_000, tenant.epoch());
+        .version_cookie(Version::Canary, 5_000, tenant.epoch(), NOW);
     let r = route(
         &t,
         HOST,
@@ -211,4 +211,60 @@ fn hosts_match_exactly_then_by_most_specific_wildcard() {
     assert_eq!(name(""), None);
     assert_eq!(name("[::1]:8080"), None);
     assert_eq!(name(&"a".repeat(300)), None);
+}
+
+/// Issue 23: a copied canary cookie puts nobody on the canary past its age,
+/// nor after the canary was rolled back (and resumed).
+#[test]
+fn a_version_cookie_dies_with_its_age_and_its_rollout() {
+    use crate::analysis::rollout::Rollout;
+    use crate::test_util::route_at;
+    let t = table(1.0);
+    let tenant = &t.tenants()[0];
+    let pin = |issued: u32| {
+        let value = t
+            .cookie_key()
+            .version_cookie(Version::Canary, 9_999, tenant.epoch(), issued);
+        headers(&[("cookie", &format!("{VERSION_COOKIE}={value}"))])
+    };
+    let max_age = u32::try_from(t.tuning().cookie_max_age_seconds).unwrap();
+    let on_canary = |h: &HeaderMap, now: u32| {
+        let r = route_at(&t, HOST, h, "10.0.0.1", now);
+        r.reason == Reason::Cookie && r.version == Version::Canary
+    };
+    // Bucket 9 999 is stable at 1 %: only the cookie puts it on the canary.
+    assert!(on_canary(&pin(NOW), NOW));
+    assert!(on_canary(&pin(NOW - max_age), NOW), "as old as allowed");
+    assert!(!on_canary(&pin(NOW - max_age - 1), NOW), "older than its age");
+    assert!(on_canary(&pin(NOW + 60), NOW), "another replica's clock ahead");
+    assert!(!on_canary(&pin(NOW + 3_600), NOW), "issued in the future");
+    // The issue time is signed: moved forward, the cookie is forged.
+    let value = t
+        .cookie_key()
+        .version_cookie(Version::Canary, 9_999, tenant.epoch(), NOW - max_age - 10);
+    let mut parts: Vec<&str> = value.split('.').collect();
+    let fresh = format!("{NOW:08x}");
+    parts[3] = &fresh;
+    let moved = headers(&[("cookie", &format!("{VERSION_COOKIE}={}", parts.join(".")))]);
+    assert!(!on_canary(&moved, NOW));
+
+    // The same canary pool, its rollout rolled back once (and resumed):
+    // another generation, another epoch; the old cookie is refused.
+    let one_percent = crate::config::Weight::from_basis_points(100).unwrap();
+    let mut rollout = Rollout::start("v18", one_percent, None);
+    rollout.roll_back("test", None);
+    let mut resumed = Rollout::start("v18", one_percent, None);
+    resumed.generation = rollout.generation + 1;
+    let rollouts = [("acme".to_owned(), resumed)].into_iter().collect();
+    let after = RouteTable::build(
+        &crate::test_util::config(1.0),
+        Arc::new(CookieKey::from_secret(b"test secret, 16+ bytes")),
+        None,
+        &rollouts,
+    );
+    assert!(after.tenants()[0].canary_active());
+    assert_ne!(after.tenants()[0].epoch(), tenant.epoch());
+    let r = route_at(&after, HOST, &pin(NOW), "10.0.0.1", NOW);
+    assert_ne!(r.reason, Reason::Cookie);
+    assert_eq!(r.version, Version::Stable);
 }
