@@ -53,6 +53,8 @@ pub struct Config {
     pub limits: Limits,
     /// Sticky cookie settings.
     pub cookies: Cookies,
+    /// Who may mark requests as rehearsal traffic.
+    pub rehearsal: Rehearsal,
     /// Where canary states and the decision journal are kept.
     pub state_dir: PathBuf,
     /// The admin listener.
@@ -65,6 +67,18 @@ pub struct Config {
     pub policies: BTreeMap<String, Policy>,
     /// Tenants by name.
     pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// Who may mark requests as rehearsal traffic (`X-Fledge-Rehearsal`): a
+/// client in `from`, or one that sends the token in
+/// `X-Fledge-Rehearsal-Token`. Anyone else's header is stripped and counts
+/// for nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rehearsal {
+    /// Client networks whose rehearsal header is honoured.
+    pub from: Vec<IpNet>,
+    /// The token, read from `rehearsal.token_env` when the file is loaded.
+    pub token: Option<String>,
 }
 
 /// Timeouts, each with its unit in its name in the file.

@@ -114,7 +114,7 @@ pub fn http1_request(data: &[u8]) {
         }
     }
     let (table, config) = table();
-    if crate::proxy::limits::check(&header, &config.limits, "x-fledge-version").is_some() {
+    if crate::proxy::limits::check(&header, &config.limits, &["x-fledge-version"]).is_some() {
         return;
     }
     let view = RequestView {

@@ -128,6 +128,54 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
     }
 }
 
+/// Headers only fledge may set: a client's are removed before forwarding.
+/// `X-Fledge-*` (the version override, the rehearsal tag and its token, and
+/// whatever fledge may add later) and the forwarding headers Odoo or a
+/// module might read besides `X-Forwarded-For/-Proto/-Host`, which fledge
+/// sets itself. Names are lower case.
+fn is_ours(name: &str) -> bool {
+    name.starts_with("x-fledge-")
+        || matches!(
+            name,
+            "forwarded" | "x-real-ip" | "x-forwarded-port" | "x-forwarded-prefix"
+        )
+}
+
+/// Remove every header [`is_ours`] from a request on its way to a worker.
+/// One pass over the names; the list is made only when there is one.
+fn strip_ours(upstream: &mut RequestHeader) {
+    if !upstream.headers.keys().any(|n| is_ours(n.as_str())) {
+        return;
+    }
+    let names: Vec<http::HeaderName> = upstream
+        .headers
+        .keys()
+        .filter(|n| is_ours(n.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        upstream.remove_header(&name);
+    }
+}
+
+/// Rehearsal traffic is what a trusted client marks so: one from
+/// `rehearsal.from`, or one sending the rehearsal token.
+fn is_rehearsal_allowed(r: &crate::config::Rehearsal, ip: Option<IpAddr>, headers: &http::HeaderMap) -> bool {
+    if ip.is_some_and(|ip| r.from.iter().any(|n| n.contains(&ip))) {
+        return true;
+    }
+    match (&r.token, headers.get(REHEARSAL_TOKEN_HEADER)) {
+        (Some(token), Some(sent)) => {
+            use subtle::ConstantTimeEq;
+            bool::from(token.as_bytes().ct_eq(sent.as_bytes()))
+        }
+        _ => false,
+    }
+}
+
+/// The header carrying the rehearsal token (`rehearsal.token_env`).
+pub const REHEARSAL_TOKEN_HEADER: &str = "x-fledge-rehearsal-token";
+
 fn is_long_lived(path: &str) -> bool {
     path.starts_with("/websocket") || path.starts_with("/longpolling/")
 }
@@ -199,8 +247,8 @@ impl FledgeProxy {
     /// Route the request: decided once, here, and kept in the context.
     /// Anything but [`Admission::Proxy`] is answered by [`Self::answer`].
     pub(crate) fn admit(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Admission {
-        let limits = &ctx.table.tuning().limits;
-        if let Some(refusal) = limits::check(session.req_header(), limits, DEFAULT_OVERRIDE_HEADER_LC) {
+        let tuning = ctx.table.tuning();
+        if let Some(refusal) = limits::check(session.req_header(), &tuning.limits, &tuning.override_headers) {
             tracing::debug!(?refusal, "request refused before routing");
             return Admission::Refuse(refusal.status());
         }
@@ -237,7 +285,9 @@ impl FledgeProxy {
         let timeouts = &ctx.table.tuning().timeouts;
         session.set_keepalive(Some(timeouts.client_keepalive.as_secs()));
         ctx.long_lived = is_long_lived(session.req_header().uri.path());
-        ctx.rehearsal = session.req_header().headers.contains_key(REHEARSAL_HEADER);
+        let headers = &session.req_header().headers;
+        ctx.rehearsal = headers.contains_key(REHEARSAL_HEADER)
+            && is_rehearsal_allowed(&ctx.table.tuning().rehearsal, client_ip(session), headers);
         if ctx.long_lived {
             // Pingora's downstream read timeout (60 s) also covers the bytes
             // of an upgraded connection; an idle Odoo bus socket must outlive it.
@@ -368,8 +418,11 @@ impl FledgeProxy {
     }
 
     /// `X-Forwarded-*` as Odoo's `proxy_mode` reads them, replacing whatever
-    /// the client sent. Runs after Pingora's hop-by-hop sanitising.
+    /// the client sent; the other forwarding headers and every `X-Fledge-*`
+    /// a client sent are removed ([`is_ours`]). Runs after Pingora's
+    /// hop-by-hop sanitising.
     pub(crate) fn set_forwarded(session: &ServerSession, upstream: &mut RequestHeader) -> Result<()> {
+        strip_ours(upstream);
         upstream.room_for(3);
         match client_ip(session) {
             Some(ip) => upstream.set(X_FORWARDED_FOR, ip_header_value(ip))?,

@@ -279,13 +279,28 @@ async fn http2_requests_are_routed_by_authority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rehearsal_traffic_is_counted_apart_as_well() {
     let (s, c) = (mock("17.0").await, mock("18.0").await);
-    let proxy = TestProxy::start(&two_pools(&[&s], &[&c], 0.0, ""));
+    let text = two_pools(&[&s], &[&c], 0.0, "").replace(
+        "pools:",
+        "rehearsal:\n  from: [\"10.9.9.0/24\"]\n  token_env: FLEDGE_TEST_REHEARSAL_TOKEN\npools:",
+    );
+    let token = "rehearsal-token-0123456789";
+    let proxy = TestProxy::start_with_env(&text, &[("FLEDGE_TEST_REHEARSAL_TOKEN", token)]);
     let client = Client::new(proxy.addr);
-    for i in 0..5 {
-        let tag: &[(&str, &str)] = if i < 3 {
-            &[("x-fledge-rehearsal", "steady")]
-        } else {
-            &[]
+    // Loopback is not in `rehearsal.from`: only the tagged requests with
+    // the token count as rehearsal; a tag alone, or with a wrong token,
+    // counts for nothing.
+    for i in 0..7 {
+        let tag: &[(&str, &str)] = match i {
+            0..3 => &[
+                ("x-fledge-rehearsal", "steady"),
+                ("x-fledge-rehearsal-token", token),
+            ],
+            3 => &[("x-fledge-rehearsal", "steady")],
+            4 => &[
+                ("x-fledge-rehearsal", "steady"),
+                ("x-fledge-rehearsal-token", "wrong-token-0123456789"),
+            ],
+            _ => &[],
         };
         assert_eq!(
             client.get("acme.example.com", "/web/login", tag).await.status,
@@ -295,12 +310,70 @@ async fn rehearsal_traffic_is_counted_apart_as_well() {
     let series = |name: &str| format!("{name}{{tenant=\"acme\",version=\"stable\",outcome=\"ok\"}}");
     // A request is counted once its answer is sent: wait for the last.
     let all = series("fledge_requests_total");
-    let counted = crate::util::eventually(5, || async { proxy.metric(&all).await == Some(5.0) }).await;
+    let counted = crate::util::eventually(5, || async { proxy.metric(&all).await == Some(7.0) }).await;
     assert!(counted, "{}", proxy.metrics().await);
     assert_eq!(
         proxy.metric(&series("fledge_rehearsal_requests_total")).await,
         Some(3.0)
     );
+}
+
+/// Issue 23: every header only fledge may set is gone at the worker, and
+/// a host that is no host name gets 400 and reaches no worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_only_fledge_sets_never_reach_the_worker_and_bad_hosts_get_400() {
+    let head = through_to_worker(
+        b"GET /web HTTP/1.1\r\nHost: acme.example.com\r\nX-Fledge-Version: canary\r\n\
+X-Fledge-Rehearsal: steady\r\nX-Fledge-Anything: 1\r\nForwarded: for=6.6.6.6;proto=https\r\n\
+X-Real-IP: 6.6.6.6\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /admin\r\n\
+X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Odoo-Db: acme\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    for gone in [
+        "x-fledge-version:",
+        "x-fledge-rehearsal:",
+        "x-fledge-anything:",
+        "forwarded:",
+        "x-real-ip:",
+        "x-forwarded-port:",
+        "x-forwarded-prefix:",
+        "6.6.6.6",
+        "evil.example",
+    ] {
+        assert!(!head.contains(gone), "{gone} reached the worker:\n{head}");
+    }
+    assert!(head.contains("x-forwarded-for: 127.0.0.1"), "{head}");
+    assert!(head.contains("x-forwarded-host: acme.example.com"), "{head}");
+    assert!(
+        head.contains("x-odoo-db: acme"),
+        "the application's own headers pass:\n{head}"
+    );
+
+    // Hosts that are no host names: 400, no worker, no redirect.
+    let (worker, mut seen) = recording_worker().await;
+    let proxy = TestProxy::start(&one_worker(worker, "").replace(
+        "hosts: [\"acme.example.com\"]",
+        "hosts: [\"*.acme.example.com\", \"acme.example.com\"]",
+    ));
+    for host in [
+        "evil.example/.acme.example.com",
+        "evil.example?.acme.example.com",
+        "evil.example#.acme.example.com",
+        "user@shop.acme.example.com",
+        "shop.acme.example.com:http",
+        "shop%2eacme.example.com",
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).await.unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 400"), "{host}: {out}");
+        assert!(!out.to_ascii_lowercase().contains("location:"), "{host}: {out}");
+    }
+    assert!(seen.try_recv().is_err(), "a bad host reached the worker");
 }
 
 /// A worker that records the head of the one request it gets and answers

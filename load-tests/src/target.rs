@@ -258,6 +258,7 @@ fn config_text(
     Ok(format!(
         "listen: \"127.0.0.1:{listen}\"\nthreads: 2\nstate_dir: \"{state}\"\n\
          admin:\n  listen: \"127.0.0.1:{admin}\"\n  token_file: \"{token}\"\n\
+         rehearsal:\n  from: [\"127.0.0.0/8\"]\n\
          pools:\n  stable: {{ workers: [{s}], websocket_workers: [{s}] }}\n  \
          canary: {{ workers: [{c}], websocket_workers: [{c}] }}\n\
          policies:\n  rehearsal: {policy}\n\

@@ -25,6 +25,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) cookies: Cookies,
     #[serde(default)]
+    pub(crate) rehearsal: Rehearsal,
+    #[serde(default)]
     pub(crate) state_dir: Option<String>,
     #[serde(default)]
     pub(crate) admin: Admin,
@@ -63,6 +65,14 @@ pub(crate) struct Limits {
 pub(crate) struct Cookies {
     pub(crate) secret_env: Option<String>,
     pub(crate) max_age_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Rehearsal {
+    #[serde(default)]
+    pub(crate) from: Vec<String>,
+    pub(crate) token_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use super::{
     AdminConfig, AnalysisPolicy, Config, ConfigError, Cookies, HealthCheckConfig, HostPattern, Limits,
-    Policy, PoolConfig, Problem, Promotion, TenantConfig, Thresholds, Timeouts, TlsConfig, TokenSource,
-    Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
+    Policy, PoolConfig, Problem, Promotion, Rehearsal, TenantConfig, Thresholds, Timeouts, TlsConfig,
+    TokenSource, Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
 };
 
 /// Name of the policy used by tenants that name none.
@@ -136,6 +136,7 @@ impl Checker<'_> {
         let timeouts = self.timeouts(&raw.timeouts);
         let limits = self.limits(&raw.limits);
         let cookies = self.cookies(raw.cookies);
+        let rehearsal = self.rehearsal(&raw.rehearsal);
         let admin_listen = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
         let token = match (raw.admin.token_env, raw.admin.token_file) {
             (Some(_), Some(_)) => {
@@ -229,6 +230,7 @@ impl Checker<'_> {
             timeouts,
             limits,
             cookies,
+            rehearsal,
             state_dir,
             admin,
             tls,
@@ -345,6 +347,52 @@ impl Checker<'_> {
         }
     }
 
+    /// CIDRs (or single addresses) at `path`.
+    fn networks(&mut self, path: &str, list: &[String]) -> Vec<IpNet> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, cidr) in list.iter().enumerate() {
+            let parsed = cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net),
+                Err(_) => self.problem(
+                    format!("{path}[{i}]"),
+                    format!("`{cidr}` is not a CIDR (e.g. 10.0.0.0/8) or IP address"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn rehearsal(&mut self, r: &raw::Rehearsal) -> Rehearsal {
+        let from = self.networks("rehearsal.from", &r.from);
+        let token = r.token_env.as_ref().and_then(|var| {
+            if !is_env_name(var) {
+                self.problem(
+                    "rehearsal.token_env",
+                    format!("`{var}` is not an environment variable name"),
+                );
+                return None;
+            }
+            match std::env::var(var) {
+                Ok(token) if token.len() >= 16 => Some(token),
+                Ok(_) => {
+                    self.problem(
+                        "rehearsal.token_env",
+                        format!("`{var}` holds fewer than 16 bytes: too short for a token"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.problem("rehearsal.token_env", format!("`{var}` is not set"));
+                    None
+                }
+            }
+        });
+        Rehearsal { from, token }
+    }
+
     fn addresses(&mut self, path: &str, list: &[String]) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
         for (i, a) in list.iter().enumerate() {
@@ -402,19 +450,7 @@ impl Checker<'_> {
                 http::HeaderName::from_static("x-fledge-version")
             }
         };
-        let mut override_from = Vec::with_capacity(p.override_from.len());
-        for (i, cidr) in p.override_from.iter().enumerate() {
-            let parsed = cidr
-                .parse::<IpNet>()
-                .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from));
-            match parsed {
-                Ok(net) => override_from.push(net),
-                Err(_) => self.problem(
-                    format!("{base}.override_from[{i}]"),
-                    format!("`{cidr}` is not a CIDR (e.g. 10.0.0.0/8) or IP address"),
-                ),
-            }
-        }
+        let override_from = self.networks(&format!("{base}.override_from"), &p.override_from);
         let sticky_cookie = p
             .sticky_cookie
             .unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_owned());

@@ -37,6 +37,11 @@ pub struct Tuning {
     pub limits: Limits,
     /// `Max-Age` of fledge's cookies.
     pub cookie_max_age_seconds: u64,
+    /// Every policy's override header (their underscore spellings are
+    /// refused before routing).
+    pub override_headers: Vec<http::HeaderName>,
+    /// Who may mark requests as rehearsal traffic.
+    pub rehearsal: crate::config::Rehearsal,
 }
 
 // === impl TenantRoute ===
@@ -230,6 +235,17 @@ impl RouteTable {
                 timeouts: config.timeouts.clone(),
                 limits: config.limits.clone(),
                 cookie_max_age_seconds: config.cookies.max_age_seconds,
+                override_headers: {
+                    let mut names: Vec<http::HeaderName> = config
+                        .policies
+                        .values()
+                        .map(|p| p.override_header.clone())
+                        .collect();
+                    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+                    names.dedup();
+                    names
+                },
+                rehearsal: config.rehearsal.clone(),
             },
         }
     }
