@@ -152,6 +152,9 @@ pub struct TlsConfig {
     pub listen: SocketAddr,
     /// Directory of `name.crt` / `name.key` pairs, watched for changes.
     pub certs_dir: PathBuf,
+    /// Load private keys that group or others can read (warned about);
+    /// off: such a pair is refused.
+    pub allow_readable_keys: bool,
 }
 
 /// Where the admin token is read from.

@@ -93,7 +93,12 @@ pub fn self_signed_certificate(config: &Config, dir: &std::path::Path) -> anyhow
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let pair = dir.join(crate::tls::DEFAULT_PAIR);
     std::fs::write(pair.with_extension("crt"), made.cert.pem())?;
-    std::fs::write(pair.with_extension("key"), made.key_pair.serialize_pem())?;
+    // The key readable by us alone, as fledge wants keys.
+    crate::state_dir::write_atomically(
+        dir,
+        &format!("{}.key", crate::tls::DEFAULT_PAIR),
+        made.key_pair.serialize_pem().as_bytes(),
+    )?;
     Ok(())
 }
 

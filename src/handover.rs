@@ -64,7 +64,7 @@ fn write(dir: &Path, name: &str, stats: StatsDump) -> std::io::Result<()> {
         stats,
     };
     let bytes = serde_json::to_vec(&handed).map_err(std::io::Error::other)?;
-    crate::control::store::write_atomically(dir, name, &bytes)
+    crate::state_dir::write_atomically(dir, name, &bytes)
 }
 
 /// Read and remove `name`, if it is fresh (and from `pid`, when given).

@@ -21,6 +21,8 @@
 //! - [`tls`] (its `load` and `watch`): certificates read, checked, reloaded.
 //! - [`watch`]: debounced directory watching (config and certificates).
 //! - [`server`]: assembles the Pingora server and its services.
+//! - [`state_dir`]: the state directory and secret files, checked so that
+//!   nobody else can plant them; atomic, symlink-proof writes.
 //! - [`handover`]: a graceful upgrade's hand-over of canary states and
 //!   counters (the sockets are Pingora's part).
 //!
@@ -44,6 +46,7 @@ pub mod mock_odoo;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod state_dir;
 pub mod tls;
 pub mod upstream;
 pub mod watch;

@@ -205,7 +205,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 None => config::parse(demo::DEMO_CONFIG, "config/demo.yaml (embedded)")?,
             };
             // The demo's canary states live as long as the demo.
-            config.state_dir = std::env::temp_dir().join(format!("fledge-demo-{}", std::process::id()));
+            // A private directory of its own (mkdtemp, 0700), kept after
+            // the demo for its journal: not a name anyone can guess and
+            // make first.
+            config.state_dir = tempfile::Builder::new()
+                .prefix("fledge-demo-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .tempdir()
+                .context("cannot make the demo's state directory")?
+                .keep();
             if config.tls.is_some() {
                 let certs_dir = config.state_dir.join("certs");
                 demo::self_signed_certificate(&config, &certs_dir)?;

@@ -113,7 +113,7 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         .context("cannot register metrics")?;
     let tls_store = match &config.tls {
         Some(tls) => {
-            let (store, report) = CertStore::open(&tls.certs_dir)?;
+            let (store, report) = CertStore::open(&tls.certs_dir, tls.allow_readable_keys)?;
             registry
                 .register(Box::new(TlsExporter::new(Arc::clone(store.certificates()))))
                 .context("cannot register metrics")?;
@@ -129,8 +129,7 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         .context("cannot resolve state_dir")?
         .display()
         .to_string();
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
+    crate::state_dir::prepare(&config.state_dir).map_err(anyhow::Error::msg)?;
     // Process-wide, in the vendored Pingora (`vendor/README.md`): a header
     // map per message instead of two when names need not keep their case.
     pingora::protocols::http::v1::common::set_preserve_header_case(config.preserve_header_case);
@@ -277,32 +276,41 @@ fn admin_token(config: &Config) -> anyhow::Result<Token> {
         TokenSource::Env(var) => {
             std::env::var(var).with_context(|| format!("admin.token_env names `{var}`, which is not set"))?
         }
-        TokenSource::File(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read admin.token_file {}", path.display()))?
-            .trim()
-            .to_owned(),
+        TokenSource::File(path) => {
+            if let Some(warning) = crate::state_dir::check_secret_file(path)
+                .map_err(|why| anyhow::anyhow!("admin.token_file: {why}"))?
+            {
+                tracing::warn!(file = %path.display(), "admin.token_file: {warning}");
+            }
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read admin.token_file {}", path.display()))?
+                .trim()
+                .to_owned()
+        }
         TokenSource::Generated => {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
+            crate::state_dir::prepare(&config.state_dir).map_err(anyhow::Error::msg)?;
             let path = config.state_dir.join(GENERATED_TOKEN_FILE);
-            match std::fs::read_to_string(&path) {
-                Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
-                _ => {
-                    let mut bytes = [0u8; 24];
-                    getrandom::getrandom(&mut bytes).context("no OS random source for the admin token")?;
-                    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                    std::fs::create_dir_all(&config.state_dir)?;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&path)
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    f.write_all(token.as_bytes())?;
-                    tracing::info!(file = %path.display(), "no admin token configured: generated one");
-                    token
+            let existing = match std::fs::symlink_metadata(&path) {
+                Ok(_) => {
+                    // Whatever is there must be the one fledge wrote.
+                    crate::state_dir::check_own_secret(&path).map_err(anyhow::Error::msg)?;
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                        .trim()
+                        .to_owned()
                 }
+                Err(_) => String::new(),
+            };
+            if existing.is_empty() {
+                let mut bytes = [0u8; 24];
+                getrandom::getrandom(&mut bytes).context("no OS random source for the admin token")?;
+                let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                crate::state_dir::write_atomically(&config.state_dir, GENERATED_TOKEN_FILE, token.as_bytes())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                tracing::info!(file = %path.display(), "no admin token configured: generated one");
+                token
+            } else {
+                existing
             }
         }
     };

@@ -50,6 +50,8 @@ pub struct Certificates {
 /// pair. One owner (the watcher) reloads it.
 pub struct CertStore {
     dir: PathBuf,
+    /// Load key files readable by group or others (with a warning).
+    allow_readable_keys: bool,
     pairs: BTreeMap<String, Pair>,
     certs: Arc<Certificates>,
 }
@@ -105,9 +107,12 @@ impl CertStore {
     /// Load `dir`. Fails, naming every file and reason, when no pair in it
     /// is usable: a TLS listener without a certificate would refuse every
     /// client.
-    pub fn open(dir: &Path) -> anyhow::Result<(CertStore, Report)> {
+    /// A key file readable by group or others is refused, unless
+    /// `allow_readable_keys` (then it is loaded with a warning).
+    pub fn open(dir: &Path, allow_readable_keys: bool) -> anyhow::Result<(CertStore, Report)> {
         let mut store = CertStore {
             dir: dir.to_owned(),
+            allow_readable_keys,
             pairs: BTreeMap::new(),
             certs: Arc::default(),
         };
@@ -154,7 +159,8 @@ impl CertStore {
         }
         for (name, found) in files {
             let previous = self.pairs.get(&name);
-            match load::pair(&self.dir, &name, found, previous.map(Pair::digest), now) {
+            let digest = previous.map(Pair::digest);
+            match load::pair(&self.dir, &name, found, digest, now, self.allow_readable_keys) {
                 Ok(None) => {}
                 Ok(Some(pair)) => {
                     report.loaded.push(Loaded {

@@ -125,3 +125,152 @@ mod ctl {
         );
     }
 }
+
+/// Issue 23: a state directory someone else can write to, and files planted
+/// in it, are refused at start with the reason; nothing is written through
+/// a planted symlink.
+mod state_dir {
+    use std::os::unix::fs::{symlink, PermissionsExt as _};
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    fn config(dir: &Path, state: &Path, token: &str) -> std::path::PathBuf {
+        let path = dir.join("fledge.yaml");
+        let port = crate::util::free_port();
+        let admin = crate::util::free_port();
+        std::fs::write(
+            &path,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\nstate_dir: \"{}\"\nadmin:\n  listen: \"127.0.0.1:{admin}\"\n{token}pools:\n  a: {{ workers: [\"127.0.0.1:9\"] }}\n  b: {{ workers: [\"127.0.0.1:9\"] }}\ntenants:\n  acme:\n    hosts: [\"acme.example.com\"]\n    stable: a\n    canary: b\n    canary_weight: 10\n",
+                state.display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// `fledge run` on `config`: its exit status and output if it stopped
+    /// within 10 s (200 polls 50 ms apart), `None` if it was still running (then it is killed).
+    fn run(config: &Path) -> Option<(bool, String)> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fledge"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if child.try_wait().unwrap().is_some() {
+                let out = child.wait_with_output().unwrap();
+                let text =
+                    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+                return Some((out.status.success(), text));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn refused(config: &Path, why: &[&str]) {
+        let (ok, text) = run(config).expect("fledge started where it must refuse");
+        assert!(!ok, "{text}");
+        for w in why {
+            assert!(text.contains(w), "`{w}` not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_state_dir_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        chmod(&state, 0o777);
+        let config = config(dir.path(), &state, "");
+        refused(
+            &config,
+            &[
+                "refusing state_dir",
+                "writable by everyone",
+                &state.display().to_string(),
+            ],
+        );
+        chmod(&state, 0o775);
+        refused(&config, &["writable by its group"]);
+        // Owned by someone else (only root can make that here).
+        chmod(&state, 0o700);
+        if nix_chown(&state, 12_345) {
+            refused(&config, &["owned by uid 12345"]);
+        }
+    }
+
+    /// `chown path uid` through the `chown` command; false where not allowed.
+    fn nix_chown(path: &Path, uid: u32) -> bool {
+        Command::new("chown")
+            .arg(uid.to_string())
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    #[test]
+    fn planted_tokens_and_symlinks_are_refused_or_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        chmod(&state, 0o700);
+        let config = config(dir.path(), &state, "");
+        // A token someone left readable (or planted) is not the admin token.
+        let token = state.join("admin.token");
+        std::fs::write(&token, "planted-token-0123456789").unwrap();
+        chmod(&token, 0o644);
+        refused(&config, &["refusing", "admin.token", "0644"]);
+        std::fs::remove_file(&token).unwrap();
+        let planted = dir.path().join("planted");
+        std::fs::write(&planted, "planted-token-0123456789").unwrap();
+        chmod(&planted, 0o600);
+        symlink(&planted, &token).unwrap();
+        refused(&config, &["symlink"]);
+        std::fs::remove_file(&token).unwrap();
+
+        // The journal through a symlink: refused, the target untouched.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let _ = std::fs::remove_file(state.join("journal.jsonl"));
+        symlink(&victim, state.join("journal.jsonl")).unwrap();
+        refused(&config, &["journal"]);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::fs::remove_file(state.join("journal.jsonl")).unwrap();
+
+        // The old fixed temporary name as a symlink: fledge starts, saves its
+        // states, and writes nothing through it.
+        symlink(&victim, state.join(".rollouts.json.tmp")).unwrap();
+        assert!(run(&config).is_none(), "fledge did not keep running");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(state.join("rollouts.json").is_file());
+        // What it made itself is private.
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state.join("admin.token")), 0o600);
+        assert_eq!(mode(&state.join("rollouts.json")), 0o600);
+        assert_eq!(mode(&state.join("journal.jsonl")), 0o600);
+
+        // An operator's token file others can write to is refused too.
+        let theirs = dir.path().join("token");
+        std::fs::write(&theirs, "an-operator-token-0123456789").unwrap();
+        chmod(&theirs, 0o666);
+        let with_file = super::state_dir::config(
+            dir.path(),
+            &state,
+            &format!("  token_file: \"{}\"\n", theirs.display()),
+        );
+        refused(&with_file, &["admin.token_file", "writable by everyone"]);
+    }
+}

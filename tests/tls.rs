@@ -87,6 +87,8 @@ fn install(dir: &Path, name: &str, crt: &str, key: &str) {
     for (ext, text) in [("key", key), ("crt", crt)] {
         let tmp = dir.join(format!(".{name}.{ext}.tmp"));
         std::fs::write(&tmp, text).unwrap();
+        // Keys readable by their owner alone, as fledge wants them.
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         std::fs::rename(&tmp, dir.join(format!("{name}.{ext}"))).unwrap();
     }
 }
@@ -668,4 +670,48 @@ fn startup_refuses_a_tls_listener_without_a_usable_certificate() {
     );
     let beta_key = certs.join("beta.key").display().to_string();
     assert!(stderr.contains(&format!("{beta_key}: missing")), "{stderr}");
+}
+
+/// Issue 23: a private key others can read is refused, naming the file and
+/// the reason, unless `tls.allow_readable_keys` says to load it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_key_others_can_read_is_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let ca = Ca::new();
+    let certs = tempfile::tempdir().unwrap();
+    let (acme, beta) = (ca.leaf(&["acme.example.com"]), ca.leaf(&["beta.example.com"]));
+    install(certs.path(), "acme", &acme.crt, &acme.key);
+    install(certs.path(), "beta", &beta.crt, &beta.key);
+    let beta_key = certs.path().join("beta.key");
+    std::fs::set_permissions(&beta_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let worker = mock("17.0").await;
+    let proxy = TestProxy::start(&config(certs.path(), worker.addr(), ""));
+    let tls = proxy.tls.unwrap();
+    assert_eq!(served(tls, Some("acme.example.com")).await.unwrap(), acme.der);
+    assert_ne!(
+        served(tls, Some("beta.example.com")).await.ok(),
+        Some(beta.der.clone())
+    );
+    let log = proxy.log();
+    assert!(
+        log.contains(&beta_key.display().to_string()) && log.contains("readable by everyone"),
+        "{log}"
+    );
+    drop(proxy);
+
+    let allowing = config(certs.path(), worker.addr(), "").replace(
+        &format!("  certs_dir: \"{}\"\n", certs.path().display()),
+        &format!(
+            "  certs_dir: \"{}\"\n  allow_readable_keys: true\n",
+            certs.path().display()
+        ),
+    );
+    assert!(allowing.contains("allow_readable_keys"), "{allowing}");
+    let proxy = TestProxy::start(&allowing);
+    assert_eq!(
+        served(proxy.tls.unwrap(), Some("beta.example.com"))
+            .await
+            .unwrap(),
+        beta.der
+    );
 }

@@ -47,6 +47,7 @@ B=$(port); PF=$(port); PFT=$(port); PN=$(port)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=acme.example.com -keyout "$WORK/certs/acme.key" -out "$WORK/certs/acme.crt" \
   -addext 'subjectAltName=DNS:acme.example.com' 2>/dev/null
+chmod 600 "$WORK/certs/acme.key"   # fledge refuses keys others can read
 
 BODY='{"jsonrpc":"2.0","id":1,"result":{"server_version":"17.0","uid":2,"name":"Mitchell Admin","company_id":1,"partner_id":3,"db":"acme","lang":"en_US","tz":"Europe/Brussels"}}'
 cat > "$WORK/backend.conf" <<NGINX

@@ -88,6 +88,8 @@ pub(crate) struct Admin {
 pub(crate) struct Tls {
     pub(crate) listen: String,
     pub(crate) certs_dir: String,
+    #[serde(default)]
+    pub(crate) allow_readable_keys: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -175,6 +175,7 @@ impl Checker<'_> {
             TlsConfig {
                 listen: tls_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
                 certs_dir: PathBuf::from(t.certs_dir),
+                allow_readable_keys: t.allow_readable_keys,
             }
         });
         let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));

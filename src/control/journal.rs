@@ -2,7 +2,7 @@
 //! weight change, rollback, promotion step or state change, each fsync'ed
 //! before the call returns, so a crash loses nothing already decided.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -95,7 +95,8 @@ impl Journal {
     /// Open (or create) the journal in `dir`.
     pub fn open(dir: &Path) -> std::io::Result<Journal> {
         let path = dir.join(JOURNAL_FILE);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        // Not through a symlink planted in its place.
+        let file = crate::state_dir::open_append(&path)?;
         Ok(Journal { path, file })
     }
 

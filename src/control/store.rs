@@ -1,11 +1,10 @@
 //! Canary states on disk: `rollouts.json` under `state_dir`, replaced
 //! atomically (write to a temporary file, fsync, rename, fsync the
-//! directory) on every change, so a crash leaves the old or the new file,
-//! never half of one.
+//! directory: [`crate::state_dir::write_atomically`]) on every change, so a
+//! crash leaves the old or the new file, never half of one.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write as _;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::analysis::rollout::Rollout;
@@ -35,9 +34,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// The store in `dir`, created if needed.
+    /// The store in `dir`, created if needed; refused (with the reason)
+    /// when someone else could write to `dir` ([`crate::state_dir::prepare`]).
     pub fn open(dir: &Path) -> std::io::Result<Store> {
-        fs::create_dir_all(dir)?;
+        crate::state_dir::prepare(dir).map_err(std::io::Error::other)?;
         Ok(Store {
             path: dir.join(STATE_FILE),
             dir: dir.to_owned(),
@@ -71,20 +71,6 @@ impl Store {
     pub fn save(&self, states: &BTreeMap<String, Rollout>) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(states).map_err(std::io::Error::other)?;
         let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        write_atomically(&self.dir, &name, &bytes)
+        crate::state_dir::write_atomically(&self.dir, &name, &bytes)
     }
-}
-
-/// Replace `dir/name` with `bytes`, durably: a reader sees the old file or
-/// the new one, never a part (temporary file, fsync, rename, fsync `dir`).
-pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()
 }

@@ -107,6 +107,7 @@ pub fn pair(
     found: Found,
     previous: Option<u64>,
     now: i64,
+    allow_readable_keys: bool,
 ) -> Result<Option<Pair>, String> {
     let missing = |ext: &str| {
         format!(
@@ -123,6 +124,15 @@ pub fn pair(
         return Ok(None);
     }
     let at = |p: &Path, why: String| format!("{}: {why}", p.display());
+    // A private key others can read is no longer private.
+    match crate::state_dir::key_file_exposure(&key_path) {
+        Ok(Some(why)) if allow_readable_keys => {
+            tracing::warn!(file = %key_path.display(), "{why} (allowed by tls.allow_readable_keys)");
+        }
+        Ok(Some(why)) => return Err(at(&key_path, why)),
+        Ok(None) => {}
+        Err(e) => return Err(at(&key_path, format!("cannot read: {e}"))),
+    }
 
     let chain = CertificateDer::pem_slice_iter(&crt)
         .collect::<Result<Vec<_>, _>>()
