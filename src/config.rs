@@ -116,6 +116,8 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Longest time a request header may take, all of it (slow clients).
     pub header_timeout: Duration,
+    /// Longest time a TLS handshake may take, from accept.
+    pub tls_handshake_timeout: Duration,
     /// Slowest average a request body may arrive at, after its first
     /// [`UPLOAD_GRACE`]; 0: no minimum.
     pub min_upload_bytes_per_second: u64,

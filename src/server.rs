@@ -23,7 +23,7 @@ use crate::config::{Config, TokenSource};
 use crate::control::Control;
 use crate::handover::{self, DrainCounts, Signals};
 use crate::metrics::Exporter;
-use crate::proxy::connections::{ConnectionExporter, Connections, Guarded};
+use crate::proxy::connections::{ConnectionExporter, Connections, Guarded, TlsListener};
 use crate::proxy::retry::{RetryBudget, RetryExporter};
 use crate::proxy::{FledgeProxy, WRITE_BUFFER};
 use crate::routing::CookieKey;
@@ -175,23 +175,33 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     registry
         .register(Box::new(ConnectionExporter::new(Arc::clone(&connections))))
         .context("cannot register metrics")?;
+    // The TLS listener is a TCP listener whose connections `Guarded`
+    // counts from accept and then shakes hands with itself, within
+    // `limits.tls_handshake_timeout_seconds` (Pingora's TLS listener would
+    // shake hands first, uncounted, for up to 60 s). Pingora's rustls
+    // acceptor: TLS 1.2 and 1.3 only; ALPN h2, then http/1.1 (WebSockets);
+    // certificates from our resolver.
+    let tls_listener = match (&config.tls, &tls_store) {
+        (Some(tls), Some((store, _))) => {
+            let mut settings = TlsSettings::intermediate("", "").context("cannot set up TLS")?;
+            settings.set_cert_resolver(
+                Arc::clone(store.certificates()) as Arc<dyn pingora::tls::ResolvesServerCert>
+            );
+            settings.enable_h2();
+            Some(TlsListener {
+                listen: tls.listen,
+                acceptor: settings.build(),
+            })
+        }
+        _ => None,
+    };
     let mut proxy = Service::new(
         "fledge proxy".to_owned(),
-        Guarded::new(app, control.routes(), connections, own_path()),
+        Guarded::new(app, control.routes(), connections, own_path(), tls_listener),
     );
     proxy.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(PLAIN_BUFFERS));
-    if let (Some(tls), Some((store, _))) = (&config.tls, &tls_store) {
-        // Pingora's rustls listener: TLS 1.2 and 1.3 only; ALPN h2, then
-        // http/1.1 (WebSockets); certificates from our resolver.
-        let mut settings = TlsSettings::intermediate("", "").context("cannot set up TLS")?;
-        settings
-            .set_cert_resolver(Arc::clone(store.certificates()) as Arc<dyn pingora::tls::ResolvesServerCert>);
-        settings.enable_h2();
-        proxy.add_listener(
-            ListenerConfig::tcp(tls.listen.to_string())
-                .tls(settings)
-                .l4_buffer(TLS_BUFFERS),
-        );
+    if let Some(tls) = &config.tls {
+        proxy.add_listener(ListenerConfig::tcp(tls.listen.to_string()).l4_buffer(TLS_BUFFERS));
     }
     server.add_service(proxy);
 

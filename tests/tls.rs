@@ -655,7 +655,7 @@ fn startup_refuses_a_tls_listener_without_a_usable_certificate() {
     std::fs::write(certs.join("beta.crt"), ca.leaf(&["beta.example.com"]).crt).unwrap();
     let text = config(&certs, "127.0.0.1:9".parse().unwrap(), "")
         .replace("{listen}", "127.0.0.1:0")
-        .replace("{tls_listen}", "127.0.0.2:0")
+        .replace("{tls_listen}", "127.0.0.2:8443")
         + &format!("state_dir: \"{}\"\n", dir.path().join("state").display());
     let file = dir.path().join("fledge.yaml");
     std::fs::write(&file, text).unwrap();
@@ -714,4 +714,79 @@ async fn a_private_key_others_can_read_is_refused_unless_allowed() {
             .unwrap(),
         beta.der
     );
+}
+
+/// Issue 23: TLS connections count against the caps from accept, and a
+/// handshake that never comes is cut at `limits.tls_handshake_timeout_seconds`
+/// with a counter, not an error line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_connections_count_from_accept_and_are_cut_at_the_handshake_deadline() {
+    let ca = Ca::new();
+    let certs = tempfile::tempdir().unwrap();
+    let acme = ca.leaf(&["acme.example.com"]);
+    install(certs.path(), "acme", &acme.crt, &acme.key);
+    let worker = mock("17.0").await;
+    let text = config(certs.path(), worker.addr(), "").replace(
+        "pools:",
+        "limits:\n  max_connections_per_ip: 100\n  tls_handshake_timeout_seconds: 2\npools:",
+    );
+    let proxy = TestProxy::start(&text);
+    let tls = proxy.tls.unwrap();
+    let idle = crate::util::eventually(5, || async {
+        proxy.metric("fledge_connections_open").await == Some(0.0)
+    })
+    .await;
+    assert!(idle, "{}", proxy.metrics().await);
+
+    // 300 connections from one address that never say a word.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(tls).await.unwrap());
+    }
+    let open = crate::util::eventually(5, || async {
+        proxy.metric("fledge_connections_open").await == Some(100.0)
+    })
+    .await;
+    assert!(open, "{}", proxy.metrics().await);
+    let refused = proxy
+        .metric("fledge_connections_refused_total{cap=\"per_ip\"}")
+        .await
+        .unwrap();
+    assert_eq!(refused, 200.0, "the 101st and later are closed at accept");
+    // A client from another address still gets in and is served.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = other.connect(tls).await.unwrap();
+    let connector = verifying_client(&ca, &[b"http/1.1"]);
+    let name = ServerName::try_from("acme.example.com").unwrap();
+    assert!(
+        connector.connect(name, tcp).await.is_ok(),
+        "another client's handshake"
+    );
+
+    // The silent ones are closed at the handshake deadline, not 60 s later.
+    let started = tokio::time::Instant::now();
+    let mut closed = 0;
+    for c in silent.iter_mut() {
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(10), c.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => closed += 1,
+            other => panic!("a silent connection got {other:?}"),
+        }
+    }
+    assert_eq!(closed, 300);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let timeouts = crate::util::eventually(5, || async {
+        proxy
+            .metric("fledge_tls_handshake_failures_total{reason=\"timeout\"}")
+            .await
+            == Some(100.0)
+    })
+    .await;
+    assert!(timeouts, "{}", proxy.metrics().await);
+    assert!(!proxy.log().contains("ERROR"), "{}", proxy.log());
 }

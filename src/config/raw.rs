@@ -57,6 +57,7 @@ pub(crate) struct Limits {
     pub(crate) max_connections: Option<u64>,
     pub(crate) max_connections_per_ip: Option<u64>,
     pub(crate) header_timeout_seconds: Option<u64>,
+    pub(crate) tls_handshake_timeout_seconds: Option<u64>,
     pub(crate) min_upload_bytes_per_second: Option<u64>,
 }
 

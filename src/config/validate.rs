@@ -163,10 +163,13 @@ impl Checker<'_> {
         };
         let tls = raw.tls.map(|t| {
             let tls_listen = self.socket_addr("tls.listen", &t.listen);
-            if tls_listen == Some(listen) {
+            // fledge tells its TLS connections by the port they came in on.
+            if tls_listen.is_some_and(|t| t.port() == 0) {
+                self.problem("tls.listen", "needs a port of its own (not 0)");
+            } else if tls_listen.is_some_and(|t| t.port() == listen.port()) {
                 self.problem(
                     "tls.listen",
-                    "is also `listen`: give the TLS listener its own port",
+                    "has the port of `listen`: give the TLS listener its own port",
                 );
             }
             if t.certs_dir.is_empty() {
@@ -325,6 +328,11 @@ impl Checker<'_> {
                 "limits.header_timeout_seconds",
                 l.header_timeout_seconds,
                 15,
+            )),
+            tls_handshake_timeout: Duration::from_secs(self.positive(
+                "limits.tls_handshake_timeout_seconds",
+                l.tls_handshake_timeout_seconds,
+                10,
             )),
         }
     }

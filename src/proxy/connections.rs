@@ -2,9 +2,14 @@
 //! and per client address. Pingora has none (RELIABILITY.md §0).
 //!
 //! [`Guarded`] wraps the proxy's Pingora app: it sees each accepted
-//! connection (after the TLS handshake, on the TLS listener) before any byte
-//! of HTTP is read, counts it, and drops it at once when a cap is reached;
-//! connections already open are untouched. It then runs an HTTP/1
+//! connection at accept, before a byte is read, counts it, and drops it at
+//! once when a cap is reached; connections already open are untouched. On
+//! the TLS listener it then does the TLS handshake itself (Pingora's
+//! listener would do it before any app sees the connection, unbounded by
+//! the caps, for up to a hard-coded 60 s, logging every abandoned one at
+//! error level), within `limits.tls_handshake_timeout_seconds`; a failed
+//! or abandoned handshake is counted (`fledge_tls_handshake_failures_total`)
+//! and logged at debug only. It then runs an HTTP/1
 //! connection's requests itself (Pingora's keep-alive loop, which Pingora
 //! keeps inside one call, moved here): it reads each request header, serves
 //! the common request on fledge's own path (`fast_path`)
@@ -63,6 +68,17 @@ pub struct Connections {
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
     slow_headers: AtomicU64,
+    tls_timeouts: AtomicU64,
+    tls_errors: AtomicU64,
+}
+
+/// The TLS listener: its address, and what does its handshakes.
+pub struct TlsListener {
+    /// `tls.listen`: a connection accepted on this port (and address, unless
+    /// it is the unspecified one) is a TLS connection.
+    pub listen: std::net::SocketAddr,
+    /// Pingora's rustls acceptor, with fledge's certificate resolver.
+    pub acceptor: pingora::listeners::tls::Acceptor,
 }
 
 /// The proxy behind the caps.
@@ -73,6 +89,8 @@ pub struct Guarded {
     /// Serve the common request on fledge's own path (else all go to
     /// `HttpProxy`).
     own_path: bool,
+    /// The TLS listener, if any: its connections are handshaken here.
+    tls: Option<TlsListener>,
 }
 
 /// A request header not complete by its deadline.
@@ -94,6 +112,8 @@ impl Connections {
             refused_total: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
             slow_headers: AtomicU64::new(0),
+            tls_timeouts: AtomicU64::new(0),
+            tls_errors: AtomicU64::new(0),
         })
     }
 
@@ -218,12 +238,51 @@ impl Guarded {
         routes: Arc<ArcSwap<RouteTable>>,
         counts: Arc<Connections>,
         own_path: bool,
+        tls: Option<TlsListener>,
     ) -> Self {
         Guarded {
             inner: Arc::new(inner),
             routes,
             counts,
             own_path,
+            tls,
+        }
+    }
+
+    /// The TLS listener's acceptor, when `local` is its address.
+    fn tls_for(&self, local: Option<std::net::SocketAddr>) -> Option<&TlsListener> {
+        let (tls, local) = (self.tls.as_ref()?, local?);
+        (tls.listen.port() == local.port()
+            && (tls.listen.ip().is_unspecified() || tls.listen.ip() == local.ip()))
+        .then_some(tls)
+    }
+
+    /// The TLS handshake of a connection accepted on the TLS listener,
+    /// within `deadline`. `None`: it failed or took too long (counted).
+    async fn handshake(
+        &self,
+        tls: &TlsListener,
+        stream: Stream,
+        deadline: Instant,
+        ip: Option<IpAddr>,
+    ) -> Option<Stream> {
+        // Our listeners hand connections over as Pingora's TCP stream.
+        let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        // Boxed: a rustls handshake's future is large, and only its
+        // connection's first moments need it.
+        let handshake = Box::pin(tls.acceptor.tls_handshake(*tcp));
+        match timeout_at(deadline, handshake).await {
+            Ok(Ok(stream)) => Some(Box::new(stream)),
+            Ok(Err(e)) => {
+                self.counts.tls_errors.fetch_add(1, Relaxed);
+                tracing::debug!(?ip, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                self.counts.tls_timeouts.fetch_add(1, Relaxed);
+                tracing::debug!(?ip, "TLS handshake not done in time: connection closed");
+                None
+            }
         }
     }
 
@@ -275,7 +334,7 @@ impl Guarded {
 #[async_trait]
 impl ServerApp for Guarded {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let (max_total, max_per_ip, header_timeout, idle) = {
+        let (max_total, max_per_ip, header_timeout, handshake_timeout, idle) = {
             let table = self.routes.load();
             let tuning = table.tuning();
             let limits = &tuning.limits;
@@ -283,6 +342,7 @@ impl ServerApp for Guarded {
                 limits.max_connections,
                 limits.max_connections_per_ip,
                 limits.header_timeout,
+                limits.tls_handshake_timeout,
                 tuning.timeouts.client_keepalive,
             )
         };
@@ -294,6 +354,21 @@ impl ServerApp for Guarded {
             tracing::debug!(?ip, "connection refused at a cap");
             // Dropping the stream closes it.
             return None;
+        };
+        // Counted from accept: a TLS connection holds its place while it
+        // shakes hands, for the handshake's deadline at most.
+        let stream = match self.tls_for(
+            digest
+                .as_ref()
+                .and_then(|d| d.local_addr())
+                .and_then(|a| a.as_inet())
+                .copied(),
+        ) {
+            Some(tls) => {
+                self.handshake(tls, stream, Instant::now() + handshake_timeout, ip)
+                    .await?
+            }
+            None => stream,
         };
         let tls = stream.get_ssl_digest().is_some();
         // HTTP/2 by ALPN, and a stream without a socket (never on our
@@ -413,6 +488,7 @@ impl ServerApp for Guarded {
 const OPEN: &str = "fledge_connections_open";
 const REFUSED: &str = "fledge_connections_refused_total";
 const SLOW: &str = "fledge_slow_headers_total";
+const TLS_FAILURES: &str = "fledge_tls_handshake_failures_total";
 
 /// Prometheus view of the connection counts.
 pub struct ConnectionExporter {
@@ -435,6 +511,11 @@ impl ConnectionExporter {
                 SLOW,
                 "Client connections closed because a request header took longer than limits.header_timeout_seconds.",
                 &[],
+            ),
+            desc(
+                TLS_FAILURES,
+                "TLS connections closed before their handshake was done, by reason (timeout: limits.tls_handshake_timeout_seconds).",
+                &["reason"],
             ),
         ];
         ConnectionExporter { counts, descs }
@@ -470,6 +551,15 @@ impl Collector for ConnectionExporter {
                 &self.descs[2].help,
                 MetricType::COUNTER,
                 vec![counter(&[], c.slow_headers.load(Relaxed) as f64)],
+            ),
+            family(
+                TLS_FAILURES,
+                &self.descs[3].help,
+                MetricType::COUNTER,
+                vec![
+                    counter(&[("reason", "timeout")], c.tls_timeouts.load(Relaxed) as f64),
+                    counter(&[("reason", "error")], c.tls_errors.load(Relaxed) as f64),
+                ],
             ),
         ]
     }

@@ -163,6 +163,7 @@ mod tests {
             max_connections: 10,
             max_connections_per_ip: 10,
             header_timeout: std::time::Duration::from_secs(15),
+            tls_handshake_timeout: std::time::Duration::from_secs(10),
             min_upload_bytes_per_second: 1024,
         }
     }
