@@ -21,7 +21,8 @@
 //! | GET | `/api/v1/config` | generation, source file and hash, last reload |
 //! | GET | `/api/v1/journal?since=…` | decisions after `since` (Unix ms or RFC 3339) |
 //!
-//! It runs as a Pingora service (`ServeHttp`), so it shares the server's
+//! It runs as a Pingora service (`ServeHttp`, behind [`listener::Listener`]'s
+//! connection cap and header deadline), so it shares the server's
 //! lifecycle: graceful shutdown, and its listening socket is handed over on
 //! a graceful upgrade like the proxy's.
 
@@ -40,6 +41,8 @@ use crate::config::Weight;
 use crate::control::{Actor, Control, ControlError, Operation};
 use crate::metrics::Outcome;
 use crate::routing::Version;
+
+pub mod listener;
 
 /// Largest request body read.
 const MAX_BODY: usize = 64 * 1024;

@@ -145,6 +145,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Where the bearer token comes from; never the config file itself.
     pub token: TokenSource,
+    /// Admin connections open at once; more are closed on arrival.
+    pub max_connections: usize,
 }
 
 /// TLS termination (not hot-reloadable; the certificates are).

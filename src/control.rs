@@ -654,7 +654,7 @@ fn keep_fixed_settings(running: &Config, new: &mut Config) {
         fixed.push("preserve_header_case");
         new.preserve_header_case = running.preserve_header_case;
     }
-    if new.admin.listen != running.admin.listen || new.admin.token != running.admin.token {
+    if new.admin != running.admin {
         fixed.push("admin");
         new.admin = running.admin.clone();
     }

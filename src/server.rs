@@ -97,6 +97,19 @@ impl Fledge {
     }
 }
 
+/// A collector shared with what it reads (the registry wants it boxed).
+struct ArcCollector<C>(Arc<C>);
+
+impl<C: prometheus::core::Collector> prometheus::core::Collector for ArcCollector<C> {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
+
 /// Build the server for `config`; [`Fledge::run`] serves.
 pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     let cookie_key = cookie_key(config)?;
@@ -205,9 +218,18 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     }
     server.add_service(proxy);
 
+    let admin_counts = crate::admin::listener::Counts::new();
+    registry
+        .register(Box::new(ArcCollector(Arc::clone(&admin_counts))))
+        .context("cannot register metrics")?;
     let mut admin = Service::new(
         "fledge admin".to_owned(),
-        Admin::new(Arc::clone(&control), registry, token),
+        crate::admin::listener::Listener::new(
+            Admin::new(Arc::clone(&control), registry, token),
+            Arc::clone(&control),
+            config.admin.max_connections,
+            admin_counts,
+        ),
     );
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);

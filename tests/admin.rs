@@ -1,6 +1,8 @@
 //! The admin API: auth on every endpoint, the operations, optimistic
 //! concurrency, persistence, and conformance to `docs/admin-api.yaml`.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::util::{mock, Client, Resp, TestProxy, ADMIN_TOKEN};
@@ -452,4 +454,57 @@ fn the_conformance_check_catches_undocumented_shapes() {
     let wrong_state = serde_json::json!({"name": "a", "hosts": [], "stable": "s", "canary": null, "policy": "p",
         "weight": 1, "state": "exploded", "reason": null, "verdict": null, "figures": {"stable": null, "canary": null}});
     assert!(check(&spec, tenant, &wrong_state, "body").is_err());
+}
+
+/// Issue 23: the admin listener has a connection cap of its own, and a
+/// request header that does not come whole in time closes its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_caps_connections_and_cuts_slow_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let worker = mock("17.0").await;
+    let config = crate::util::one_worker(
+        worker.addr(),
+        "limits:\n  header_timeout_seconds: 2\nadmin:\n  listen: \"{admin_listen}\"\n  token_env: FLEDGE_TEST_ADMIN_TOKEN\n  max_connections: 5\n",
+    );
+    let proxy = TestProxy::start(&config);
+    // Five half-sent headers hold the five places...
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        let mut c = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so a sixth is closed at once.
+    let mut sixth = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    let _ = sixth.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), sixth.read_to_end(&mut out)).await;
+    assert!(
+        matches!(read, Ok(_)) && out.is_empty(),
+        "a sixth admin connection was served: {out:?}"
+    );
+    // The slow ones are cut at the header deadline (2 s), not left open.
+    let started = tokio::time::Instant::now();
+    for c in slow.iter_mut() {
+        let mut b = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(10), c.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            other => panic!("a slow admin header got {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    // The places are free again: the API answers, and counted what it did.
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("fledge_admin_connections_refused_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fledge_admin_slow_headers_total 5"), "{metrics}");
 }

@@ -58,12 +58,15 @@ impl TestProxy {
     }
 
     /// Unless `config` says otherwise, the admin listener gets a free port
+    /// (`{admin_listen}` stands for it in an `admin:` section of its own)
     /// and `state_dir` is the proxy's temporary directory.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut text = config.replace("{listen}", &addr.to_string());
+        let mut text = config
+            .replace("{listen}", &addr.to_string())
+            .replace("{admin_listen}", &admin.to_string());
         let tls = config.contains("{tls_listen}").then(|| {
             let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             text = text.replace("{tls_listen}", &tls.to_string());

@@ -82,6 +82,7 @@ pub(crate) struct Admin {
     pub(crate) listen: Option<String>,
     pub(crate) token_env: Option<String>,
     pub(crate) token_file: Option<String>,
+    pub(crate) max_connections: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

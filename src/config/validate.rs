@@ -25,6 +25,9 @@ const DEFAULT_POLICY: &str = "default";
 const MAX_THREADS: usize = 1024;
 /// Default admin listener: loopback only.
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Default `admin.max_connections`: operators, scripts and a Prometheus or
+/// two need a handful; 64 leaves room and keeps the proxy's descriptors.
+const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Default state directory, relative to the working directory.
 const DEFAULT_STATE_DIR: &str = "fledge-state";
 /// Longest analysis window: beyond this a rollback is no longer "fast".
@@ -160,6 +163,18 @@ impl Checker<'_> {
                 .socket_addr("admin.listen", admin_listen)
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
             token,
+            max_connections: match raw.admin.max_connections {
+                Some(0) => {
+                    self.problem("admin.max_connections", "must be at least 1");
+                    DEFAULT_ADMIN_MAX_CONNECTIONS
+                }
+                Some(n) if n > 100_000 => {
+                    self.problem("admin.max_connections", "must be at most 100000");
+                    DEFAULT_ADMIN_MAX_CONNECTIONS
+                }
+                Some(n) => n as usize,
+                None => DEFAULT_ADMIN_MAX_CONNECTIONS,
+            },
         };
         let tls = raw.tls.map(|t| {
             let tls_listen = self.socket_addr("tls.listen", &t.listen);
