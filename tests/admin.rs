@@ -483,7 +483,7 @@ async fn the_admin_listener_caps_connections_and_cuts_slow_headers() {
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), sixth.read_to_end(&mut out)).await;
     assert!(
-        matches!(read, Ok(_)) && out.is_empty(),
+        read.is_ok() && out.is_empty(),
         "a sixth admin connection was served: {out:?}"
     );
     // The slow ones are cut at the header deadline (2 s), not left open.
