@@ -71,6 +71,13 @@ pub struct ReloadCounters {
     pub rejected: AtomicU64,
     /// The file had not changed.
     pub unchanged: AtomicU64,
+    /// Graceful upgrades: sockets handed to a new process.
+    pub upgrades_handed_over: AtomicU64,
+    /// SIGQUITs refused: no new process was waiting for the sockets.
+    pub upgrades_no_successor: AtomicU64,
+    /// Upgrades whose new process did not take the sockets (this one went
+    /// on serving).
+    pub upgrades_not_taken: AtomicU64,
 }
 
 /// The outcome of the last reload attempt.
@@ -220,6 +227,13 @@ impl Control {
     /// sockets over (SIGQUIT). Waits for a decision under way to finish.
     pub async fn hand_over(&self) {
         self.inner.lock().await.in_charge = false;
+    }
+
+    /// Decide again after a hand-over that did not happen (the new process
+    /// never took the sockets): nothing changed the states meanwhile, since
+    /// nobody was in charge.
+    pub async fn take_back(&self) {
+        self.inner.lock().await.in_charge = true;
     }
 
     /// Start deciding, after a standby process got the sockets: the states

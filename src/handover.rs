@@ -17,8 +17,11 @@
 //! start again from zero in the new process, as any restart's do.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -100,21 +103,32 @@ fn add(control: &Control, handed: &Handed, what: &str) {
 
 /// Pingora's signals (SIGQUIT upgrade, SIGTERM drain, SIGINT fast exit),
 /// with the old process's half of the hand-over done at SIGQUIT.
+///
+/// A SIGQUIT with no new process waiting for the sockets ([`successor`])
+/// is refused: logged, counted (`fledge_upgrades_total{result="no_successor"}`),
+/// and the process goes on serving. nginx keeps its old master until the
+/// new one runs; Pingora alone would stop accepting at once and exit. If
+/// the new process was waiting but did not take the sockets, Pingora
+/// (patched, `vendor/README.md`) goes back to serving and asks for the next
+/// signal: this process takes charge again (`not_taken`).
 pub struct Signals {
     control: Arc<Control>,
     dir: PathBuf,
-    handed: Arc<OnceLock<StatsDump>>,
+    handed: Arc<ArcSwapOption<StatsDump>>,
+    /// A hand-over was started and not yet known to have happened.
+    handing_over: AtomicBool,
 }
 
 impl Signals {
     /// Signals for the process whose control plane is `control`; the
     /// returned cell holds the counters handed over, once they are.
-    pub fn new(control: Arc<Control>, dir: PathBuf) -> (Signals, Arc<OnceLock<StatsDump>>) {
-        let handed = Arc::new(OnceLock::new());
+    pub fn new(control: Arc<Control>, dir: PathBuf) -> (Signals, Arc<ArcSwapOption<StatsDump>>) {
+        let handed = Arc::new(ArcSwapOption::empty());
         let signals = Signals {
             control,
             dir,
             handed: Arc::clone(&handed),
+            handing_over: AtomicBool::new(false),
         };
         (signals, handed)
     }
@@ -123,6 +137,16 @@ impl Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
+        let counters = self.control.reload_counters();
+        if self.handing_over.swap(false, Relaxed) {
+            // Asked again after an upgrade: the sockets were not taken.
+            counters.upgrades_not_taken.fetch_add(1, Relaxed);
+            self.handed.store(None);
+            self.control.take_back().await;
+            tracing::error!(
+                "upgrade failed: the new process did not take the sockets; this one goes on serving"
+            );
+        }
         let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::quit()),
             signal(SignalKind::terminate()),
@@ -131,29 +155,84 @@ impl ShutdownSignalWatch for Signals {
             tracing::error!("cannot listen for signals: stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = quit.recv() => {
-                self.control.hand_over().await;
-                let stats = StatsDump::of(&self.control.routes().load());
-                match write(&self.dir, STATS_FILE, stats.clone()) {
-                    Ok(()) => tracing::info!(requests = stats.requests(), "SIGQUIT: counters written for the new process"),
-                    Err(e) => tracing::error!(error = %e, "SIGQUIT: cannot write the counters: the new process starts from zero"),
+        loop {
+            tokio::select! {
+                _ = quit.recv() => {
+                    let pid = match successor(&self.dir) {
+                        Ok(pid) => pid,
+                        Err(why) => {
+                            counters.upgrades_no_successor.fetch_add(1, Relaxed);
+                            tracing::error!(%why, "SIGQUIT refused: no new process is waiting for the sockets; still serving (start one with `fledge run --upgrade`, or use `fledge upgrade`)");
+                            continue;
+                        }
+                    };
+                    tracing::info!(successor = pid, "SIGQUIT: handing over to the new process");
+                    self.control.hand_over().await;
+                    let stats = StatsDump::of(&self.control.routes().load());
+                    match write(&self.dir, STATS_FILE, stats.clone()) {
+                        Ok(()) => tracing::info!(requests = stats.requests(), "SIGQUIT: counters written for the new process"),
+                        Err(e) => tracing::error!(error = %e, "SIGQUIT: cannot write the counters: the new process starts from zero"),
+                    }
+                    self.handed.store(Some(Arc::new(stats)));
+                    self.handing_over.store(true, Relaxed);
+                    counters.upgrades_handed_over.fetch_add(1, Relaxed);
+                    return ShutdownSignal::GracefulUpgrade;
                 }
-                let _ = self.handed.set(stats);
-                ShutdownSignal::GracefulUpgrade
+                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
             }
-            _ = term.recv() => ShutdownSignal::GracefulTerminate,
-            _ = int.recv() => ShutdownSignal::FastShutdown,
         }
     }
 }
 
+/// File a new process (`--upgrade`) writes into `state_dir`, with its pid,
+/// while it waits for the sockets.
+pub const WAITING_FILE: &str = "upgrade.waiting";
+
+/// Say that this process waits for the sockets (before Pingora listens on
+/// the upgrade socket).
+pub fn announce_waiting(dir: &Path) -> std::io::Result<()> {
+    crate::state_dir::write_atomically(dir, WAITING_FILE, std::process::id().to_string().as_bytes())
+}
+
+/// This process has the sockets: it waits no more.
+pub fn stop_waiting(dir: &Path) {
+    let path = dir.join(WAITING_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The pid of a new process waiting for the sockets, or why there is none.
+pub fn successor(dir: &Path) -> Result<u32, String> {
+    let path = dir.join(WAITING_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| format!("no {} (no `fledge run --upgrade` is waiting)", path.display()))?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} holds no pid", path.display()))?;
+    if pid == std::process::id() {
+        return Err(format!("{} names this process", path.display()));
+    }
+    let alive = i32::try_from(pid)
+        .ok()
+        .is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
+    if !alive {
+        return Err(format!(
+            "the new process {pid} named in {} is gone",
+            path.display()
+        ));
+    }
+    Ok(pid)
+}
+
 /// The old process, drained: write what it counted since the hand-over.
-pub fn after_drain(control: &Control, dir: &Path, handed: &OnceLock<StatsDump>) {
-    let Some(at_hand_over) = handed.get() else {
+pub fn after_drain(control: &Control, dir: &Path, handed: &ArcSwapOption<StatsDump>) {
+    let Some(at_hand_over) = handed.load_full() else {
         return;
     };
-    let drained = StatsDump::of(&control.routes().load()).since(at_hand_over);
+    let drained = StatsDump::of(&control.routes().load()).since(&at_hand_over);
     if let Err(e) = write(dir, &drain_file(std::process::id()), drained) {
         tracing::error!(error = %e, "cannot write the requests counted while draining");
     }

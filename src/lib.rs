@@ -24,7 +24,8 @@
 //! - [`state_dir`]: the state directory and secret files, checked so that
 //!   nobody else can plant them; atomic, symlink-proof writes.
 //! - [`handover`]: a graceful upgrade's hand-over of canary states and
-//!   counters (the sockets are Pingora's part).
+//!   counters (the sockets are Pingora's part); [`upgrade`]: `fledge
+//!   upgrade`, the whole upgrade, every step checked.
 //!
 //! Tools:
 //! - [`mock_odoo`]: an Odoo stand-in for tests, demos and rehearsals.
@@ -48,6 +49,7 @@ pub mod routing;
 pub mod server;
 pub mod state_dir;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod watch;
 

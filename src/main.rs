@@ -48,6 +48,21 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
+    /// Replace the running fledge with a new process on this config, every
+    /// step checked: exits non-zero, saying why, with the old process still
+    /// serving, when one fails (`fledge::upgrade`).
+    Upgrade {
+        /// The new process's config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Append the new process's output (its log) to this file
+        /// (default: this command's stdout and stderr).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// How long each step may take, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait_seconds: u64,
+    },
     /// Validate a config file; exit non-zero and say why if it is refused.
     Check {
         /// The config file.
@@ -182,6 +197,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // The control plane holds its own copy; `run` never returns.
             drop(config);
             server.run()
+        }
+        Command::Upgrade {
+            config,
+            output,
+            wait_seconds,
+        } => {
+            let options = fledge::upgrade::Options {
+                config: std::path::absolute(&config).unwrap_or(config),
+                log: output,
+                wait: Duration::from_secs(wait_seconds),
+            };
+            let done = fledge::upgrade::run(&options)?;
+            println!(
+                "upgraded: pid {} serves; the old one ({}) drains its requests in flight and exits",
+                done.new_pid, done.old_pid
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {

@@ -273,6 +273,7 @@ const ROLLBACKS: &str = "fledge_rollbacks_total";
 const RELOADS: &str = "fledge_config_reloads_total";
 const EJECTIONS: &str = "fledge_worker_ejections_total";
 const REHEARSALS: &str = "fledge_rehearsal_requests_total";
+const UPGRADES: &str = "fledge_upgrades_total";
 
 /// Request header marking rehearsal traffic (`load-tests/`'s runner sends
 /// it). Such requests are routed, judged and counted like any other, and
@@ -318,6 +319,11 @@ impl Exporter {
                 REHEARSALS,
                 "The part of fledge_requests_total that carried the X-Fledge-Rehearsal header.",
                 &["tenant", "version", "outcome"],
+            ),
+            desc(
+                UPGRADES,
+                "Graceful upgrades (SIGQUIT) by result: handed_over, no_successor (refused, still serving), not_taken (the new process never took the sockets, still serving).",
+                &["result"],
             ),
         ];
         Exporter {
@@ -508,6 +514,19 @@ impl Collector for Exporter {
                     .collect(),
             ),
             family(REHEARSALS, help(8), MetricType::COUNTER, rehearsals),
+            family(
+                UPGRADES,
+                help(9),
+                MetricType::COUNTER,
+                [
+                    ("handed_over", &self.reloads.upgrades_handed_over),
+                    ("no_successor", &self.reloads.upgrades_no_successor),
+                    ("not_taken", &self.reloads.upgrades_not_taken),
+                ]
+                .iter()
+                .map(|(result, n)| counter(&[("result", result)], n.load(Relaxed) as f64))
+                .collect(),
+            ),
         ]
         .into_iter()
         .filter(|f| !f.get_metric().is_empty())

@@ -63,6 +63,9 @@ fn own_path() -> bool {
 
 /// Unix socket of the graceful upgrade, inside `state_dir`.
 pub const UPGRADE_SOCKET: &str = "upgrade.sock";
+/// File holding the pid of the process serving, inside `state_dir`:
+/// written when it has the listening sockets.
+pub const PID_FILE: &str = "fledge.pid";
 /// File holding the generated admin token, inside `state_dir`.
 pub const GENERATED_TOKEN_FILE: &str = "admin.token";
 
@@ -161,13 +164,30 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    // With --upgrade, this waits for the old process's sockets.
+    // With --upgrade, this waits for the old process's sockets; the old
+    // one hands them over only to a process that says it waits.
+    if options.upgrade {
+        handover::announce_waiting(&config.state_dir).with_context(|| {
+            format!(
+                "cannot write {}",
+                config.state_dir.join(handover::WAITING_FILE).display()
+            )
+        })?;
+    }
     server.bootstrap();
     let old_pid = if options.upgrade {
+        handover::stop_waiting(&config.state_dir);
         handover::take_over(&control, &config.state_dir)
     } else {
         None
     };
+    // Who serves now, for `fledge upgrade` (and operators' scripts).
+    crate::state_dir::write_atomically(
+        &config.state_dir,
+        PID_FILE,
+        std::process::id().to_string().as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", config.state_dir.join(PID_FILE).display()))?;
 
     if !own_path() {
         tracing::warn!("{PINGORA_PATH} is set: every request goes through Pingora's proxy");

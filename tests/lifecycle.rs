@@ -183,3 +183,163 @@ async fn an_answer_given_during_shutdown_says_connection_close() {
         "an answer during shutdown kept its connection alive:\n{head}"
     );
 }
+
+/// Kills whatever process `state_dir/fledge.pid` names when dropped: the
+/// processes `fledge upgrade` starts are nobody's children here.
+struct KillServing(std::path::PathBuf);
+
+impl Drop for KillServing {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("fledge.pid")) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .status();
+        }
+    }
+}
+
+fn serving_pid(proxy: &TestProxy) -> u32 {
+    std::fs::read_to_string(proxy.state_dir().join("fledge.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `fledge upgrade --config config`, with the environment the proxy runs in.
+async fn fledge_upgrade(config: std::path::PathBuf, log: std::path::PathBuf) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fledge"))
+            .args(["upgrade", "--wait-seconds", "20", "--config"])
+            .arg(&config)
+            .arg("--output")
+            .arg(&log)
+            .env("FLEDGE_TEST_ADMIN_TOKEN", crate::util::ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+/// Issue 23: an upgrade that cannot complete never takes fledge down. A new
+/// process that cannot start (its environment lacks the admin token), then
+/// SIGQUIT: the old one refuses it and serves on, no request refused or
+/// failed. `fledge upgrade` with a broken file exits non-zero and changes
+/// nothing; with a good one, five upgrades in a row under load fail no
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_that_cannot_complete_never_takes_fledge_down() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let config = two_pools(&[&s], &[&c], 20.0, "") + "timeouts:\n  shutdown_grace_seconds: 2\n";
+    let mut proxy = TestProxy::start(&config);
+    let _cleanup = KillServing(proxy.state_dir());
+    let load = start_browser_load(proxy.addr, HOST, 200);
+    assert!(eventually(10, || async { load.get(&load.stats.sent) > 100 }).await);
+
+    // The successor dies at start: no FLEDGE_TEST_ADMIN_TOKEN.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_fledge"))
+        .args(["run", "--upgrade", "--config"])
+        .arg(proxy.config_path())
+        .env_remove("FLEDGE_TEST_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    let before = load.get(&load.stats.sent);
+    let quit = std::process::Command::new("kill")
+        .args(["-QUIT", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(quit.success());
+    // Past Pingora's 5 s of accepting after a hand-over: still serving.
+    assert!(
+        !proxy.wait_exit(Duration::from_secs(7)),
+        "SIGQUIT took fledge down:\n{}",
+        proxy.log()
+    );
+    assert!(load.get(&load.stats.sent) > before + 500, "the load stopped");
+    assert_eq!(
+        proxy
+            .metric("fledge_upgrades_total{result=\"no_successor\"}")
+            .await,
+        Some(1.0)
+    );
+    assert!(proxy.log().contains("SIGQUIT refused"), "{}", proxy.log());
+
+    // A new process that said it waits, then never took the sockets (a
+    // live process that is no fledge stands for it): Pingora cannot send
+    // them, and the old process takes charge again and serves on.
+    let mut impostor = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(
+        proxy.state_dir().join("upgrade.waiting"),
+        impostor.id().to_string(),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(proxy.state_dir().join("upgrade.sock"));
+    let before = load.get(&load.stats.sent);
+    let quit = std::process::Command::new("kill")
+        .args(["-QUIT", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(quit.success());
+    let not_taken = eventually(20, || async {
+        proxy.metric("fledge_upgrades_total{result=\"not_taken\"}").await == Some(1.0)
+    })
+    .await;
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    assert!(not_taken, "{}", proxy.log());
+    assert!(!proxy.wait_exit(Duration::from_secs(1)), "{}", proxy.log());
+    assert!(load.get(&load.stats.sent) > before + 500, "the load stopped");
+    // In charge again: an operator's change is applied.
+    let r = proxy
+        .admin("PUT", "/api/v1/tenants/acme/weight", r#"{"weight": 30}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        proxy.metric("fledge_canary_weight{tenant=\"acme\"}").await,
+        Some(30.0)
+    );
+    let _ = std::fs::remove_file(proxy.state_dir().join("upgrade.waiting"));
+
+    // A broken file: refused before anything starts.
+    let broken = proxy.dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(proxy.config_path()).unwrap();
+    std::fs::write(
+        &broken,
+        text.replace("canary_weight: 20\n", "canary_weight: 200\n"),
+    )
+    .unwrap();
+    let log = proxy.dir.path().join("upgrades.log");
+    let (ok, out) = fledge_upgrade(broken, log.clone()).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("broken.yaml") && out.contains("canary_weight"),
+        "{out}"
+    );
+    assert_eq!(serving_pid(&proxy), proxy.pid());
+
+    // Five good upgrades in a row, under load.
+    let mut serving = proxy.pid();
+    for _ in 0..5 {
+        let (ok, out) = fledge_upgrade(proxy.config_path(), log.clone()).await;
+        assert!(ok, "{out}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        let now = serving_pid(&proxy);
+        assert_ne!(now, serving);
+        assert!(out.contains(&format!("pid {now} serves")), "{out}");
+        serving = now;
+        let after = load.get(&load.stats.sent);
+        assert!(eventually(10, || async { load.get(&load.stats.sent) > after + 100 }).await);
+    }
+    assert_eq!(
+        load.get(&load.stats.failed),
+        0,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(load.get(&load.stats.transport_errors), 0);
+}

@@ -139,19 +139,20 @@ impl TestProxy {
     /// from then on.
     pub fn upgrade(&mut self) {
         let mut new = Self::spawn_with(&self.dir, &self.env, &["--upgrade"]);
-        // The new process listens on the upgrade socket before the old one
-        // may send it anything.
-        let sock = self.state_dir().join("upgrade.sock");
+        // The new process says it waits for the sockets before the old one
+        // may send them (the old one refuses a SIGQUIT nobody waits for).
+        let waiting = self.state_dir().join("upgrade.waiting");
+        let says = || std::fs::read_to_string(&waiting).is_ok_and(|p| p.trim() == new.id().to_string());
         for _ in 0..200 {
-            if sock.exists() {
+            if says() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         assert!(
-            sock.exists(),
-            "the new process never listened on {}",
-            sock.display()
+            says(),
+            "the new process never waited for the sockets:\n{}",
+            self.log()
         );
         let old_pid = self.child.id().to_string();
         let quit = Command::new("kill").args(["-QUIT", &old_pid]).status().unwrap();

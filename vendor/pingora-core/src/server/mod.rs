@@ -244,7 +244,12 @@ impl Server {
             .send(ExecutionPhase::Running)
             .ok();
 
-        match run_args.shutdown_signal.recv().await {
+        // fledge: an upgrade whose sockets could not be sent to a new
+        // process goes back to serving (and waiting for signals) instead
+        // of shutting down: with no successor, a SIGQUIT took the proxy
+        // down. The signal watch is asked again, and can tell.
+        loop {
+        break match run_args.shutdown_signal.recv().await {
             ShutdownSignal::FastShutdown => {
                 info!("SIGINT received, exiting");
                 ShutdownType::Quick
@@ -290,14 +295,19 @@ impl Server {
                         match fds.send_to_sock(self.configuration.as_ref().upgrade_sock.as_str()) {
                             Ok(_) => {
                                 info!("listener sockets sent");
+                                true
                             }
                             Err(e) => {
                                 error!("Unable to send listener sockets to new process: {e}");
                                 #[cfg(all(not(debug_assertions), feature = "sentry"))]
                                 sentry::capture_error(&e);
+                                // fledge: keep serving.
+                                self.execution_phase_watch
+                                    .send(ExecutionPhase::Running)
+                                    .ok();
+                                continue;
                             }
                         }
-                        true
                     }
                 };
                 if sent_fds {
@@ -319,8 +329,9 @@ impl Server {
                     }
                 }
                 info!("Broadcast graceful shutdown complete");
-                ShutdownType::Graceful
+                return ShutdownType::Graceful;
             }
+        }
         }
     }
 
