@@ -186,6 +186,23 @@ pub struct AnalysisPolicy {
     /// Odoo exception names (`error.data.name`) a user causes: their
     /// JSON-RPC errors are counted as `jsonrpc_client_error`, not failures.
     pub client_exceptions: Vec<String>,
+    /// What tells failing clients apart.
+    pub failing_clients_by: ClientKey,
+}
+
+/// What tells one client from another when failures are counted by client
+/// (`analysis.failing_clients_by`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientKey {
+    /// The sticky key the split used (`session_id`, else fledge's bucket
+    /// cookie, else the address): many users behind one address (an
+    /// office's NAT, a load balancer fledge does not see through) are many
+    /// clients; a client making up sessions is many too.
+    #[default]
+    StickyKey,
+    /// The client's address (IPv6 by its /64): made-up sessions are one
+    /// client; so are all users behind one address.
+    Address,
 }
 
 /// A named set of Odoo workers running one release.

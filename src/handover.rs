@@ -117,6 +117,9 @@ pub struct Signals {
     handed: Arc<ArcSwapOption<StatsDump>>,
     /// A hand-over was started and not yet known to have happened.
     handing_over: AtomicBool,
+    /// SIGQUIT, SIGTERM, SIGINT: made once, so that a signal sent while
+    /// Pingora tries to send the sockets is not lost when asked again.
+    streams: tokio::sync::Mutex<Option<[tokio::signal::unix::Signal; 3]>>,
 }
 
 impl Signals {
@@ -129,6 +132,7 @@ impl Signals {
             dir,
             handed: Arc::clone(&handed),
             handing_over: AtomicBool::new(false),
+            streams: tokio::sync::Mutex::new(None),
         };
         (signals, handed)
     }
@@ -147,12 +151,19 @@ impl ShutdownSignalWatch for Signals {
                 "upgrade failed: the new process did not take the sockets; this one goes on serving"
             );
         }
-        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::quit()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot listen for signals: stopping");
+        let mut streams = self.streams.lock().await;
+        if streams.is_none() {
+            let (Ok(quit), Ok(term), Ok(int)) = (
+                signal(SignalKind::quit()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot listen for signals: stopping");
+                return ShutdownSignal::FastShutdown;
+            };
+            *streams = Some([quit, term, int]);
+        }
+        let Some([quit, term, int]) = streams.as_mut() else {
             return ShutdownSignal::FastShutdown;
         };
         loop {

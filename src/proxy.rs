@@ -92,12 +92,18 @@ fn client_ip(session: &ServerSession) -> Option<IpAddr> {
 /// groups: the address itself for IPv4, its /64 for IPv6 (one host holds a
 /// whole /64, so its addresses are one client).
 fn client_group_key(ip: Option<IpAddr>) -> u16 {
-    let folded = match ip {
+    // An IPv4 client on a dual-stack listener comes as `::ffff:a.b.c.d`.
+    let folded = match ip.map(|ip| ip.to_canonical()) {
         Some(IpAddr::V4(v4)) => u64::from(u32::from(v4)),
         Some(IpAddr::V6(v6)) => (u128::from(v6) >> 64) as u64,
         None => 0,
     };
     (xxhash_rust::xxh3::xxh3_64(&folded.to_le_bytes()) >> 48) as u16
+}
+
+/// What tells a tenant's failing clients apart.
+fn policy_key(table: &RouteTable, tenant: usize) -> crate::config::ClientKey {
+    table.tenants()[tenant].policy().analysis.failing_clients_by
 }
 
 const HTTP: &str = "http";
@@ -276,7 +282,10 @@ impl FledgeProxy {
         }
         ctx.route = Some(route);
         ctx.served = route.version;
-        ctx.client = route.bucket.unwrap_or_else(|| client_group_key(view.client_ip));
+        ctx.client = match (route.bucket, policy_key(&ctx.table, route.tenant)) {
+            (Some(bucket), crate::config::ClientKey::StickyKey) => bucket,
+            _ => client_group_key(view.client_ip),
+        };
 
         // The override header is ours: workers never see it, allowed or not.
         let policy = ctx.table.tenants()[route.tenant].policy();

@@ -202,7 +202,8 @@ impl RouteTable {
             let max_age = u32::try_from(self.tuning.cookie_max_age_seconds).unwrap_or(u32::MAX);
             if let Some(pin) = cookies.version.and_then(|c| {
                 let now = req.now.unwrap_or_else(cookie::unix_now);
-                self.cookie_key.verify_version(c, t.epoch(), now, max_age)
+                self.cookie_key
+                    .verify_version(c, t.epoch(), (now, t.since()), max_age)
             }) {
                 let version = match pin.version {
                     Version::Canary => Version::Canary,

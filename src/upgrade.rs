@@ -83,6 +83,12 @@ pub fn run(options: &Options) -> anyhow::Result<Done> {
         read_pid(&dir.join(PID_FILE)) == Some(new_pid)
     });
     if let Err(why) = took_over {
+        // It stops waiting once it has the sockets: then it is the one
+        // serving (the old one drains), and killing it would leave nobody.
+        let alive = child.try_wait().is_ok_and(|status| status.is_none());
+        if alive && read_pid(&dir.join(WAITING_FILE)) != Some(new_pid) {
+            bail!("the new process (pid {new_pid}) has the sockets but did not take charge ({why}); it is left running, and the old one (pid {old_pid}) drains");
+        }
         // Refused or not taken, the old process goes on serving.
         let _ = child.kill();
         let _ = child.wait();

@@ -500,3 +500,23 @@ async fn a_copied_canary_cookie_dies_with_its_rollout_and_its_age() {
         .await;
     assert_eq!(r.version(), "stable", "a cookie past its max age still pins");
 }
+
+/// `failing_clients_by: address`: failures from one address count as one
+/// client, however many sessions it makes up, so they roll nothing back
+/// (with the default, `sticky_key`, the same load is rolled back:
+/// `a_canary_answering_30_percent_5xx_is_rolled_back`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn by_address_failures_from_one_address_are_one_client() {
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    c.set_knobs(Knobs {
+        error_rate: 0.5,
+        ..Knobs::default()
+    });
+    let policy = format!("{FAST}      failing_clients_by: address\n");
+    let proxy = TestProxy::start(&config(&s, &c, 50.0, &policy));
+    let load = start_load(proxy.addr, HOST, 200, false);
+    let failed = eventually(20, || async { load.get(&load.stats.failed) > 300 }).await;
+    assert!(failed, "the canary did fail");
+    assert!(state_is(&proxy, "progressing").await, "{}", proxy.metrics().await);
+    assert!(!proxy.journal().iter().any(|e| e["event"] == "rolled_back"));
+}

@@ -140,7 +140,7 @@ mib = lambda k: k / 1024
 total = sum(r["rps"] * 10 for r in rows)
 print(f"# Soak: {minutes} min at saturation with churn\n")
 print(f"wrk -t1 -c{conns}, a fresh session per request; weight every 1 s, reload every 5 s, certificate every 10 s, a stable worker restarted every 20 s.\n")
-print("| figure | first | after warm-up (5 min): first | last | max |\n|---|---|---|---|---|")
+print(f"| figure | first | after warm-up ({warm[0]['seconds']:.0f} s): first | last | max |\n|---|---|---|---|---|")
 print(f"| RSS (MiB) | {mib(rows[0]['rss_kib']):.1f} | {mib(warm[0]['rss_kib']):.1f} | {mib(warm[-1]['rss_kib']):.1f} | {mib(max(r['rss_kib'] for r in warm)):.1f} |")
 print(f"| descriptors | {rows[0]['fds']:.0f} | {warm[0]['fds']:.0f} | {warm[-1]['fds']:.0f} | {max(r['fds'] for r in warm):.0f} |")
 print(f"| p99 (ms) | {rows[0]['p99_ms']:.2f} | {warm[0]['p99_ms']:.2f} | {warm[-1]['p99_ms']:.2f} | {max(r['p99_ms'] for r in warm):.2f} |")

@@ -60,6 +60,11 @@ pub struct Rollout {
     /// from before either puts nobody back on the canary.
     #[serde(default)]
     pub generation: u32,
+    /// When the rollout started (Unix seconds; 0: before fledge kept it):
+    /// a version cookie issued earlier, by an earlier rollout of the same
+    /// pool (removed from the file and added again), is refused.
+    #[serde(default)]
+    pub started_unix: u32,
 }
 
 /// Promotion settings of a policy.
@@ -144,6 +149,7 @@ impl Rollout {
             reason: None,
             figures: None,
             generation: 0,
+            started_unix: crate::routing::unix_now(),
         }
     }
 
@@ -272,6 +278,7 @@ mod tests {
             },
             consecutive_breaches: consecutive,
             client_exceptions: Vec::new(),
+            failing_clients_by: crate::config::ClientKey::StickyKey,
         }
     }
 

@@ -146,6 +146,7 @@ pub(crate) struct Analysis {
     pub(crate) min_failing_clients: Option<u64>,
     pub(crate) max_client_failure_share_percent: Option<f64>,
     pub(crate) client_exceptions: Option<Vec<String>>,
+    pub(crate) failing_clients_by: Option<String>,
 }
 
 /// Missing → `None` (take the default); `null` → `Some(None)` (off).

@@ -14,8 +14,8 @@ use super::raw;
 use std::path::PathBuf;
 
 use super::{
-    AdminConfig, AnalysisPolicy, Config, ConfigError, Cookies, HealthCheckConfig, HostPattern, Limits,
-    Policy, PoolConfig, Problem, Promotion, Rehearsal, TenantConfig, Thresholds, Timeouts, TlsConfig,
+    AdminConfig, AnalysisPolicy, ClientKey, Config, ConfigError, Cookies, HealthCheckConfig, HostPattern,
+    Limits, Policy, PoolConfig, Problem, Promotion, Rehearsal, TenantConfig, Thresholds, Timeouts, TlsConfig,
     TokenSource, Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
 };
 
@@ -43,6 +43,10 @@ const DEFAULT_MIN_FAILING_CLIENTS: u64 = 5;
 /// which group collisions would make the count reach it only for far more
 /// clients than asked.
 const MAX_MIN_FAILING_CLIENTS: u64 = (crate::metrics::CLIENT_GROUPS / 2) as u64;
+/// Lowest `analysis.max_client_failure_share_percent`: at a share `s`,
+/// failures count only from at least `1 / s` client groups failing alike;
+/// half the groups (16) is as many as the count can ask for.
+const MIN_CLIENT_FAILURE_SHARE_PERCENT: f64 = 200.0 / crate::metrics::CLIENT_GROUPS as f64;
 /// Default `analysis.max_client_failure_share_percent`: no client counts for
 /// more than a quarter of a window's failures.
 const DEFAULT_MAX_CLIENT_FAILURE_SHARE_PERCENT: f64 = 25.0;
@@ -567,9 +571,12 @@ impl Checker<'_> {
             None => {}
         }
         match a.max_client_failure_share_percent {
-            Some(p) if !(p.is_finite() && p > 0.0 && p <= 100.0) => self.problem(
+            Some(p) if !(MIN_CLIENT_FAILURE_SHARE_PERCENT..=100.0).contains(&p) => self.problem(
                 format!("{base}.analysis.max_client_failure_share_percent"),
-                format!("`{p}` is not a percentage above 0 and at most 100 (100: no limit)"),
+                format!(
+                    "`{p}` is not between {MIN_CLIENT_FAILURE_SHARE_PERCENT} and 100 (100: no limit; below, failures would count only from more client groups than are told apart, {})",
+                    crate::metrics::CLIENT_GROUPS / 2
+                ),
             ),
             Some(p) => thresholds.max_client_failure_share = p / 100.0,
             None => {}
@@ -613,12 +620,24 @@ impl Checker<'_> {
                 names.clone()
             }
         };
+        let failing_clients_by = match a.failing_clients_by.as_deref() {
+            None | Some("sticky_key") => ClientKey::StickyKey,
+            Some("address") => ClientKey::Address,
+            Some(other) => {
+                self.problem(
+                    format!("{base}.analysis.failing_clients_by"),
+                    format!("`{other}` is neither `sticky_key` nor `address`"),
+                );
+                ClientKey::StickyKey
+            }
+        };
         AnalysisPolicy {
             window: Duration::from_secs(window_seconds),
             quantile: percentile / 100.0,
             thresholds,
             consecutive_breaches,
             client_exceptions,
+            failing_clients_by,
         }
     }
 
@@ -826,6 +845,7 @@ fn default_analysis() -> AnalysisPolicy {
             .iter()
             .map(|&n| n.to_owned())
             .collect(),
+        failing_clients_by: ClientKey::StickyKey,
     }
 }
 

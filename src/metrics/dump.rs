@@ -12,7 +12,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    rollback_reason, Outcome, Snapshot, TenantStats, VersionStats, LATENCY_BOUNDS_US, LATENCY_BUCKETS,
+    rollback_reason, Outcome, Snapshot, TenantStats, VersionStats, CLIENT_GROUPS, LATENCY_BOUNDS_US,
+    LATENCY_BUCKETS,
 };
 use crate::analysis::verdict::Check;
 use crate::routing::{RouteTable, Version};
@@ -45,6 +46,11 @@ pub struct VersionDump {
     /// Rehearsal requests by outcome label.
     #[serde(default)]
     rehearsal: BTreeMap<String, u64>,
+    /// Failed requests by client group (`CLIENT_GROUPS` of them, modulo
+    /// 2^32; empty when none failed), so that failures carried over stay
+    /// under the analysis' per-client share.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    failing_clients: Vec<u32>,
 }
 
 /// Counts [`StatsDump::add_to`] could not place.
@@ -183,6 +189,11 @@ impl VersionDump {
                 .map(|(o, n)| (o.as_str().to_owned(), n))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+            failing_clients: if s.failing_clients.iter().all(|&n| n == 0) {
+                Vec::new()
+            } else {
+                s.failing_clients.to_vec()
+            },
         }
     }
 
@@ -191,6 +202,7 @@ impl VersionDump {
             && self.latency.is_empty()
             && self.latency_sum_us == 0
             && self.rehearsal.is_empty()
+            && self.failing_clients.is_empty()
     }
 
     fn since(&self, before: &VersionDump) -> VersionDump {
@@ -199,6 +211,19 @@ impl VersionDump {
             latency: minus(&self.latency, &before.latency),
             latency_sum_us: self.latency_sum_us.saturating_sub(before.latency_sum_us),
             rehearsal: minus(&self.rehearsal, &before.rehearsal),
+            failing_clients: {
+                let d: Vec<u32> = (0..self.failing_clients.len())
+                    .map(|i| {
+                        self.failing_clients[i]
+                            .wrapping_sub(before.failing_clients.get(i).copied().unwrap_or(0))
+                    })
+                    .collect();
+                if d.iter().all(|&n| n == 0) {
+                    Vec::new()
+                } else {
+                    d
+                }
+            },
         }
     }
 
@@ -221,6 +246,13 @@ impl VersionDump {
             match Outcome::ALL.iter().find(|o| o.as_str() == label) {
                 Some(o) => _ = stats.rehearsal[o.index()].fetch_add(*n, Relaxed),
                 None => unknown += 1,
+            }
+        }
+        if !self.failing_clients.is_empty() && self.failing_clients.len() != CLIENT_GROUPS {
+            unknown += 1;
+        } else {
+            for (group, n) in self.failing_clients.iter().enumerate() {
+                stats.failing_clients[group].fetch_add(*n, Relaxed);
             }
         }
         unknown

@@ -4,7 +4,8 @@
 //! [`JsonRpcSniffer`] reads the first bytes of a JSON response as they
 //! stream past, without buffering or allocating: a small state machine that
 //! tracks nesting and strings and looks for a top-level `"error"` key
-//! (failure) or `"result"` key (success). For an error it reads on into the
+//! (failure) or `"result"` key (success). For an error it reads on, with a
+//! budget of its own (the `id` before it is the client's to make long), into the
 //! error object for what Odoo says the error is — `error.code` and
 //! `error.data.name`, the exception's `module.ClassName`, as
 //! `odoo/http.py`'s `JsonRPCDispatcher.handle_error` and
@@ -98,6 +99,8 @@ pub struct JsonRpcSniffer {
     name: [u8; NAME_MAX],
     /// Bytes of `name`; `u8::MAX`: too long or escaped, no usable name.
     name_len: u8,
+    /// The name's closing quote was read: it is whole.
+    name_done: bool,
 }
 
 impl Default for JsonRpcSniffer {
@@ -124,6 +127,7 @@ impl Default for JsonRpcSniffer {
             in_name: false,
             name: [0; NAME_MAX],
             name_len: 0,
+            name_done: false,
         }
     }
 }
@@ -147,11 +151,12 @@ impl JsonRpcSniffer {
         self.code
     }
 
-    /// `error.data.name`, if the body had a usable one.
+    /// `error.data.name`, if the body had a usable one, read whole (one
+    /// cut off by the budget is no name: it might be a listed name's prefix).
     pub fn name(&self) -> Option<&[u8]> {
         self.name
             .get(..usize::from(self.name_len))
-            .filter(|n| self.name_len != u8::MAX && !n.is_empty())
+            .filter(|n| self.name_done && self.name_len != u8::MAX && !n.is_empty())
     }
 
     /// What the answer said, judged against `client_exceptions` (a
@@ -192,6 +197,9 @@ impl JsonRpcSniffer {
         self.pending = match (self.depth, key) {
             (1, b"error") => {
                 self.error = true;
+                // The error gets a budget of its own: what came before (the
+                // request's `id`, echoed) is the client's to make long.
+                self.scanned = 0;
                 Pending::ErrorObject
             }
             (1, b"result") if !self.error => {
@@ -287,7 +295,10 @@ impl JsonRpcSniffer {
                 self.capturing = false;
                 self.after_key = true;
             }
-            self.in_name = false;
+            if self.in_name {
+                self.in_name = false;
+                self.name_done = true;
+            }
         } else if self.capturing {
             let i = usize::from(self.key_len);
             if i < self.key.len() {
@@ -541,6 +552,21 @@ mod tests {
         assert_eq!(s.answer(&["odoo.exceptions.UserError"]), RpcAnswer::ClientError);
         assert_eq!(s.code(), Some(200));
         assert_eq!(s.name(), Some(b"odoo.exceptions.UserError".as_slice()));
+        // A long `id` before the error (the client's to choose) does not
+        // push the name out of reach; a name cut off by the budget is none.
+        let long_id = format!(
+            r#"{{"jsonrpc":"2.0","id":"{}","error":{{"code":200,"message":"Odoo Server Error","data":{{"name":"odoo.exceptions.ValidationError"}}}}}}"#,
+            "i".repeat(SNIFF_LIMIT as usize - 100)
+        );
+        assert_eq!(answer_of(&[&long_id]), RpcAnswer::ClientError);
+        let mut s = JsonRpcSniffer::start();
+        let cut = format!(
+            r#"{{"error":{{"code":200,"message":"{}","data":{{"name":"odoo.exceptions.UserErrorAndMore"}}}}}}"#,
+            "m".repeat(SNIFF_LIMIT as usize - 60)
+        );
+        s.feed(cut.as_bytes());
+        assert_eq!(s.name(), None, "a name cut off by the budget");
+        assert_eq!(s.answer(&DEFAULT_CLIENT_EXCEPTIONS), RpcAnswer::Fault);
         // A name longer than kept is no name of the list.
         let mut s = JsonRpcSniffer::start();
         let long_name = format!("odoo.exceptions.{}", "U".repeat(NAME_MAX));

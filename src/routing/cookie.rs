@@ -128,8 +128,15 @@ impl CookieKey {
 
     /// A version cookie of this `epoch`, signed by us, issued no more than
     /// `max_age` seconds before `now` (and not far after it: another
-    /// replica's clock may be a little ahead).
-    pub(super) fn verify_version(&self, value: &[u8], epoch: u32, now: u32, max_age: u32) -> Option<Pin> {
+    /// replica's clock may be a little ahead), and not before `since` (the
+    /// rollout's start, give or take the same skew).
+    pub(super) fn verify_version(
+        &self,
+        value: &[u8],
+        epoch: u32,
+        (now, since): (u32, u32),
+        max_age: u32,
+    ) -> Option<Pin> {
         let mut parts = value.split(|&b| b == b'.');
         let v = match parts.next()? {
             b"s" => Version::Stable,
@@ -143,7 +150,9 @@ impl CookieKey {
         if parts.next().is_some() || their_epoch != u64::from(epoch) {
             return None;
         }
-        let fresh = issued <= now.saturating_add(CLOCK_SKEW_SECONDS) && now.saturating_sub(issued) <= max_age;
+        let fresh = issued <= now.saturating_add(CLOCK_SKEW_SECONDS)
+            && now.saturating_sub(issued) <= max_age
+            && issued.saturating_add(CLOCK_SKEW_SECONDS) >= since;
         (fresh && self.version_mac(version_char(v), bucket, epoch, issued) == mac)
             .then_some(Pin { version: v, bucket })
     }

@@ -24,6 +24,9 @@ pub struct TenantRoute {
     policy: Arc<Policy>,
     seed: u64,
     epoch: u32,
+    /// When the canary's rollout started (Unix seconds): older version
+    /// cookies are refused.
+    since: u32,
     stats: Arc<TenantStats>,
     https_redirect: Option<u16>,
 }
@@ -96,6 +99,11 @@ impl TenantRoute {
     /// rollout's generation); version cookies from another are ignored.
     pub fn epoch(&self) -> u32 {
         self.epoch
+    }
+
+    /// When the canary's rollout started (Unix seconds; 0: unknown).
+    pub fn since(&self) -> u32 {
+        self.since
     }
 
     /// The TLS listener's port, when plain-HTTP requests are to be
@@ -183,7 +191,7 @@ impl RouteTable {
             let rollout = rollouts
                 .get(name)
                 .filter(|r| Some(r.canary_pool.as_str()) == t.canary.as_deref());
-            let generation = rollout.map_or(0, |r| r.generation);
+            let (generation, since) = rollout.map_or((0, 0), |r| (r.generation, r.started_unix));
             let epoch_input = format!("{name}\0{}\0{generation}", t.canary.as_deref().unwrap_or(""));
             let (weight, rollout_state) = match rollout {
                 Some(r) => (r.weight, r.state),
@@ -206,6 +214,7 @@ impl RouteTable {
                 ),
                 seed: xxh3_64(name.as_bytes()),
                 epoch: xxh3_64(epoch_input.as_bytes()) as u32,
+                since,
                 https_redirect: config
                     .tls
                     .as_ref()

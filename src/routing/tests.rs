@@ -267,4 +267,25 @@ fn a_version_cookie_dies_with_its_age_and_its_rollout() {
     let r = route_at(&after, HOST, &pin(NOW), "10.0.0.1", NOW);
     assert_ne!(r.reason, Reason::Cookie);
     assert_eq!(r.version, Version::Stable);
+
+    // The same pool's canary removed and added again: a new rollout, of the
+    // same generation, that started after the cookie was issued.
+    let mut again = Rollout::start("v18", one_percent, None);
+    again.started_unix = NOW + 3_600;
+    let rollouts = [("acme".to_owned(), again)].into_iter().collect();
+    let readded = RouteTable::build(
+        &crate::test_util::config(1.0),
+        Arc::new(CookieKey::from_secret(b"test secret, 16+ bytes")),
+        None,
+        &rollouts,
+    );
+    assert_eq!(
+        readded.tenants()[0].epoch(),
+        tenant.epoch(),
+        "same pool, same generation"
+    );
+    let stale = route_at(&readded, HOST, &pin(NOW), "10.0.0.1", NOW + 3_700);
+    assert_ne!(stale.reason, Reason::Cookie, "a cookie from the earlier rollout");
+    let fresh = route_at(&readded, HOST, &pin(NOW + 3_650), "10.0.0.1", NOW + 3_700);
+    assert_eq!(fresh.reason, Reason::Cookie, "one of this rollout");
 }

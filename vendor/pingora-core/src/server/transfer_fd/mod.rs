@@ -159,13 +159,16 @@ where
     socket::bind(listen_fd.as_raw_fd(), &unix_addr).unwrap();
 
     /* sock is created before we change user, need to give permission */
+    // fledge: no user change here, and a socket anyone may connect to lets
+    // any local user hand the waiting process listening sockets of their
+    // own: owner only.
     stat::fchmodat(
         // SAFETY: AT_FDCWD is a well-defined POSIX sentinel constant used by *at() syscalls
         // to indicate the current working directory. It is not a real file descriptor and does
         // not require ownership or lifetime guarantees.
         unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
         path,
-        stat::Mode::from_bits_truncate(0o666),
+        stat::Mode::from_bits_truncate(0o600),
         stat::FchmodatFlags::FollowSymlink,
     )
     .unwrap();
