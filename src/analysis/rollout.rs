@@ -181,6 +181,12 @@ impl Rollout {
                     self.breaches += 1;
                     self.since_breach = 0;
                 }
+                // A breach from too few clients keeps the streak going but
+                // never ends it: the rollback waits for a decisive one.
+                if !b.decisive {
+                    self.breaches = self.breaches.min(consecutive_breaches - 1);
+                    return None;
+                }
                 if self.breaches >= consecutive_breaches {
                     self.roll_back(b.check.as_str(), Some(b.clone()));
                     return Some(Change::RolledBack(b.clone()));
@@ -257,6 +263,7 @@ mod tests {
             limit: 5.0,
             canary: Sample::default(),
             stable: Sample::default(),
+            decisive: true,
         }))
     }
 
@@ -362,6 +369,32 @@ mod tests {
         ] {
             assert_eq!(r.on_verdict(&v, TICK, 30, &analysis(3), None), None, "{v:?}");
         }
+    }
+
+    /// Issue 23: breaches from too few clients keep a streak going but never
+    /// end it; the first decisive one after them rolls back at once, as
+    /// fast as a streak of decisive ones would.
+    #[test]
+    fn only_a_decisive_breach_rolls_back() {
+        let few = || match breach() {
+            Verdict::Breach(mut b) => {
+                b.decisive = false;
+                Verdict::Breach(b)
+            }
+            v => v,
+        };
+        let mut r = Rollout::start("v18", w(20.0), None);
+        for _ in 0..1_000 {
+            assert_eq!(r.on_verdict(&few(), TICK, 30, &analysis(3), None), None);
+        }
+        assert_eq!(r.state, RolloutState::Progressing);
+        let mut r = Rollout::start("v18", w(20.0), None);
+        assert_eq!(r.on_verdict(&few(), TICK, 30, &analysis(3), None), None);
+        assert_eq!(r.on_verdict(&few(), TICK, 30, &analysis(3), None), None);
+        assert!(matches!(
+            r.on_verdict(&breach(), TICK, 30, &analysis(3), None),
+            Some(Change::RolledBack(_))
+        ));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub enum Verdict {
     Inconclusive,
     /// Every configured check passed.
     Healthy,
-    /// A check failed.
+    /// A check failed (see [`Breach::decisive`]).
     Breach(Box<Breach>),
 }
 
@@ -84,6 +84,13 @@ pub struct Breach {
     pub canary: Sample,
     /// Stable's figures over the same window.
     pub stable: Sample,
+    /// The breach is evidence enough to roll back: its failures came from
+    /// at least `min_failing_clients` client groups (always, for latency).
+    /// One that is not counts towards a rollout's streak of breaches, so
+    /// that a fault is rolled back as soon as its failures have spread,
+    /// but never rolls back by itself.
+    #[serde(default)]
+    pub decisive: bool,
 }
 
 /// The checks, in the order they are evaluated.
@@ -272,37 +279,45 @@ pub fn evaluate(t: &Thresholds, quantile: f64, stable: &Sample, canary: &Sample)
         return Verdict::Inconclusive;
     }
     let stable_ok = stable.requests >= t.min_requests.max(1);
-    let breach = |check, observed, limit| {
-        Verdict::Breach(Box::new(Breach {
-            check,
-            observed,
-            limit,
-            canary: *canary,
-            stable: *stable,
-        }))
-    };
-    let canary_rate = canary.error_rate_percent();
-    // Failures from too few clients say nothing about the release.
+    // Failures from too few clients say nothing yet about the release: such
+    // an error-rate breach is not `decisive` (a rollout counts it towards
+    // its streak, but only a decisive breach rolls back). A latency breach
+    // always is.
     let spread_enough = canary.failing_clients >= t.min_failing_clients;
+    let breach = |check, observed, limit, decisive| Breach {
+        check,
+        observed,
+        limit,
+        canary: *canary,
+        stable: *stable,
+        decisive,
+    };
+    let mut found: Option<Breach> = None;
+    let canary_rate = canary.error_rate_percent();
 
     let (_, vc) = canary.proportion();
-    if let (Some(limit), true) = (t.max_error_rate_percent, spread_enough) {
+    if let Some(limit) = t.max_error_rate_percent {
         let margin = (canary_rate - limit) / 100.0;
         if canary_rate > limit && margin > CONFIDENCE_Z * vc.sqrt() {
-            return breach(Check::ErrorRate, canary_rate, limit);
+            found = Some(breach(Check::ErrorRate, canary_rate, limit, spread_enough));
         }
     }
-    if let (Some(limit), true, true) = (t.max_error_rate_increase_percent, stable_ok, spread_enough) {
+    // (Both error-rate checks count the same clients: the second can only
+    // add a breach where the first found none.)
+    if let (Some(limit), true, None) = (t.max_error_rate_increase_percent, stable_ok, &found) {
         let increase = canary_rate - stable.error_rate_percent();
         let (_, vs) = stable.proportion();
         let margin = (increase - limit) / 100.0;
         if increase > limit && margin > CONFIDENCE_Z * (vc + vs).sqrt() {
-            return breach(Check::ErrorRateIncrease, increase, limit);
+            found = Some(breach(Check::ErrorRateIncrease, increase, limit, spread_enough));
         }
+    }
+    if found.as_ref().is_some_and(|b| b.decisive) {
+        return Verdict::Breach(Box::new(found.expect("just checked")));
     }
     if let (Some(limit), Some(latency)) = (t.max_latency_ms, canary.latency_ms) {
         if latency > limit && canary.significantly_slower(limit, quantile) {
-            return breach(Check::Latency, latency, limit);
+            return Verdict::Breach(Box::new(breach(Check::Latency, latency, limit, true)));
         }
     }
     if let (Some(limit), Some(c), Some(s), true) = (
@@ -316,8 +331,11 @@ pub fn evaluate(t: &Thresholds, quantile: f64, stable: &Sample, canary: &Sample)
             && c / s > limit
             && canary.significantly_slower(s * limit, quantile)
         {
-            return breach(Check::LatencyRatio, c / s, limit);
+            return Verdict::Breach(Box::new(breach(Check::LatencyRatio, c / s, limit, true)));
         }
+    }
+    if let Some(b) = found {
+        return Verdict::Breach(Box::new(b));
     }
 
     let has_absolute = t.max_error_rate_percent.is_some() || t.max_latency_ms.is_some();

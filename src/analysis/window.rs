@@ -255,16 +255,17 @@ impl Window {
     /// Errors as counted, every client in full.
     pub fn samples(&self, min_requests: u64, q: f64) -> (Sample, Sample) {
         let mut first = None;
-        self.scales(min_requests, q, 1.0, |s, c| {
+        self.scales(min_requests, q, 1.0, |s, c, _| {
             first = Some((s, c));
             true
         });
         first.unwrap_or_default()
     }
 
-    /// The verdict on the canary: the first breach at any scale of
-    /// [`Window::scales`] wins; else the first conclusive verdict; else
-    /// inconclusive.
+    /// The verdict on the canary: the first decisive breach at any scale of
+    /// [`Window::scales`] wins; else the first breach not (yet) from enough
+    /// clients (`Breach::decisive` false), judged with every canary failure
+    /// in full; else the first conclusive verdict; else inconclusive.
     ///
     /// The shortest stretch holding `min_requests` canary requests may hold
     /// fewer stable ones (sticky clients split unevenly: at a 50 % step, 30
@@ -274,19 +275,46 @@ impl Window {
     /// lasted, and never promoted.
     pub fn verdict(&self, t: &Thresholds, q: f64) -> Verdict {
         let mut out = Verdict::Inconclusive;
-        self.scales(t.min_requests, q, t.max_client_failure_share, |stable, canary| {
-            let v = verdict::evaluate(t, q, &stable, &canary);
-            let stop = matches!(v, Verdict::Breach(_));
-            if stop || matches!(out, Verdict::Inconclusive) {
-                out = v;
-            }
-            stop
-        });
-        out
+        let mut suspect: Option<Verdict> = None;
+        self.scales(
+            t.min_requests,
+            q,
+            t.max_client_failure_share,
+            |stable, canary, canary_raw| {
+                let v = verdict::evaluate(t, q, &stable, &canary);
+                if matches!(&v, Verdict::Breach(b) if b.decisive) {
+                    out = v;
+                    return true;
+                }
+                // Not (yet) from enough clients: a fault's first moments, or a
+                // few clients failing. Judged on every failure the canary had
+                // (stable's few-client failures still left out, so they hide
+                // nothing), it is a breach to count towards a streak, never to
+                // roll back by itself (`Breach::decisive`).
+                if suspect.is_none() {
+                    let raw = match v {
+                        Verdict::Breach(_) => v.clone(),
+                        _ => verdict::evaluate(t, q, &stable, &canary_raw),
+                    };
+                    if let Verdict::Breach(mut b) = raw {
+                        b.decisive = false;
+                        suspect = Some(Verdict::Breach(b));
+                    }
+                }
+                if matches!(out, Verdict::Inconclusive) && !matches!(v, Verdict::Breach(_)) {
+                    out = v;
+                }
+                false
+            },
+        );
+        if matches!(&out, Verdict::Breach(b) if b.decisive) {
+            return out;
+        }
+        suspect.unwrap_or(out)
     }
 
-    /// Call `judge` with stable and canary over growing stretches of the
-    /// newest slots: the first holding `min_requests` canary requests, then
+    /// Call `judge` with stable, canary, and the canary with every client in
+    /// full, over growing stretches of the newest slots: the first holding `min_requests` canary requests, then
     /// twice, four times as many…, and the whole window last (or at once,
     /// when it holds fewer). Stops when `judge` returns true. No client
     /// group counts for more than `max_share` of a stretch's failures
@@ -299,10 +327,10 @@ impl Window {
         min_requests: u64,
         q: f64,
         max_share: f64,
-        mut judge: impl FnMut(Sample, Sample) -> bool,
+        mut judge: impl FnMut(Sample, Sample, Sample) -> bool,
     ) {
         let Some(newest) = self.slots.back() else {
-            judge(Sample::default(), Sample::default());
+            judge(Sample::default(), Sample::default(), Sample::default());
             return;
         };
         let oldest = 0usize;
@@ -344,7 +372,8 @@ impl Window {
                 newest.canary.minus(&base.canary),
             );
             let got = c.requests;
-            if judge(s.sample(q, max_share), c.sample(q, max_share)) || whole || start == oldest {
+            let canary = (c.sample(q, max_share), c.sample(q, 1.0));
+            if judge(s.sample(q, max_share), canary.0, canary.1) || whole || start == oldest {
                 return;
             }
             while want <= got {
@@ -426,7 +455,7 @@ mod tests {
             w.push(&s.snapshot(), &c.snapshot());
         }
         let mut seen = Vec::new();
-        w.scales(100, 0.99, 1.0, |_, canary| {
+        w.scales(100, 0.99, 1.0, |_, canary, _| {
             seen.push(canary.requests);
             false
         });
@@ -662,22 +691,15 @@ mod client_tests {
 
     #[test]
     fn failures_from_a_handful_of_clients_roll_nothing_back() {
+        let decisive = |v: &Verdict| matches!(v, Verdict::Breach(b) if b.decisive);
         // 800 failing canary requests from two clients: a third of the
-        // canary's answers, and no breach.
-        assert_eq!(
-            judge((800, &clients(7..9)), (0, &clients(0..1))),
-            Verdict::Healthy
-        );
-        // The same from 50 clients is a breach.
-        assert!(matches!(
-            judge((800, &clients(0..50)), (0, &clients(0..1))),
-            Verdict::Breach(_)
-        ));
+        // canary's answers, a breach, but not one to roll back for.
+        let few = judge((800, &clients(7..9)), (0, &clients(0..1)));
+        assert!(matches!(&few, Verdict::Breach(b) if !b.decisive), "{few:?}");
+        // The same from 50 clients is a decisive breach.
+        assert!(decisive(&judge((800, &clients(0..50)), (0, &clients(0..1)))));
         // One client flooding stable with failures hides no bad canary.
-        assert!(matches!(
-            judge((200, &clients(0..50)), (2_000, &clients(3..4))),
-            Verdict::Breach(_)
-        ));
+        assert!(decisive(&judge((200, &clients(0..50)), (2_000, &clients(3..4)))));
         // Many clients failing on stable as on the canary: a platform
         // incident, no breach.
         assert_eq!(
