@@ -26,6 +26,7 @@
 #
 # Usage: load-tests/bench/soak.sh [MINUTES] [CONNECTIONS]
 #        SHORT=1 load-tests/bench/soak.sh      # 3 minutes
+# FLEDGE_BIN=path runs another fledge binary (an older build, to compare).
 # Requires a release build, nginx, wrk, openssl, curl, python3. Traffic
 # stays on 127.0.0.1. Output: OUT (default load-tests/runs/<date>-<host>/).
 set -euo pipefail
@@ -86,7 +87,7 @@ write_config() { # extra tenants (0 or 1)
   mv "$WORK/conf/.fledge.yaml.tmp" "$WORK/conf/fledge.yaml"
 }
 write_config 0
-FLEDGE_LOG=warn taskset -c 0 "$ROOT/target/release/fledge" run --config "$WORK/conf/fledge.yaml" > "$WORK/fledge.log" 2>&1 & FPID=$!
+FLEDGE_LOG=warn taskset -c 0 "${FLEDGE_BIN:-$ROOT/target/release/fledge}" run --config "$WORK/conf/fledge.yaml" > "$WORK/fledge.log" 2>&1 & FPID=$!
 wait_port "$P"
 TOKEN=$(cat "$WORK/state/admin.token")
 metric() { curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$A/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $2} END {print s + 0}'; }
