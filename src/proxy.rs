@@ -101,9 +101,18 @@ fn client_group_key(ip: Option<IpAddr>) -> u16 {
     (xxhash_rust::xxh3::xxh3_64(&folded.to_le_bytes()) >> 48) as u16
 }
 
-/// What tells a tenant's failing clients apart.
-fn policy_key(table: &RouteTable, tenant: usize) -> crate::config::ClientKey {
-    table.tenants()[tenant].policy().analysis.failing_clients_by
+/// Who sent a failed request, as the analysis groups failing clients: the
+/// sticky key's bucket, or (by the policy, or without a bucket) a hash of
+/// the address. Worked out only for failures: most requests never need it.
+fn failing_client(ctx: &RequestCtx) -> u16 {
+    let by = ctx.route.map(|r| {
+        let key = ctx.table.tenants()[r.tenant].policy().analysis.failing_clients_by;
+        (r.bucket, key)
+    });
+    match by {
+        Some((Some(bucket), crate::config::ClientKey::StickyKey)) => bucket,
+        _ => client_group_key(ctx.client_ip),
+    }
 }
 
 const HTTP: &str = "http";
@@ -282,10 +291,7 @@ impl FledgeProxy {
         }
         ctx.route = Some(route);
         ctx.served = route.version;
-        ctx.client = match (route.bucket, policy_key(&ctx.table, route.tenant)) {
-            (Some(bucket), crate::config::ClientKey::StickyKey) => bucket,
-            _ => client_group_key(view.client_ip),
-        };
+        ctx.client_ip = view.client_ip;
 
         // The override header is ours: workers never see it, allowed or not.
         let policy = ctx.table.tenants()[route.tenant].policy();
@@ -371,7 +377,7 @@ impl FledgeProxy {
             addr = tenant.pool(Version::Canary).select(ws);
             if addr.is_none() {
                 let stats = tenant.stats().version(Version::Canary);
-                stats.record(Outcome::ConnectFailure, None, ctx.client);
+                stats.record(Outcome::ConnectFailure, None, failing_client(ctx));
                 if ctx.rehearsal {
                     stats.record_rehearsal(Outcome::ConnectFailure);
                 }
@@ -411,7 +417,7 @@ impl FledgeProxy {
             // when the retry on stable then succeeds.
             let tenant = &ctx.table.tenants()[route.tenant];
             let stats = tenant.stats().version(ctx.served);
-            stats.record(Outcome::ConnectFailure, None, ctx.client);
+            stats.record(Outcome::ConnectFailure, None, failing_client(ctx));
             if ctx.rehearsal {
                 stats.record_rehearsal(Outcome::ConnectFailure);
             }
@@ -519,7 +525,12 @@ impl FledgeProxy {
             let outcome = classify::outcome(status, e, rpc);
             let latency = (!session.was_upgraded()).then(|| ctx.started.elapsed());
             let stats = tenant.stats().version(ctx.served);
-            stats.record(outcome, latency, ctx.client);
+            let client = if outcome.is_failure() {
+                failing_client(ctx)
+            } else {
+                0
+            };
+            stats.record(outcome, latency, client);
             if ctx.rehearsal {
                 stats.record_rehearsal(outcome);
             }

@@ -198,6 +198,14 @@ impl Drop for KillServing {
     }
 }
 
+fn sigquit(pid: u32) {
+    let quit = std::process::Command::new("kill")
+        .args(["-QUIT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(quit.success());
+}
+
 fn serving_pid(proxy: &TestProxy) -> u32 {
     std::fs::read_to_string(proxy.state_dir().join("fledge.pid"))
         .unwrap()
@@ -250,11 +258,7 @@ async fn an_upgrade_that_cannot_complete_never_takes_fledge_down() {
         .unwrap();
     assert!(!status.success());
     let before = load.get(&load.stats.sent);
-    let quit = std::process::Command::new("kill")
-        .args(["-QUIT", &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(quit.success());
+    sigquit(proxy.pid());
     // Past Pingora's 5 s of accepting after a hand-over: still serving.
     assert!(
         !proxy.wait_exit(Duration::from_secs(7)),
@@ -281,11 +285,7 @@ async fn an_upgrade_that_cannot_complete_never_takes_fledge_down() {
     .unwrap();
     let _ = std::fs::remove_file(proxy.state_dir().join("upgrade.sock"));
     let before = load.get(&load.stats.sent);
-    let quit = std::process::Command::new("kill")
-        .args(["-QUIT", &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(quit.success());
+    sigquit(proxy.pid());
     let not_taken = eventually(20, || async {
         proxy.metric("fledge_upgrades_total{result=\"not_taken\"}").await == Some(1.0)
     })

@@ -19,9 +19,9 @@ pub struct RequestCtx {
     /// The version actually serving the request: the route's, or stable
     /// after a canary fallback.
     pub(crate) served: Version,
-    /// Who sent it, as the analysis groups failing clients: the sticky
-    /// key's bucket, else a hash of the client's address.
-    pub(crate) client: u16,
+    /// The client's address (failures are grouped by it, or by the route's
+    /// bucket: `proxy::failing_client`).
+    pub(crate) client_ip: Option<std::net::IpAddr>,
     /// `/websocket` or `/longpolling/`: long-lived, to the WebSocket workers.
     pub(crate) long_lived: bool,
     /// The worker of the current attempt, until its outcome is reported
@@ -47,7 +47,7 @@ impl RequestCtx {
             table,
             route: None,
             served: Version::Stable,
-            client: 0,
+            client_ip: None,
             long_lived: false,
             peer: None,
             in_flight,
