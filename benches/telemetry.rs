@@ -62,14 +62,14 @@ fn tick(c: &mut Criterion) {
     };
     for _ in 0..50 {
         traffic(&table);
-        analyzer.tick(&table);
+        analyzer.tick(&table, true);
     }
     let mut group = c.benchmark_group("analysis");
     group.sample_size(20);
     group.bench_function("tick_10000_canary_tenants", |b| {
         b.iter_batched(
             || traffic(&table),
-            |()| black_box(analyzer.tick(&table).len()),
+            |()| black_box(analyzer.tick(&table, true).len()),
             criterion::BatchSize::PerIteration,
         )
     });

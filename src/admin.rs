@@ -107,11 +107,13 @@ impl From<ControlError> for AdminError {
     fn from(e: ControlError) -> Self {
         let status = match &e {
             ControlError::UnknownTenant(_) => StatusCode::NOT_FOUND,
-            ControlError::HandingOver => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::HandingOver | ControlError::FleetUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::NoCanary(_) | ControlError::Config(_) | ControlError::NoSource => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ControlError::Conflict(_) | ControlError::StaleGeneration { .. } => StatusCode::CONFLICT,
+            ControlError::Conflict(_) | ControlError::StaleGeneration { .. } | ControlError::Moved(_) => {
+                StatusCode::CONFLICT
+            }
         };
         AdminError::new(status, e.to_string())
     }
@@ -158,6 +160,16 @@ impl Admin {
                 return Ok(reply(StatusCode::OK, "text/plain", b"ok\n".to_vec(), generation))
             }
             (&Method::GET, "/readyz") => {
+                let waiting =
+                    self.control.fleet().is_some_and(|l| l.is_up()) && !self.control.fleet_synced().await;
+                if waiting {
+                    return Ok(reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        b"not ready: the fleet's canary states are not read yet\n".to_vec(),
+                        generation,
+                    ));
+                }
                 let tenants = self.control.routes().load().tenants().len();
                 let body = format!("ready: {tenants} tenants\n").into_bytes();
                 return Ok(reply(StatusCode::OK, "text/plain", body, generation));
@@ -274,6 +286,16 @@ impl Admin {
                 });
                 Ok(json_reply(StatusCode::OK, &value, generation))
             }
+            ["api", "v1", "fleet"] => {
+                allow(&method, &[Method::GET])?;
+                let value = self.fleet().ok_or_else(|| {
+                    AdminError::new(
+                        StatusCode::NOT_FOUND,
+                        "this fledge is not in a fleet (no `fleet:` in its config)",
+                    )
+                })?;
+                Ok(json_reply(StatusCode::OK, &value, generation))
+            }
             ["api", "v1", "journal"] => {
                 allow(&method, &[Method::GET])?;
                 let since = parse_since(&query)?;
@@ -339,7 +361,58 @@ impl Admin {
         Ok(out)
     }
 
+    /// The fleet as this replica sees it: every replica with its last
+    /// heartbeat, the leader, and the live replicas' totals.
+    fn fleet(&self) -> Option<Value> {
+        let link = self.control.fleet()?;
+        let view = link.view();
+        let now = crate::fleet::unix_ms();
+        let timeout = link.replica_timeout().as_millis() as u64;
+        let mut total_rps = 0.0;
+        let mut live = 0;
+        let replicas: Vec<Value> = view
+            .replicas
+            .iter()
+            .map(|(id, h)| {
+                let age = now.saturating_sub(h.seen_ms);
+                let is_live = age <= timeout;
+                if is_live {
+                    live += 1;
+                    total_rps += h.requests_per_second;
+                }
+                json!({
+                    "id": id,
+                    "last_seen_ms": h.seen_ms,
+                    "age_ms": age,
+                    "live": is_live,
+                    "started_ms": h.started_ms,
+                    "requests_per_second": (h.requests_per_second * 10.0).round() / 10.0,
+                    "leader": view.leader.as_deref() == Some(id.as_str()),
+                    "redis_reachable": is_live,
+                })
+            })
+            .collect();
+        Some(json!({
+            "fleet": link.name(),
+            "replica": link.replica(),
+            "redis_up": link.is_up(),
+            "refused": link.is_refused(),
+            "leader": view.leader,
+            "generation": self.control.generation(),
+            "replicas": replicas,
+            "totals": { "live_replicas": live, "requests_per_second": (total_rps * 10.0_f64).round() / 10.0 },
+        }))
+    }
+
     async fn journal(&self, since: Option<u64>) -> Vec<Value> {
+        if let Some(link) = self.control.fleet().filter(|l| l.in_fleet()) {
+            if let Ok(lines) = link.read_journal(since.unwrap_or(0), MAX_JOURNAL_ENTRIES).await {
+                return lines
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .collect();
+            }
+        }
         let dir = self.control.config().await.state_dir.clone();
         let text =
             std::fs::read_to_string(dir.join(crate::control::journal::JOURNAL_FILE)).unwrap_or_default();

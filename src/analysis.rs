@@ -22,7 +22,8 @@ use pingora::services::background::BackgroundService;
 use tokio::time::Instant;
 
 use crate::control::{Control, Judgement};
-use crate::routing::{RouteTable, Version};
+use crate::metrics::Snapshot;
+use crate::routing::{RouteTable, TenantRoute, Version};
 
 pub mod rollout;
 pub mod verdict;
@@ -51,8 +52,24 @@ pub struct AnalysisService {
 }
 
 impl Analyzer {
-    /// Sample every judged canary of `table` and judge it.
-    pub fn tick(&mut self, table: &RouteTable) -> Vec<Judgement> {
+    /// Sample every judged canary of `table` from this process's counters
+    /// and judge it; `export` sets each tenant's verdict metric.
+    pub fn tick(&mut self, table: &RouteTable, export: bool) -> Vec<Judgement> {
+        self.tick_with(table, export, |t| {
+            let stats = t.stats();
+            (stats.snapshot(Version::Stable), stats.snapshot(Version::Canary))
+        })
+    }
+
+    /// As [`tick`](Self::tick), the counters (cumulative, stable then
+    /// canary) read from `source`: a fleet's leader judges the sum of every
+    /// replica's (`crate::fleet`).
+    pub fn tick_with(
+        &mut self,
+        table: &RouteTable,
+        export: bool,
+        mut source: impl FnMut(&TenantRoute) -> (Snapshot, Snapshot),
+    ) -> Vec<Judgement> {
         let mut out = Vec::new();
         let mut seen = 0usize;
         for t in table.tenants() {
@@ -81,15 +98,15 @@ impl Analyzer {
                 tracked.window = window::Window::new(slots);
                 tracked.last = verdict::Verdict::Inconclusive;
             }
-            let stats = t.stats();
-            tracked
-                .window
-                .push(&stats.snapshot(Version::Stable), &stats.snapshot(Version::Canary));
+            let (stable, canary) = source(t);
+            tracked.window.push(&stable, &canary);
             let new_requests = tracked.window.newest_canary_requests();
             if new_requests > 0 {
                 tracked.last = tracked.window.verdict(&policy.thresholds, policy.quantile);
             }
-            stats.set_verdict(&tracked.last);
+            if export {
+                t.stats().set_verdict(&tracked.last);
+            }
             out.push(Judgement {
                 tenant: Arc::clone(&tracked.name),
                 verdict: tracked.last.clone(),
@@ -125,7 +142,11 @@ impl BackgroundService for AnalysisService {
             }
             let now = Instant::now();
             let table = self.control.routes().load_full();
-            let mut judgements = analyzer.tick(&table);
+            // In a fleet whose Redis answers, the leader judges the fleet's
+            // traffic (`crate::fleet`); this loop keeps its windows warm for
+            // when Redis does not, and leaves the verdict metric to it.
+            let fleet_judges = self.control.fleet_judges();
+            let mut judgements = analyzer.tick(&table, !fleet_judges);
             drop(table);
             // A quiet canary still inconclusive changes nothing: spare the
             // control plane's lock and lookups for it (10 000 canaries, ten

@@ -61,12 +61,44 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The TLS listener, if any.
     pub tls: Option<TlsConfig>,
+    /// The fleet this replica belongs to (shared state on Redis), if any.
+    pub fleet: Option<FleetConfig>,
     /// Worker pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
     /// Canary policies by name (always holds `default`).
     pub policies: BTreeMap<String, Policy>,
     /// Tenants by name.
     pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// A fleet of replicas sharing canary state on Redis (`crate::fleet`). Not
+/// hot-reloadable.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// `redis://host:port/db` or `rediss://` (TLS).
+    pub redis_url: String,
+    /// Replicas with the same name form one fleet; it names the keys'
+    /// hash tag (`{fledge:NAME}`).
+    pub name: String,
+    /// This replica's id, unique in the fleet (default: the host name).
+    pub replica_id: String,
+    /// The Redis password, read from `redis_password_env` at load.
+    pub password: Option<String>,
+    /// A replica that has not published for this long drops out of the
+    /// fleet's sum (and of `GET /api/v1/fleet`'s live replicas).
+    pub replica_timeout: Duration,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetConfig")
+            .field("redis_url", &self.redis_url)
+            .field("name", &self.name)
+            .field("replica_id", &self.replica_id)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("replica_timeout", &self.replica_timeout)
+            .finish()
+    }
 }
 
 /// Who may mark requests as rehearsal traffic (`X-Fledge-Rehearsal`): a

@@ -13,7 +13,7 @@
 //! corrupted, or missing although the journal shows earlier runs) every
 //! canary starts rolled back: stable only, until an operator resumes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::analysis::rollout::{Change, Rollout, RolloutState};
 use crate::analysis::verdict::{Breach, Verdict};
 use crate::config::{Config, ConfigError, Problem, Weight};
+use crate::fleet::{self, FleetError, Link, Write};
 use crate::routing::{CookieKey, RouteTable};
 
 use self::journal::Entry;
@@ -45,6 +46,10 @@ pub struct Control {
     source: Option<PathBuf>,
     generation: AtomicU64,
     reloads: Arc<ReloadCounters>,
+    /// The fleet this replica belongs to, if any.
+    fleet: Option<Arc<Link>>,
+    /// The fleet's generation as last read or written here.
+    fleet_generation: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -60,6 +65,19 @@ struct Inner {
     /// ([`Control::take_over`]); the old one stops at SIGQUIT
     /// ([`Control::hand_over`]), so the two never write over each other.
     in_charge: bool,
+    /// This replica's id, in a fleet (journal lines carry it).
+    replica: Option<String>,
+    /// In a fleet: the fleet generation each tenant's state was last
+    /// written at, as this replica read or wrote it.
+    revs: HashMap<String, u64>,
+    /// Rollbacks made alone (Redis away), by tenant, with the rev they
+    /// were made from: written to the fleet on reconnect.
+    pending: BTreeMap<String, u64>,
+    /// Tenants whose weight this replica's file changed (a reload): the
+    /// fleet's state takes it at the next sync.
+    file_pushes: BTreeSet<String>,
+    /// The fleet's states were read at least once.
+    synced: bool,
 }
 
 /// Reloads applied, rejected and found unchanged, for `/metrics`.
@@ -136,6 +154,12 @@ pub enum ControlError {
     /// There is no file to reload (the demo's embedded config).
     #[error("this fledge runs an embedded config: there is no file to reload")]
     NoSource,
+    /// Another replica changed the canary meanwhile.
+    #[error("the canary state of `{0}` changed meanwhile on another replica")]
+    Moved(String),
+    /// The fleet's Redis cannot take the change now.
+    #[error("{0}")]
+    FleetUnavailable(String),
     /// This process is handing over to a new one (graceful upgrade).
     #[error("this fledge is handing over to a new process: ask again in a moment")]
     HandingOver,
@@ -197,6 +221,11 @@ impl Control {
         let journal =
             Journal::open(dir).with_context(|| format!("cannot open the journal in {}", dir.display()))?;
         let (previous, distrust) = load_states(&store);
+        let fleet = match &config.fleet {
+            Some(f) => Some(Link::new(f, cookie_key.fingerprint())?),
+            None => None,
+        };
+        let config_fleet = config.fleet.clone();
         let cookie_key = Arc::new(cookie_key);
         let (rollouts, events) = reconcile(&config, previous, distrust.as_deref(), Actor::File);
         let table = RouteTable::build(&config, Arc::clone(&cookie_key), None, &rollouts);
@@ -208,6 +237,11 @@ impl Control {
             source_hash,
             last_reload: None,
             in_charge,
+            replica: config_fleet.as_ref().map(|f| f.replica_id.clone()),
+            revs: HashMap::new(),
+            pending: BTreeMap::new(),
+            file_pushes: BTreeSet::new(),
+            synced: false,
         };
         if in_charge {
             inner.record(&events);
@@ -219,6 +253,8 @@ impl Control {
             source,
             generation: AtomicU64::new(1),
             reloads: Arc::default(),
+            fleet,
+            fleet_generation: AtomicU64::new(0),
             inner: Mutex::new(inner),
         })
     }
@@ -258,8 +294,30 @@ impl Control {
 
     /// Counts every published change: a reload, an operator's edit, an
     /// automatic decision. `If-Match` compares against it.
+    ///
+    /// In a fleet it is the fleet's generation, which moves on at every
+    /// change of a canary state on any replica: `If-Match` is fleet-wide.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Relaxed)
+        match &self.fleet {
+            Some(_) => self.fleet_generation.load(Relaxed),
+            None => self.generation.load(Relaxed),
+        }
+    }
+
+    /// The fleet this replica belongs to.
+    pub fn fleet(&self) -> Option<&Arc<Link>> {
+        self.fleet.as_ref()
+    }
+
+    /// Whether a fleet's leader judges this replica's canaries now (its
+    /// own analysis then only keeps its windows warm).
+    pub fn fleet_judges(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|l| l.in_fleet())
+    }
+
+    /// In a fleet, whether its states were read since start (readiness).
+    pub async fn fleet_synced(&self) -> bool {
+        self.fleet.is_none() || self.inner.lock().await.synced
     }
 
     /// Reload counters, for `/metrics`.
@@ -283,8 +341,18 @@ impl Control {
         self.inner.lock().await.rollouts.clone()
     }
 
-    /// Apply one analysis tick's verdicts; `elapsed` since the previous tick.
+    /// Apply one tick of this process's own analysis; `elapsed` since the
+    /// previous tick. In a fleet whose Redis answers, the leader judges the
+    /// fleet's traffic instead ([`judge_fleet`](Self::judge_fleet)) and
+    /// this does nothing; cut off from Redis (or refused by the fleet) the
+    /// replica protects itself: it may roll back, never step or promote,
+    /// and its rollback reaches the fleet on reconnect ([`sync_fleet`](Self::sync_fleet)).
     pub async fn judge(&self, judgements: &[Judgement], elapsed: Duration) {
+        let alone = match &self.fleet {
+            Some(link) if link.in_fleet() => return,
+            Some(_) => true,
+            None => false,
+        };
         let mut inner = self.inner.lock().await;
         if !inner.in_charge {
             return;
@@ -292,61 +360,18 @@ impl Control {
         let config = Arc::clone(&inner.config);
         let mut events = Vec::new();
         for j in judgements {
-            let (Some(tenant), Some(rollout)) =
-                (config.tenants.get(&*j.tenant), inner.rollouts.get_mut(&*j.tenant))
-            else {
+            let Some(rollout) = inner.rollouts.get_mut(&*j.tenant) else {
                 continue;
             };
-            let policy = &config.policies[&tenant.policy];
-            let before = Position::new(rollout.state, rollout.weight);
-            let change = rollout.on_verdict(
-                &j.verdict,
-                elapsed,
-                j.new_requests,
-                &policy.analysis,
-                policy.promotion.as_ref(),
-            );
-            let Some(change) = change else {
+            let Some(decision) = decide(&config, j, rollout, elapsed, !alone) else {
                 continue;
             };
-            let after = Position::new(rollout.state, rollout.weight);
-            let (event, reason, figures) = match &change {
-                Change::RolledBack(b) => ("rolled_back", Some(b.check.as_str().to_owned()), Some(b.clone())),
-                Change::Stepped { .. } => ("step", Some("healthy for the step interval".to_owned()), None),
-                Change::Promoted { .. } => ("promoted", Some("healthy at every step".to_owned()), None),
-            };
-            match &change {
-                Change::RolledBack(b) => {
-                    self.count_rollback(&j.tenant, Some(b.check));
-                    tracing::warn!(
-                        tenant = %j.tenant,
-                        check = b.check.as_str(),
-                        observed = b.observed,
-                        limit = b.limit,
-                        canary_requests = b.canary.requests,
-                        canary_errors = b.canary.errors,
-                        stable_requests = b.stable.requests,
-                        stable_errors = b.stable.errors,
-                        "canary rolled back"
-                    );
-                }
-                Change::Stepped { from, to } => {
-                    tracing::info!(tenant = %j.tenant, from = from.percent(), to = to.percent(), "canary promotion step");
-                }
-                Change::Promoted { from } => {
-                    tracing::info!(tenant = %j.tenant, from = from.percent(), "canary promoted");
-                }
+            self.count_decision(&j.tenant, &decision.change, Origin::Local);
+            if alone {
+                let base = inner.revs.get(&*j.tenant).copied().unwrap_or(0);
+                inner.pending.insert(j.tenant.to_string(), base);
             }
-            events.push(Event {
-                tenant: Some(j.tenant.to_string()),
-                canary: Some(rollout.canary_pool.clone()),
-                event,
-                actor: Actor::Auto,
-                before: Some(before),
-                after: Some(after),
-                reason,
-                figures,
-            });
+            events.push(decision.event);
         }
         if events.is_empty() {
             return;
@@ -354,6 +379,237 @@ impl Control {
         inner.record(&events);
         inner.save();
         self.publish(&inner);
+    }
+
+    /// Apply the fleet leader's verdicts on the fleet's summed traffic: each
+    /// change is written to the fleet with the leader's `lease` (a deposed
+    /// leader's write is refused), then applied here; every replica applies
+    /// it from the fleet within a second.
+    pub async fn judge_fleet(&self, judgements: &[Judgement], elapsed: Duration, lease: &str) {
+        let Some(link) = self.fleet.clone() else {
+            return;
+        };
+        let mut inner = self.inner.lock().await;
+        if !inner.in_charge {
+            return;
+        }
+        let config = Arc::clone(&inner.config);
+        for j in judgements {
+            let Some(current) = inner.rollouts.get(&*j.tenant) else {
+                continue;
+            };
+            let mut rollout = current.clone();
+            let decision = decide(&config, j, &mut rollout, elapsed, true);
+            let Some(decision) = decision else {
+                // The streak and the time held are the leader's own.
+                inner.rollouts.insert(j.tenant.to_string(), rollout);
+                continue;
+            };
+            let write = Write {
+                field: fleet::field(&j.tenant, &rollout.canary_pool),
+                expected_rev: inner.revs.get(&*j.tenant).copied().unwrap_or(0),
+                record: link.record(Actor::Auto, &rollout),
+            };
+            match link.commit(None, Some(lease), std::slice::from_ref(&write)).await {
+                Ok(generation) => {
+                    self.count_decision(&j.tenant, &decision.change, Origin::Fleet);
+                    inner.revs.insert(j.tenant.to_string(), generation);
+                    self.fleet_generation.fetch_max(generation, Relaxed);
+                    inner.rollouts.insert(j.tenant.to_string(), rollout);
+                    let lines = inner.record(std::slice::from_ref(&decision.event));
+                    inner.save();
+                    self.publish(&inner);
+                    let _ = link.journal(&lines).await;
+                }
+                Err(FleetError::Deposed) => {
+                    tracing::info!(tenant = %j.tenant, "fleet decision refused: this replica no longer leads");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(tenant = %j.tenant, error = %e, "fleet decision not written: judged again next tick");
+                }
+            }
+        }
+    }
+
+    /// In a fleet: read the fleet's canary states and make this replica's
+    /// agree. A state another replica or operator changed is taken as is;
+    /// a canary the fleet does not know yet is written to it; a rollback
+    /// this replica made alone while Redis was away is written unless an
+    /// operator changed that canary later (by generation: the fleet's
+    /// record is an operator's, written after the state the rollback was
+    /// made from); a Redis that holds no fleet at all (first start, or
+    /// restarted empty) is seeded with this replica's states at the
+    /// generation it knew, the highest generation winning.
+    pub async fn sync_fleet(&self) -> Result<(), FleetError> {
+        let Some(link) = self.fleet.clone() else {
+            return Ok(());
+        };
+        for _ in 0..3 {
+            let state = link.read_state().await?;
+            let Some(generation) = state.generation else {
+                let inner = self.inner.lock().await;
+                if !inner.in_charge {
+                    return Ok(());
+                }
+                let known = self.fleet_generation.load(Relaxed).max(1);
+                let records: Vec<(String, fleet::Record)> = inner
+                    .rollouts
+                    .iter()
+                    .map(|(t, r)| (fleet::field(t, &r.canary_pool), link.record(Actor::File, r)))
+                    .collect();
+                drop(inner);
+                let won = link.seed(known, &records).await?;
+                tracing::warn!(
+                    generation = known,
+                    won,
+                    "the fleet's Redis held no canary states: seeded from the replicas'"
+                );
+                continue;
+            };
+            self.adopt(&link, generation, state).await?;
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    async fn adopt(&self, link: &Link, generation: u64, state: fleet::FleetState) -> Result<(), FleetError> {
+        let mut inner = self.inner.lock().await;
+        if !inner.in_charge {
+            return Ok(());
+        }
+        let config = Arc::clone(&inner.config);
+        let mut changed = false;
+        for (name, t) in &config.tenants {
+            let Some(pool) = &t.canary else {
+                continue;
+            };
+            let field = fleet::field(name, pool);
+            let Some(local) = inner.rollouts.get(name).cloned() else {
+                continue;
+            };
+            let Some(stored) = state.records.get(&field) else {
+                // New to the fleet: this replica's start is the fleet's.
+                let write = Write {
+                    field,
+                    expected_rev: 0,
+                    record: link.record(Actor::File, &local),
+                };
+                if let Ok(g) = link.commit(None, None, std::slice::from_ref(&write)).await {
+                    inner.revs.insert(name.clone(), g);
+                    self.fleet_generation.fetch_max(g, Relaxed);
+                }
+                continue;
+            };
+            if let Some(&base) = inner.pending.get(name) {
+                let fleet_state = stored.record.rollout.state;
+                let operator_later = stored.record.actor == Actor::Api.as_str() && stored.rev > base;
+                if fleet_state != RolloutState::RolledBack && !operator_later {
+                    let write = Write {
+                        field,
+                        expected_rev: stored.rev,
+                        record: link.record(Actor::Auto, &local),
+                    };
+                    match link.commit(None, None, std::slice::from_ref(&write)).await {
+                        Ok(g) => {
+                            inner.pending.remove(name);
+                            inner.revs.insert(name.clone(), g);
+                            self.fleet_generation.fetch_max(g, Relaxed);
+                            tracing::warn!(tenant = %name, "a rollback made while the fleet's Redis was away now applies to the fleet");
+                            let event = Event {
+                                tenant: Some(name.clone()),
+                                canary: Some(pool.clone()),
+                                event: "rolled_back",
+                                actor: Actor::Auto,
+                                before: Some(Position::new(
+                                    stored.record.rollout.state,
+                                    stored.record.rollout.weight,
+                                )),
+                                after: Some(Position::new(local.state, local.weight)),
+                                reason: local.reason.clone(),
+                                figures: local.figures.clone(),
+                            };
+                            let lines = inner.record(std::slice::from_ref(&event));
+                            let _ = link.journal(&lines).await;
+                        }
+                        Err(FleetError::Unavailable(e)) => return Err(FleetError::Unavailable(e)),
+                        Err(_) => {}
+                    }
+                    continue;
+                }
+                if operator_later {
+                    tracing::warn!(tenant = %name, "a rollback made while the fleet's Redis was away is superseded: an operator changed the canary later");
+                }
+                inner.pending.remove(name);
+            }
+            if inner.revs.get(name) == Some(&stored.rev) && !inner.file_pushes.contains(name) {
+                continue;
+            }
+            let mut adopted = stored.record.rollout.clone();
+            if (adopted.state, adopted.weight, adopted.step) == (local.state, local.weight, local.step) {
+                adopted.held = local.held;
+                adopted.breaches = local.breaches;
+                adopted.since_breach = local.since_breach;
+            }
+            if adopted != local {
+                changed = true;
+            }
+            inner.revs.insert(name.clone(), stored.rev);
+            // This replica's file changed the weight (a reload): the fleet's
+            // state takes it, as an operator's change would.
+            if inner.file_pushes.remove(name)
+                && adopted.file_weight != t.canary_weight
+                && matches!(adopted.state, RolloutState::Progressing | RolloutState::Paused)
+            {
+                let before = Position::new(adopted.state, adopted.weight);
+                adopted.file_weight = t.canary_weight;
+                adopted.weight = t.canary_weight;
+                adopted.step = None;
+                let write = Write {
+                    field: field.clone(),
+                    expected_rev: stored.rev,
+                    record: link.record(Actor::File, &adopted),
+                };
+                if let Ok(g) = link.commit(None, None, std::slice::from_ref(&write)).await {
+                    inner.revs.insert(name.clone(), g);
+                    self.fleet_generation.fetch_max(g, Relaxed);
+                    let event = Event {
+                        tenant: Some(name.clone()),
+                        canary: Some(pool.clone()),
+                        event: "weight",
+                        actor: Actor::File,
+                        before: Some(before),
+                        after: Some(Position::new(adopted.state, adopted.weight)),
+                        reason: None,
+                        figures: None,
+                    };
+                    let lines = inner.record(std::slice::from_ref(&event));
+                    let _ = link.journal(&lines).await;
+                    changed = true;
+                } else {
+                    continue;
+                }
+            }
+            inner.rollouts.insert(name.clone(), adopted);
+        }
+        self.fleet_generation.fetch_max(generation, Relaxed);
+        inner.synced = true;
+        if changed {
+            inner.save();
+            self.publish(&inner);
+        }
+        Ok(())
+    }
+
+    /// Count an automatic decision in the tenant's counters and the
+    /// fleet's by origin.
+    fn count_decision(&self, tenant: &str, change: &Change, origin: Origin) {
+        if let Change::RolledBack(b) = change {
+            self.count_rollback(tenant, Some(b.check));
+        }
+        if let Some(link) = &self.fleet {
+            link.count_decision(origin == Origin::Fleet);
+        }
     }
 
     /// Journal an event about the proxy as a whole rather than a tenant's
@@ -440,6 +696,13 @@ impl Control {
                 keep_fixed_settings(&inner.config, &mut config);
                 let previous = std::mem::take(&mut inner.rollouts);
                 let (rollouts, mut events) = reconcile(&config, previous, None, actor);
+                if config.fleet.is_some() {
+                    let pushes = events
+                        .iter()
+                        .filter(|e| e.event == "weight")
+                        .filter_map(|e| e.tenant.clone());
+                    inner.file_pushes.extend(pushes);
+                }
                 events.push(Event {
                     tenant: None,
                     canary: None,
@@ -466,8 +729,37 @@ impl Control {
     }
 
     /// An operator's change to a tenant's canary. `if_match`, when given,
-    /// must be the current generation.
+    /// must be the current generation (the fleet's, in a fleet).
+    ///
+    /// In a fleet the change is written to the fleet first (compare-and-set
+    /// on the canary's rev, and on the generation with `If-Match`), so two
+    /// operators on two replicas never overwrite each other; with Redis
+    /// away only a rollback is taken (alone, written on reconnect).
     pub async fn operate(
+        &self,
+        tenant: &str,
+        op: Operation,
+        actor: Actor,
+        if_match: Option<u64>,
+    ) -> Result<Rollout, ControlError> {
+        // A change that lost a race with another replica's (without
+        // If-Match) is tried again on the fresh state, once.
+        for attempt in 0..2 {
+            match self.operate_once(tenant, op, actor, if_match).await {
+                Err(ControlError::Moved(_)) if attempt == 0 => {
+                    self.sync_fleet()
+                        .await
+                        .map_err(|e| ControlError::FleetUnavailable(e.to_string()))?;
+                }
+                other => return other,
+            }
+        }
+        Err(ControlError::Conflict(format!(
+            "the canary of `{tenant}` keeps changing on other replicas: try again"
+        )))
+    }
+
+    async fn operate_once(
         &self,
         tenant: &str,
         op: Operation,
@@ -478,9 +770,17 @@ impl Control {
         if !inner.in_charge {
             return Err(ControlError::HandingOver);
         }
-        let current = self.generation();
-        if let Some(given) = if_match.filter(|g| *g != current) {
-            return Err(ControlError::StaleGeneration { given, current });
+        let alone = self.fleet.as_ref().is_some_and(|l| !l.in_fleet());
+        if alone && op != Operation::Rollback {
+            return Err(ControlError::FleetUnavailable(
+                "the fleet's Redis is unreachable: only a rollback can be made now".into(),
+            ));
+        }
+        if self.fleet.is_none() || alone {
+            let current = self.generation();
+            if let Some(given) = if_match.filter(|g| *g != current) {
+                return Err(ControlError::StaleGeneration { given, current });
+            }
         }
         let config = Arc::clone(&inner.config);
         let t = config
@@ -488,9 +788,10 @@ impl Control {
             .get(tenant)
             .ok_or_else(|| ControlError::UnknownTenant(tenant.to_owned()))?;
         let promotion = config.policies[&t.policy].promotion.as_ref();
-        let rollout = inner
+        let mut rollout = inner
             .rollouts
-            .get_mut(tenant)
+            .get(tenant)
+            .cloned()
             .ok_or_else(|| ControlError::NoCanary(tenant.to_owned()))?;
         let before = Position::new(rollout.state, rollout.weight);
         let conflict = |what: &str, state: RolloutState| {
@@ -525,7 +826,6 @@ impl Control {
                     return Err(conflict("roll back", rollout.state));
                 }
                 rollout.roll_back("manual", None);
-                self.count_rollback(tenant, None);
                 "rolled_back"
             }
             Operation::Pause => {
@@ -545,14 +845,41 @@ impl Control {
                 RolloutState::RolledBack => {
                     let pool = rollout.canary_pool.clone();
                     let generation = rollout.generation.wrapping_add(1);
-                    *rollout = Rollout::start(&pool, t.canary_weight, promotion);
+                    rollout = Rollout::start(&pool, t.canary_weight, promotion);
                     rollout.generation = generation;
                     "resumed"
                 }
                 state => return Err(conflict("resume", state)),
             },
         };
-        let after_rollout = rollout.clone();
+        let mut fleet_lines = None;
+        if let Some(link) = self.fleet.as_ref().filter(|_| !alone) {
+            let write = Write {
+                field: fleet::field(tenant, &rollout.canary_pool),
+                expected_rev: inner.revs.get(tenant).copied().unwrap_or(0),
+                record: link.record(actor, &rollout),
+            };
+            let generation = link
+                .commit(if_match, None, std::slice::from_ref(&write))
+                .await
+                .map_err(|e| match e {
+                    FleetError::StaleGeneration { given, current } => {
+                        ControlError::StaleGeneration { given, current }
+                    }
+                    FleetError::Moved(f) => ControlError::Moved(f),
+                    other => ControlError::FleetUnavailable(other.to_string()),
+                })?;
+            inner.revs.insert(tenant.to_owned(), generation);
+            self.fleet_generation.fetch_max(generation, Relaxed);
+            fleet_lines = Some(Arc::clone(link));
+        }
+        if op == Operation::Rollback {
+            self.count_rollback(tenant, None);
+            if alone {
+                let base = inner.revs.get(tenant).copied().unwrap_or(0);
+                inner.pending.insert(tenant.to_owned(), base);
+            }
+        }
         let after = Position::new(rollout.state, rollout.weight);
         tracing::info!(
             tenant,
@@ -561,19 +888,23 @@ impl Control {
             to = after.weight,
             "canary changed by an operator"
         );
-        inner.record(&[Event {
+        let lines = inner.record(&[Event {
             tenant: Some(tenant.to_owned()),
-            canary: Some(after_rollout.canary_pool.clone()),
+            canary: Some(rollout.canary_pool.clone()),
             event,
             actor,
             before: Some(before),
             after: Some(after),
-            reason: after_rollout.reason.clone(),
+            reason: rollout.reason.clone(),
             figures: None,
         }]);
+        inner.rollouts.insert(tenant.to_owned(), rollout.clone());
         inner.save();
         self.publish(&inner);
-        Ok(after_rollout)
+        if let Some(link) = fleet_lines {
+            let _ = link.journal(&lines).await;
+        }
+        Ok(rollout)
     }
 
     /// Count a rollback of `tenant` (`check` `None`: an operator's) in its
@@ -599,6 +930,77 @@ impl Control {
     }
 }
 
+/// An automatic decision: what changed and its journal line.
+struct Decision {
+    change: Change,
+    event: Event,
+}
+
+/// Where an automatic decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// By the fleet's leader, on the fleet's traffic.
+    Fleet,
+    /// By this process, on its own traffic.
+    Local,
+}
+
+/// Apply one verdict to `rollout` under its tenant's policy; steps and
+/// promotions only when `may_promote`. Logs what changed.
+fn decide(
+    config: &Config,
+    j: &Judgement,
+    rollout: &mut Rollout,
+    elapsed: Duration,
+    may_promote: bool,
+) -> Option<Decision> {
+    let tenant = config.tenants.get(&*j.tenant)?;
+    let policy = &config.policies[&tenant.policy];
+    let promotion = if may_promote {
+        policy.promotion.as_ref()
+    } else {
+        None
+    };
+    let before = Position::new(rollout.state, rollout.weight);
+    let change = rollout.on_verdict(&j.verdict, elapsed, j.new_requests, &policy.analysis, promotion)?;
+    let after = Position::new(rollout.state, rollout.weight);
+    let (event, reason, figures) = match &change {
+        Change::RolledBack(b) => {
+            tracing::warn!(
+                tenant = %j.tenant,
+                check = b.check.as_str(),
+                observed = b.observed,
+                limit = b.limit,
+                canary_requests = b.canary.requests,
+                canary_errors = b.canary.errors,
+                stable_requests = b.stable.requests,
+                stable_errors = b.stable.errors,
+                "canary rolled back"
+            );
+            ("rolled_back", Some(b.check.as_str().to_owned()), Some(b.clone()))
+        }
+        Change::Stepped { from, to } => {
+            tracing::info!(tenant = %j.tenant, from = from.percent(), to = to.percent(), "canary promotion step");
+            ("step", Some("healthy for the step interval".to_owned()), None)
+        }
+        Change::Promoted { from } => {
+            tracing::info!(tenant = %j.tenant, from = from.percent(), "canary promoted");
+            ("promoted", Some("healthy at every step".to_owned()), None)
+        }
+    };
+    let event = Event {
+        tenant: Some(j.tenant.to_string()),
+        canary: Some(rollout.canary_pool.clone()),
+        event,
+        actor: Actor::Auto,
+        before: Some(before),
+        after: Some(after),
+        reason,
+        figures,
+    };
+    Some(Decision { change, event })
+}
+
 /// The canary states the last process left; `distrust` says why they
 /// cannot be trusted, when they cannot.
 fn load_states(store: &Store) -> (BTreeMap<String, Rollout>, Option<String>) {
@@ -614,8 +1016,9 @@ fn load_states(store: &Store) -> (BTreeMap<String, Rollout>, Option<String>) {
 
 impl Inner {
     /// Journal `events`. A journal that cannot be written is logged, never
-    /// a reason to keep a bad canary serving.
-    fn record(&mut self, events: &[Event]) {
+    /// a reason to keep a bad canary serving. Returns the lines written
+    /// (a fleet's journal takes them too).
+    fn record(&mut self, events: &[Event]) -> Vec<String> {
         let (time, unix_ms) = Entry::now();
         let entries: Vec<Entry<'_>> = events
             .iter()
@@ -630,10 +1033,15 @@ impl Inner {
                 after: e.after,
                 reason: e.reason.as_deref(),
                 figures: e.figures.as_deref(),
+                replica: self.replica.as_deref(),
             })
             .collect();
-        if let Err(err) = self.journal.append(&entries) {
-            tracing::error!(path = %self.journal.path().display(), error = %err, "cannot write the journal");
+        match self.journal.append(&entries) {
+            Ok(lines) => lines,
+            Err(err) => {
+                tracing::error!(path = %self.journal.path().display(), error = %err, "cannot write the journal");
+                Vec::new()
+            }
         }
     }
 
@@ -678,6 +1086,10 @@ fn keep_fixed_settings(running: &Config, new: &mut Config) {
         // not run is not made (see `RouteTable`).
         fixed.push("tls");
         new.tls.clone_from(&running.tls);
+    }
+    if new.fleet != running.fleet {
+        fixed.push("fleet");
+        new.fleet.clone_from(&running.fleet);
     }
     if new.state_dir != running.state_dir {
         fixed.push("state_dir");

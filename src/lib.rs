@@ -17,6 +17,8 @@
 //! - [`control`]: the single writer of the route table; rollout states, the
 //!   state file and the decision journal.
 //! - [`analysis`]: the tick loop judging canaries (window, verdict, rollout).
+//! - [`fleet`]: replicas acting as one on Redis: shared canary states, a
+//!   leader judging the fleet's traffic, the fleet's journal.
 //! - [`admin`]: the admin listener (`/metrics`, health).
 //! - [`tls`] (its `load` and `watch`): certificates read, checked, reloaded.
 //! - [`watch`]: debounced directory watching (config and certificates).
@@ -40,6 +42,7 @@ pub mod control;
 pub mod ctl;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod fuzz;
 pub mod handover;
 pub mod metrics;

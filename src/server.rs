@@ -122,11 +122,17 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     } else {
         Control::start(start, cookie_key, source)?
     });
+    crate::fleet::join(&control)?;
     let token = admin_token(config)?;
     let registry = prometheus::Registry::new();
     Exporter::new(control.routes(), control.reload_counters())
         .register(&registry)
         .context("cannot register metrics")?;
+    if let Some(link) = control.fleet() {
+        registry
+            .register(Box::new(crate::fleet::FleetExporter::new(Arc::clone(link))))
+            .context("cannot register metrics")?;
+    }
     let tls_store = match &config.tls {
         Some(tls) => {
             let (store, report) = CertStore::open(&tls.certs_dir, tls.allow_readable_keys)?;
@@ -263,6 +269,9 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         "analysis",
         AnalysisService::new(Arc::clone(&control)),
     ));
+    if let Some(fleet) = crate::fleet::FleetService::new(Arc::clone(&control)) {
+        server.add_service(background_service("fleet", fleet));
+    }
     if let Some((store, report)) = tls_store {
         server.add_service(background_service(
             "certificate watcher",

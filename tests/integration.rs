@@ -22,6 +22,7 @@
 mod admin;
 mod cli;
 mod failover;
+mod fleet;
 mod hostile;
 mod hostile_h2;
 mod hot_reload;

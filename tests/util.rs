@@ -127,8 +127,19 @@ impl TestProxy {
     /// Kill the process (SIGKILL: nothing is flushed on the way out) and
     /// start it again with the same config and state directory.
     pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Start the process again (after [`kill`](Self::kill)) with the same
+    /// config and state directory.
+    pub fn start_again(&mut self) {
         self.child = Self::spawn(&self.dir, &self.env);
         self.wait_ready();
     }

@@ -32,6 +32,8 @@ pub(crate) struct File {
     pub(crate) admin: Admin,
     #[serde(default)]
     pub(crate) tls: Option<Tls>,
+    #[serde(default)]
+    pub(crate) fleet: Option<Fleet>,
     pub(crate) pools: BTreeMap<String, Pool>,
     #[serde(default)]
     pub(crate) policies: BTreeMap<String, Policy>,
@@ -66,6 +68,16 @@ pub(crate) struct Limits {
 pub(crate) struct Cookies {
     pub(crate) secret_env: Option<String>,
     pub(crate) max_age_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Fleet {
+    pub(crate) redis_url: String,
+    pub(crate) name: String,
+    pub(crate) replica_id: Option<String>,
+    pub(crate) redis_password_env: Option<String>,
+    pub(crate) replica_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

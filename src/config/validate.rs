@@ -14,9 +14,9 @@ use super::raw;
 use std::path::PathBuf;
 
 use super::{
-    AdminConfig, AnalysisPolicy, ClientKey, Config, ConfigError, Cookies, HealthCheckConfig, HostPattern,
-    Limits, Policy, PoolConfig, Problem, Promotion, Rehearsal, TenantConfig, Thresholds, Timeouts, TlsConfig,
-    TokenSource, Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
+    AdminConfig, AnalysisPolicy, ClientKey, Config, ConfigError, Cookies, FleetConfig, HealthCheckConfig,
+    HostPattern, Limits, Policy, PoolConfig, Problem, Promotion, Rehearsal, TenantConfig, Thresholds,
+    Timeouts, TlsConfig, TokenSource, Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
 };
 
 /// Name of the policy used by tenants that name none.
@@ -30,6 +30,21 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Default state directory, relative to the working directory.
 const DEFAULT_STATE_DIR: &str = "fledge-state";
+
+/// A replica silent for 3 s (30 ticks) is gone: long enough for a GC-free
+/// process's scheduling hiccup, short enough that a dead replica's figures
+/// stop counting within the 1 s-to-act budget's order of magnitude.
+const DEFAULT_REPLICA_TIMEOUT_MS: u64 = 3_000;
+
+/// The host name, as `replica_id` defaults to (a pod's name on Kubernetes).
+fn default_replica_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "fledge".to_owned())
+}
 /// Longest analysis window: beyond this a rollback is no longer "fast".
 const MAX_WINDOW_SECONDS: u64 = 600;
 
@@ -200,6 +215,7 @@ impl Checker<'_> {
                 allow_readable_keys: t.allow_readable_keys,
             }
         });
+        let fleet = raw.fleet.map(|f| self.fleet(f, cookies.secret_env.is_some()));
         let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
         if state_dir.as_os_str().is_empty() {
             self.problem("state_dir", "must not be empty");
@@ -257,9 +273,67 @@ impl Checker<'_> {
             state_dir,
             admin,
             tls,
+            fleet,
             pools,
             policies,
             tenants,
+        }
+    }
+
+    fn fleet(&mut self, f: raw::Fleet, shared_secret: bool) -> FleetConfig {
+        match f.redis_url.split_once("://") {
+            Some(("redis" | "rediss", rest)) if !rest.is_empty() => {}
+            _ => self.problem(
+                "fleet.redis_url",
+                "must be redis://host:port[/db] or rediss://host:port[/db]",
+            ),
+        }
+        let id_like = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !id_like(&f.name) {
+            self.problem("fleet.name", "must be 1 to 64 letters, digits, `-`, `_` or `.`");
+        }
+        let replica_id = f.replica_id.unwrap_or_else(default_replica_id);
+        if !id_like(&replica_id) {
+            self.problem(
+                "fleet.replica_id",
+                format!("`{replica_id}` must be 1 to 64 letters, digits, `-`, `_` or `.`"),
+            );
+        }
+        if !shared_secret {
+            self.problem(
+                "fleet",
+                "needs cookies.secret_env: every replica must sign cookies with the fleet's key, or a client moving between replicas changes version",
+            );
+        }
+        let password = f.redis_password_env.and_then(|var| {
+            if !is_env_name(&var) {
+                self.problem(
+                    "fleet.redis_password_env",
+                    format!("`{var}` is not an environment variable name"),
+                );
+                return None;
+            }
+            let value = std::env::var(&var).ok();
+            if value.is_none() {
+                self.problem("fleet.redis_password_env", format!("`{var}` is not set"));
+            }
+            value
+        });
+        let timeout_ms = f.replica_timeout_ms.unwrap_or(DEFAULT_REPLICA_TIMEOUT_MS);
+        if !(500..=60_000).contains(&timeout_ms) {
+            self.problem("fleet.replica_timeout_ms", "must be 500 to 60000");
+        }
+        FleetConfig {
+            redis_url: f.redis_url,
+            name: f.name,
+            replica_id,
+            password,
+            replica_timeout: Duration::from_millis(timeout_ms.clamp(500, 60_000)),
         }
     }
 

@@ -27,6 +27,17 @@ pub enum Actor {
     File,
 }
 
+impl Actor {
+    /// As written in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Auto => "auto",
+            Actor::Api => "api",
+            Actor::File => "file",
+        }
+    }
+}
+
 /// A rollout's position before or after a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Position {
@@ -61,6 +72,9 @@ pub struct Entry<'a> {
     pub reason: Option<&'a str>,
     /// The figures behind an automatic decision.
     pub figures: Option<&'a Breach>,
+    /// The replica that decided, in a fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<&'a str>,
 }
 
 /// The open journal file.
@@ -102,17 +116,24 @@ impl Journal {
 
     /// Append `entries` and make them durable: one write and one sync for
     /// the lot (a first start with 10 000 canaries journals 10 000 starts).
-    pub fn append(&mut self, entries: &[Entry<'_>]) -> std::io::Result<()> {
+    /// Returns each entry's line, without its newline.
+    pub fn append(&mut self, entries: &[Entry<'_>]) -> std::io::Result<Vec<String>> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let mut lines = Vec::with_capacity(256 * entries.len());
-        for entry in entries {
-            serde_json::to_writer(&mut lines, entry).map_err(std::io::Error::other)?;
-            lines.push(b'\n');
+        let lines: Vec<String> = entries
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()
+            .map_err(std::io::Error::other)?;
+        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in &lines {
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
         }
-        self.file.write_all(&lines)?;
-        self.file.sync_data()
+        self.file.write_all(&bytes)?;
+        self.file.sync_data()?;
+        Ok(lines)
     }
 
     /// Where it is.
@@ -140,6 +161,7 @@ mod tests {
             after: None,
             reason: None,
             figures: None,
+            replica: None,
         };
         let mut journal = Journal::open(dir.path()).unwrap();
         journal.append(&[entry("acme", "started")]).unwrap();
