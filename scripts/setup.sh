@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test fledge:
-# Pingora's zlib-ng needs cmake and a C compiler; the fleet's tests Redis. Idempotent; quiet when all is there.
+# Pingora's zlib-ng needs cmake and a C compiler, the fleet's tests a
+# redis-server. Idempotent; quiet when all is there.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)

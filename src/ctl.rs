@@ -79,7 +79,14 @@ pub async fn run(target: &Target, command: &Command) -> anyhow::Result<String> {
         return Ok(serde_json::to_string_pretty(&value)? + "\n");
     }
     Ok(match command {
-        Command::Status => tenants_table(value["tenants"].as_array().map_or(&[][..], Vec::as_slice)),
+        Command::Status => {
+            // In a fleet, its line first (404 outside one: nothing).
+            let fleet = call(target, "GET", "/api/v1/fleet", None)
+                .await
+                .map(|f| fleet_lines(&f))
+                .unwrap_or_default();
+            fleet + &tenants_table(value["tenants"].as_array().map_or(&[][..], Vec::as_slice))
+        }
         Command::Weight { .. } | Command::Action { .. } => tenants_table(std::slice::from_ref(&value)),
         Command::Reload => format!(
             "reload {} (generation {})\n",
@@ -164,6 +171,38 @@ fn tenants_table(tenants: &[Value]) -> String {
     out
 }
 
+/// The fleet's totals and leader, then one line per replica.
+fn fleet_lines(f: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "fleet {}: {} live replicas, leader {}, {} req/s, generation {}{}",
+        f["fleet"].as_str().unwrap_or("?"),
+        f["totals"]["live_replicas"],
+        f["leader"].as_str().unwrap_or("(none)"),
+        f["totals"]["requests_per_second"],
+        f["generation"],
+        if f["redis_up"] == true {
+            ""
+        } else {
+            " — Redis UNREACHABLE from this replica: it judges alone"
+        },
+    );
+    for r in f["replicas"].as_array().map_or(&[][..], Vec::as_slice) {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<6} {:>9} req/s  seen {} ms ago{}",
+            r["id"].as_str().unwrap_or("?"),
+            if r["live"] == true { "live" } else { "gone" },
+            r["requests_per_second"],
+            r["age_ms"],
+            if r["leader"] == true { "  (leader)" } else { "" },
+        );
+    }
+    out.push('\n');
+    out
+}
+
 fn journal_table(entries: &[Value]) -> String {
     let mut out = String::new();
     for e in entries {
@@ -176,7 +215,7 @@ fn journal_table(entries: &[Value]) -> String {
         };
         let _ = writeln!(
             out,
-            "{}  {:<6} {:<14} {:<16} {} → {}{}",
+            "{}  {:<6} {:<14} {:<16} {} → {}{}{}",
             e["time"].as_str().unwrap_or("?"),
             e["actor"].as_str().unwrap_or("?"),
             e["tenant"].as_str().unwrap_or("*"),
@@ -186,6 +225,10 @@ fn journal_table(entries: &[Value]) -> String {
             e["reason"]
                 .as_str()
                 .map(|r| format!("  ({r})"))
+                .unwrap_or_default(),
+            e["replica"]
+                .as_str()
+                .map(|r| format!("  [by {r}]"))
                 .unwrap_or_default(),
         );
     }

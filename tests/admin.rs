@@ -16,7 +16,7 @@ fn config(s: &str, c: &str) -> String {
 }
 
 /// The OpenAPI description, as JSON.
-fn spec() -> Value {
+pub(crate) fn spec() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin-api.yaml")).unwrap();
     serde_yaml::from_str(&text).unwrap()
 }
@@ -84,7 +84,7 @@ fn check(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), St
 
 /// The answer must be documented for its path, method and status, and
 /// its JSON body must match the documented schema.
-fn conforms(spec: &Value, method: &str, path: &str, r: &Resp) {
+pub(crate) fn conforms(spec: &Value, method: &str, path: &str, r: &Resp) {
     let path = path.split('?').next().unwrap();
     let segments: Vec<&str> = path.split('/').collect();
     let template = spec["paths"]

@@ -302,6 +302,21 @@ async fn an_operators_change_on_one_replica_is_served_by_all_and_if_match_is_fle
         .admin("PUT", "/api/v1/tenants/acme/weight", r#"{"weight": 100}"#)
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // GET /api/v1/fleet and the fleet's journal are as documented.
+    let spec = crate::admin::spec();
+    let r = replicas[2].admin("GET", "/api/v1/fleet", "").await;
+    crate::admin::conforms(&spec, "GET", "/api/v1/fleet", &r);
+    let r = replicas[2].admin("GET", "/api/v1/journal", "").await;
+    crate::admin::conforms(&spec, "GET", "/api/v1/journal", &r);
+    let entries = r.json()["entries"].as_array().cloned().unwrap_or_default();
+    let weight = entries
+        .iter()
+        .find(|e| e["event"] == "weight")
+        .expect("the weight change in the fleet's journal");
+    assert_eq!(
+        (weight["replica"].as_str(), weight["actor"].as_str()),
+        (Some("r0"), Some("api"))
+    );
     let applied = eventually(2, || async {
         for p in &replicas[1..] {
             if tenant(p).await["weight"] != 100.0 {

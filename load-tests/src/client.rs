@@ -92,9 +92,29 @@ impl Http {
         self.admin(target, Method::POST, path).await
     }
 
+    /// GET from one replica's admin API (`admin`, `http://host:port`).
+    pub async fn admin_get_at(
+        &self,
+        target: &Target,
+        admin: &str,
+        path: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.admin_at(target, admin, Method::GET, path).await
+    }
+
     async fn admin(&self, target: &Target, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.admin_at(target, &target.admin, method, path).await
+    }
+
+    async fn admin_at(
+        &self,
+        target: &Target,
+        admin: &str,
+        method: Method,
+        path: &str,
+    ) -> anyhow::Result<serde_json::Value> {
         let auth = format!("Bearer {}", target.token);
-        let url = format!("{}{path}", target.admin);
+        let url = format!("{admin}{path}");
         let a = self
             .send(method, &url, &[("authorization", &auth)], Bytes::new())
             .await?;

@@ -45,6 +45,11 @@ struct Cli {
     /// No progress bar (CI logs).
     #[arg(long)]
     quiet: bool,
+    /// Self-contained: run this many fledge replicas as one fleet (on a
+    /// redis-server the runner starts), users spread over them; overrides
+    /// the scenario's `fledge.replicas`.
+    #[arg(long)]
+    replicas: Option<u32>,
     #[command(flatten)]
     existing: Existing,
 }
@@ -101,11 +106,15 @@ struct Run {
 }
 
 async fn rehearse(cli: Cli) -> anyhow::Result<bool> {
-    let scenarios = cli
+    let mut scenarios = cli
         .scenarios
         .iter()
         .map(|p| Scenario::load(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(n) = cli.replicas {
+        anyhow::ensure!(n >= 1, "--replicas must be at least 1");
+        scenarios.iter_mut().for_each(|s| s.fledge.replicas = n);
+    }
     let out = cli.out.clone().unwrap_or_else(|| {
         PathBuf::from("target/rehearsals").join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
     });
@@ -175,21 +184,24 @@ fn existing_target(e: &Existing) -> anyhow::Result<Target> {
         .with_context(|| format!("cannot read {}", token_file.display()))?
         .trim()
         .to_owned();
+    let base = e
+        .base_url
+        .clone()
+        .context("--base-url is needed")?
+        .trim_end_matches('/')
+        .to_owned();
+    let admin = e
+        .admin_url
+        .clone()
+        .context("--admin-url is needed")?
+        .trim_end_matches('/')
+        .to_owned();
     Ok(Target {
-        base: e
-            .base_url
-            .clone()
-            .context("--base-url is needed")?
-            .trim_end_matches('/')
-            .to_owned(),
+        bases: vec![base],
+        admins: vec![admin.clone()],
         host: e.host.clone().context("--host is needed")?,
         tenant: e.tenant.clone().context("--tenant is needed")?,
-        admin: e
-            .admin_url
-            .clone()
-            .context("--admin-url is needed")?
-            .trim_end_matches('/')
-            .to_owned(),
+        admin,
         token,
         canary_knobs: e.canary_knobs.clone(),
         stable_knobs: e.stable_knobs.clone(),

@@ -85,6 +85,9 @@ pub struct Setup {
     /// The tenant's policy, as fledge's config takes it (`analysis`,
     /// `steps`, `step_interval_seconds`, …).
     pub policy: serde_yaml::Value,
+    /// fledge replicas forming one fleet on a `redis-server` the runner
+    /// starts (1: a single fledge, no Redis); users are spread over them.
+    pub replicas: u32,
 }
 
 impl Default for Setup {
@@ -93,6 +96,7 @@ impl Default for Setup {
             canary_weight: Some(50.0),
             workers: 2,
             policy: serde_yaml::Value::Null,
+            replicas: 1,
         }
     }
 }

@@ -20,14 +20,17 @@ const HOST: &str = "rehearsal.example.com";
 
 /// Where the traffic goes and how to steer the pools.
 pub struct Target {
-    /// fledge's proxy listener, `http://host:port`.
-    pub base: String,
     /// The Host header of the tenant.
     pub host: String,
     /// The tenant's name in fledge.
     pub tenant: String,
     /// fledge's admin listener, `http://host:port`.
     pub admin: String,
+    /// Every replica's proxy listener, `http://host:port`: users are
+    /// spread over them.
+    pub bases: Vec<String>,
+    /// Every replica's admin listener (the first is `admin`).
+    pub admins: Vec<String>,
     /// The admin API's bearer token.
     pub token: String,
     /// The mock workers' knob URLs, by pool.
@@ -40,7 +43,8 @@ pub struct Target {
 
 /// A self-contained rehearsal's processes.
 pub struct Local {
-    fledge: tokio::process::Child,
+    fledge: Vec<tokio::process::Child>,
+    redis: Option<tokio::process::Child>,
     canary: Vec<MockOdoo>,
     stable: Vec<MockOdoo>,
     config: PathBuf,
@@ -52,7 +56,12 @@ pub struct Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        let _ = self.fledge.start_kill();
+        for f in &mut self.fledge {
+            let _ = f.start_kill();
+        }
+        if let Some(r) = &mut self.redis {
+            let _ = r.start_kill();
+        }
         for m in self.canary.iter().chain(&self.stable) {
             m.stop();
         }
@@ -100,36 +109,96 @@ impl Target {
         let dir = tempfile::tempdir()?;
         let token = format!("rehearsal-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         std::fs::write(dir.path().join("token"), &token)?;
-        let (listen, admin) = (free_port()?, free_port()?);
-        // Beside the report, so that it shows what was rehearsed.
-        let config = log.with_file_name("fledge.yaml");
-        let text = config_text(scenario, listen, admin, dir.path(), &stable, &canary)?;
-        std::fs::write(&config, text)?;
-        let log_file =
-            std::fs::File::create(log).with_context(|| format!("cannot write {}", log.display()))?;
-        let child = tokio::process::Command::new(fledge)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", fledge.display()))?;
+        let replicas = scenario.fledge.replicas.max(1);
+        // A fleet: one redis-server for it, thrown away with the run.
+        let redis = if replicas > 1 {
+            let port = free_port()?;
+            let child = tokio::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start redis-server (apt-get install redis-server) for --replicas")?;
+            Some((child, port))
+        } else {
+            None
+        };
+        let mut children = Vec::new();
+        let (mut bases, mut admins) = (Vec::new(), Vec::new());
+        let mut first_config = None;
+        for i in 0..replicas {
+            let (listen, admin) = (free_port()?, free_port()?);
+            // Beside the report, so that it shows what was rehearsed.
+            let (config, log) = if i == 0 {
+                (log.with_file_name("fledge.yaml"), log.to_owned())
+            } else {
+                (
+                    log.with_file_name(format!("fledge-{i}.yaml")),
+                    log.with_file_name(format!("fledge-{i}.log")),
+                )
+            };
+            let state = dir.path().join(format!("state-{i}"));
+            let mut text = config_text(
+                scenario,
+                listen,
+                admin,
+                &state,
+                &dir.path().join("token"),
+                &stable,
+                &canary,
+            )?;
+            if let Some((_, port)) = &redis {
+                text += &format!(
+                    "cookies:\n  secret_env: FLEDGE_REHEARSAL_COOKIE_SECRET\n\
+                     fleet:\n  redis_url: \"redis://127.0.0.1:{port}/0\"\n  name: \"rehearsal\"\n  replica_id: \"replica-{i}\"\n"
+                );
+            }
+            std::fs::write(&config, text)?;
+            let log_file =
+                std::fs::File::create(&log).with_context(|| format!("cannot write {}", log.display()))?;
+            let child = tokio::process::Command::new(fledge)
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .env("FLEDGE_REHEARSAL_COOKIE_SECRET", &token)
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start {}", fledge.display()))?;
+            children.push(child);
+            bases.push(format!("http://127.0.0.1:{listen}"));
+            admins.push(format!("http://127.0.0.1:{admin}"));
+            first_config.get_or_insert(config);
+        }
         let knobs = |ms: &[MockOdoo]| ms.iter().map(|m| knob_url(m.addr())).collect();
         let target = Target {
-            base: format!("http://127.0.0.1:{listen}"),
             host: HOST.to_owned(),
             tenant: TENANT.to_owned(),
-            admin: format!("http://127.0.0.1:{admin}"),
+            admin: admins[0].clone(),
+            bases,
+            admins,
             token,
             canary_knobs: knobs(&canary),
             stable_knobs: knobs(&stable),
             local: Some(Local {
-                fledge: child,
+                fledge: children,
+                redis: redis.map(|(c, _)| c),
                 canary,
                 stable,
-                config,
+                config: first_config.unwrap_or_default(),
                 reloads: 0,
                 log: log.to_owned(),
                 _dir: dir,
@@ -139,15 +208,24 @@ impl Target {
         Ok(target)
     }
 
-    /// Wait until fledge's admin API answers with the tenant.
+    /// Wait until every replica's admin API answers with the tenant (and,
+    /// in a fleet, every replica sees all of them).
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let http = Http::new();
+        let path = format!("/api/v1/tenants/{}", self.tenant);
         for _ in 0..200 {
-            if http
-                .admin_get(self, &format!("/api/v1/tenants/{}", self.tenant))
-                .await
-                .is_ok()
-            {
+            let mut ready = true;
+            for admin in &self.admins {
+                ready &= http.admin_get_at(self, admin, &path).await.is_ok();
+                if self.admins.len() > 1 {
+                    let fleet = http.admin_get_at(self, admin, "/api/v1/fleet").await;
+                    ready &= fleet.is_ok_and(|f| {
+                        f["totals"]["live_replicas"].as_u64() == Some(self.admins.len() as u64)
+                            && !f["leader"].is_null()
+                    });
+                }
+            }
+            if ready {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -236,7 +314,8 @@ fn config_text(
     scenario: &Scenario,
     listen: u16,
     admin: u16,
-    dir: &Path,
+    state: &Path,
+    token: &Path,
     stable: &[MockOdoo],
     canary: &[MockOdoo],
 ) -> anyhow::Result<String> {
@@ -263,8 +342,8 @@ fn config_text(
          canary: {{ workers: [{c}], websocket_workers: [{c}] }}\n\
          policies:\n  rehearsal: {policy}\n\
          tenants:\n  {TENANT}:\n    hosts: [\"{HOST}\"]\n    stable: stable\n    canary: canary\n{weight}    policy: rehearsal\n",
-        state = dir.join("state").display(),
-        token = dir.join("token").display(),
+        state = state.display(),
+        token = token.display(),
         s = list(stable),
         c = list(canary),
     ))

@@ -118,7 +118,8 @@ impl Jar {
 /// What every user task shares.
 struct Shared {
     http: Http,
-    base: String,
+    /// Every replica's proxy; user `i` goes to `bases[i % len]`.
+    bases: Vec<String>,
     host: String,
     tag: String,
     start: Instant,
@@ -143,8 +144,13 @@ impl Shared {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Send one action for the user whose cookies are `jar`; record it.
-    async fn act(&self, jar: &Mutex<Jar>, action: Action, id: u64) {
+    /// The proxy user `user` goes to (a fleet's replicas share users).
+    fn base(&self, user: usize) -> &str {
+        &self.bases[user % self.bases.len()]
+    }
+
+    /// Send one action for user `user`, whose cookies are `jar`; record it.
+    async fn act(&self, user: usize, jar: &Mutex<Jar>, action: Action, id: u64) {
         let cookie = jar.lock().await.header();
         let (method, path, body) = match action {
             Action::Login => (
@@ -180,7 +186,7 @@ impl Shared {
                 )
             }
         };
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base(user));
         let mut headers = vec![
             ("host", self.host.as_str()),
             (REHEARSAL_HEADER, self.tag.as_str()),
@@ -226,9 +232,9 @@ impl Shared {
     }
 
     /// Hold `/websocket` open until the end, as an Odoo tab does.
-    async fn hold_websocket(&self, jar: &Mutex<Jar>) {
+    async fn hold_websocket(&self, user: usize, jar: &Mutex<Jar>) {
         use tokio_tungstenite::tungstenite::handshake::client::generate_key;
-        let ws_url = format!("{}/websocket", self.base.replacen("http", "ws", 1));
+        let ws_url = format!("{}/websocket", self.base(user).replacen("http", "ws", 1));
         let cookie = jar.lock().await.header();
         let Ok(req) = http::Request::builder()
             .uri(&ws_url)
@@ -315,7 +321,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         http: http.clone(),
-        base: target.base.clone(),
+        bases: target.bases.clone(),
         host: target.host.clone(),
         tag: scenario.name.clone(),
         start,
@@ -351,10 +357,10 @@ pub async fn run(
             tokio::time::sleep_until(shared.start + offset).await;
             let jar = &jars[i];
             // "Logging in": the web client's first call checks the session.
-            shared.act(jar, Action::Login, i as u64).await;
+            shared.act(i, jar, Action::Login, i as u64).await;
             if fastrand::u32(0..100) < scenario.mix.websocket_percent {
                 let (shared, jars) = (Arc::clone(&shared), Arc::clone(&jars));
-                tokio::spawn(async move { shared.hold_websocket(&jars[i]).await });
+                tokio::spawn(async move { shared.hold_websocket(i, &jars[i]).await });
             }
             if scenario.rate.is_some() {
                 return;
@@ -363,7 +369,7 @@ pub async fn run(
             let mut n = 0u64;
             while Instant::now() < shared.end {
                 n += 1;
-                shared.act(jar, pick(&scenario), (i as u64) << 32 | n).await;
+                shared.act(i, jar, pick(&scenario), (i as u64) << 32 | n).await;
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(lo..=hi))).await;
             }
         }));
@@ -390,7 +396,7 @@ pub async fn run(
                 let active = ((users as f64 * ramped) as usize).clamp(1, users);
                 let user = (n as usize) % active;
                 let (shared, jars, scenario) = (Arc::clone(&shared), Arc::clone(&jars), scenario.clone());
-                running.spawn(async move { shared.act(&jars[user], pick(&scenario), n).await });
+                running.spawn(async move { shared.act(user, &jars[user], pick(&scenario), n).await });
                 while running.try_join_next().is_some() {}
             }
             while running.join_next().await.is_some() {}
@@ -446,7 +452,18 @@ pub async fn run(
                 detail: fault.describe(),
             });
         }
-        if let Ok(t) = http.admin_get(target, &tenant_path).await {
+        // The canary as the fleet serves it: the replica giving it the
+        // most weight (the last to roll it back).
+        let mut view: Option<serde_json::Value> = None;
+        for admin in &target.admins {
+            if let Ok(t) = http.admin_get_at(target, admin, &tenant_path).await {
+                let weight = |v: &serde_json::Value| v["weight"].as_f64().unwrap_or(0.0);
+                if view.as_ref().is_none_or(|v| weight(&t) > weight(v)) {
+                    view = Some(t);
+                }
+            }
+        }
+        if let Some(t) = view {
             let point = Point {
                 t_ms: shared.ms(),
                 weight: t["weight"].as_f64().unwrap_or(0.0),
@@ -506,7 +523,10 @@ pub async fn run(
         record.marks.push(Mark {
             t_ms: unix_ms.saturating_sub(start_unix_ms),
             event: e["event"].as_str().unwrap_or("?").to_owned(),
-            actor: e["actor"].as_str().unwrap_or("?").to_owned(),
+            actor: match e["replica"].as_str() {
+                Some(r) => format!("{} ({r})", e["actor"].as_str().unwrap_or("?")),
+                None => e["actor"].as_str().unwrap_or("?").to_owned(),
+            },
             detail: [after, e["reason"].as_str().unwrap_or_default().to_owned()]
                 .into_iter()
                 .filter(|s| !s.is_empty())
