@@ -50,6 +50,9 @@ pub struct Control {
     fleet: Option<Arc<Link>>,
     /// The fleet's generation as last read or written here.
     fleet_generation: AtomicU64,
+    /// A reload changed canaries: the fleet must hear of them at the next
+    /// sync, although its generation did not move.
+    fleet_dirty: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -255,6 +258,7 @@ impl Control {
             reloads: Arc::default(),
             fleet,
             fleet_generation: AtomicU64::new(0),
+            fleet_dirty: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(inner),
         })
     }
@@ -313,6 +317,12 @@ impl Control {
     /// own analysis then only keeps its windows warm).
     pub fn fleet_judges(&self) -> bool {
         self.fleet.as_ref().is_some_and(|l| l.in_fleet())
+    }
+
+    /// Whether a reload left canaries the fleet has not heard of (cleared
+    /// by the call).
+    pub fn take_fleet_dirty(&self) -> bool {
+        self.fleet_dirty.swap(false, Relaxed)
     }
 
     /// In a fleet, whether its states were read since start (readiness).
@@ -447,25 +457,39 @@ impl Control {
         };
         for _ in 0..3 {
             let state = link.read_state().await?;
-            let Some(generation) = state.generation else {
-                let inner = self.inner.lock().await;
-                if !inner.in_charge {
-                    return Ok(());
+            let known = self.fleet_generation.load(Relaxed);
+            // No fleet in Redis, or an older one than this replica knew (a
+            // Redis that restarted empty, and another replica seeded it
+            // from an older generation): seed it with ours; the highest
+            // generation wins.
+            let generation = match state.generation {
+                Some(g) if g >= known => g,
+                found => {
+                    let mut inner = self.inner.lock().await;
+                    if !inner.in_charge {
+                        return Ok(());
+                    }
+                    let records: Vec<(String, fleet::Record)> = inner
+                        .rollouts
+                        .iter()
+                        .map(|(t, r)| (fleet::field(t, &r.canary_pool), link.record(Actor::File, r)))
+                        .collect();
+                    // Whoever's seed wins, every record is new to us.
+                    inner.revs.clear();
+                    drop(inner);
+                    let won = link.seed(known.max(1), &records).await?;
+                    tracing::warn!(
+                        found = ?found,
+                        generation = known.max(1),
+                        won,
+                        "the fleet's Redis held no canary states, or older ones: seeded from the replicas'"
+                    );
+                    if !won {
+                        // Another replica knew a later generation: take it.
+                        self.fleet_generation.store(0, Relaxed);
+                    }
+                    continue;
                 }
-                let known = self.fleet_generation.load(Relaxed).max(1);
-                let records: Vec<(String, fleet::Record)> = inner
-                    .rollouts
-                    .iter()
-                    .map(|(t, r)| (fleet::field(t, &r.canary_pool), link.record(Actor::File, r)))
-                    .collect();
-                drop(inner);
-                let won = link.seed(known, &records).await?;
-                tracing::warn!(
-                    generation = known,
-                    won,
-                    "the fleet's Redis held no canary states: seeded from the replicas'"
-                );
-                continue;
             };
             self.adopt(&link, generation, state).await?;
             return Ok(());
@@ -533,7 +557,9 @@ impl Control {
                             let _ = link.journal(&lines).await;
                         }
                         Err(FleetError::Unavailable(e)) => return Err(FleetError::Unavailable(e)),
-                        Err(_) => {}
+                        Err(e) => {
+                            tracing::debug!(tenant = %name, error = %e, "a rollback made alone not written yet")
+                        }
                     }
                     continue;
                 }
@@ -542,7 +568,10 @@ impl Control {
                 }
                 inner.pending.remove(name);
             }
-            if inner.revs.get(name) == Some(&stored.rev) && !inner.file_pushes.contains(name) {
+            // Revs only grow: a record read before this replica's own
+            // later write is not taken back.
+            let known_rev = inner.revs.get(name).copied();
+            if known_rev.is_some_and(|r| stored.rev <= r) && !inner.file_pushes.contains(name) {
                 continue;
             }
             let mut adopted = stored.record.rollout.clone();
@@ -571,6 +600,7 @@ impl Control {
                     record: link.record(Actor::File, &adopted),
                 };
                 if let Ok(g) = link.commit(None, None, std::slice::from_ref(&write)).await {
+                    tracing::info!(tenant = %name, weight = t.canary_weight.percent(), "the file's canary weight written to the fleet");
                     inner.revs.insert(name.clone(), g);
                     self.fleet_generation.fetch_max(g, Relaxed);
                     let event = Event {
@@ -702,6 +732,8 @@ impl Control {
                         .filter(|e| e.event == "weight")
                         .filter_map(|e| e.tenant.clone());
                     inner.file_pushes.extend(pushes);
+                    // New canaries, too, are the fleet's to hear of.
+                    self.fleet_dirty.store(true, Relaxed);
                 }
                 events.push(Event {
                     tenant: None,

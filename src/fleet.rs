@@ -136,7 +136,7 @@ impl BackgroundService for FleetService {
         let mut publisher = Publisher::default();
         let mut leader: Option<Leader> = None;
         let mut lease_ok = Instant::now();
-        let mut was_up = false;
+        let mut seen_returns = 0u64;
         let mut refused_logged = false;
         let started_ms = unix_ms();
         let mut served = (Instant::now(), total_requests(&self.control.routes().load()));
@@ -151,17 +151,23 @@ impl BackgroundService for FleetService {
                 }
                 _ = beat.tick() => {
                     // Back from an outage (or the first contact): check the
-                    // key, then take the fleet's states.
-                    if !was_up || link.is_refused() {
+                    // key, then take the fleet's states (and give it the
+                    // rollbacks made alone meanwhile).
+                    let returns = link.returns();
+                    // A refused replica stays out until restarted with the
+                    // fleet's key (were it to check again after Redis lost
+                    // the fingerprint, its own could become the fleet's).
+                    if returns != seen_returns && !link.is_refused() {
                         match link.check_key().await {
-                            Ok(Ok(())) => {
-                                if link.is_up() {
-                                    if let Err(e) = self.control.sync_fleet().await {
-                                        tracing::debug!(error = %e, "fleet sync failed");
-                                    }
+                            Ok(Ok(())) => match self.control.sync_fleet().await {
+                                Ok(()) => {
+                                    seen_returns = returns;
+                                    tracing::info!(replica = link.replica(), "the fleet's Redis answers: canary states synced");
                                 }
-                            }
+                                Err(e) => tracing::debug!(error = %e, "fleet sync failed"),
+                            },
                             Ok(Err(why)) => {
+                                seen_returns = returns;
                                 if !refused_logged {
                                     tracing::error!(reason = %why, "refused by the fleet: this replica judges alone");
                                     refused_logged = true;
@@ -170,7 +176,6 @@ impl BackgroundService for FleetService {
                             Err(_) => {}
                         }
                     }
-                    was_up = link.is_up();
                     match link.lease(LEASE_TTL).await {
                         Ok(Some(token)) => {
                             lease_ok = Instant::now();
@@ -200,7 +205,8 @@ impl BackgroundService for FleetService {
                 }
                 _ = resync.tick() => {
                     if let Ok(generation) = link.generation().await {
-                        if generation != Some(self.control.generation()) || !self.control.fleet_synced().await {
+                        let stale = generation != Some(self.control.generation());
+                        if stale || self.control.take_fleet_dirty() || !self.control.fleet_synced().await {
                             let _ = self.control.sync_fleet().await;
                         }
                     }

@@ -690,3 +690,108 @@ async fn a_client_keeps_its_version_across_replicas_and_another_cookie_key_is_re
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another key than the fleet's"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_made_alone_while_redis_hung_reaches_the_fleet_once_it_answers() {
+    let redis = Redis::start();
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let replicas = start_fleet(&redis, &s, &c, 50.0, 2);
+    formed(&replicas, 2).await;
+    let loads: Vec<_> = replicas
+        .iter()
+        .map(|r| start_load(r.addr, HOST, 40, false))
+        .collect();
+    let served = eventually(10, || async { loads.iter().all(|l| l.get(&l.stats.canary) > 10) }).await;
+    assert!(served);
+    redis.freeze();
+    for r in &replicas {
+        let down = eventually(5, || async {
+            r.metric("fledge_fleet_redis_up").await == Some(0.0)
+        })
+        .await;
+        assert!(down, "a replica still thinks Redis is up");
+    }
+    c.set_knobs(Knobs {
+        error_rate: 0.3,
+        ..Knobs::default()
+    });
+    assert!(
+        eventually(10, || all_in_state(&replicas, "rolled_back")).await,
+        "not rolled back alone"
+    );
+    // While Redis hangs, the fleet's record still says progressing.
+    redis.thaw();
+    let in_fleet = eventually(5, || async {
+        let records = redis.command(&["HGETALL", "{fledge:test}:rollouts"]);
+        records.contains("rolled_back") && !records.contains("progressing")
+    })
+    .await;
+    assert!(
+        in_fleet,
+        "{}",
+        redis.command(&["HGETALL", "{fledge:test}:rollouts"])
+    );
+    // Journaled in the fleet once, by a replica that decided alone.
+    let settled = eventually(3, || async {
+        let journal = fleet_journal(&replicas[0]).await;
+        journal.iter().filter(|e| e["event"] == "rolled_back").count() == 1
+    })
+    .await;
+    assert!(settled, "{:?}", fleet_journal(&replicas[0]).await);
+    // And the fleet acts as one again: a resume on one replica is served by both.
+    let r = replicas[1].admin("POST", "/api/v1/tenants/acme/resume", "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(eventually(2, || all_in_state(&replicas, "progressing")).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_weight_changed_in_the_file_reaches_the_fleet_once() {
+    let redis = Redis::start();
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let replicas = start_fleet(&redis, &s, &c, 50.0, 2);
+    formed(&replicas, 2).await;
+    // A ConfigMap update: every replica's file changes.
+    for r in &replicas {
+        let path = r.config_path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("canary_weight: 50", "canary_weight: 30");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    let applied = eventually(5, || async {
+        for r in &replicas {
+            if tenant(r).await["weight"] != 30.0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(applied, "the file's weight did not reach every replica");
+    // The first replica to sync writes it to the fleet; the other finds it
+    // there (both at the fleet's generation, which the write moved on).
+    let weights = || async {
+        let journal = fleet_journal(&replicas[0]).await;
+        journal
+            .into_iter()
+            .filter(|e| e["event"] == "weight")
+            .collect::<Vec<Value>>()
+    };
+    assert!(eventually(5, || async { !weights().await.is_empty() }).await);
+    let settled = eventually(5, || async {
+        let g = redis.command(&["GET", "{fledge:test}:gen"]);
+        let mut same = true;
+        for r in &replicas {
+            same &= g.contains(&format!("\r\n{}\r\n", fleet(r).await["generation"]));
+        }
+        same
+    })
+    .await;
+    assert!(settled);
+    let w = weights().await;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0]["actor"], "file");
+    assert_eq!(w[0]["after"]["weight"], 30.0);
+}

@@ -133,6 +133,9 @@ pub struct Link {
     client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     up: AtomicBool,
+    /// Moves on every time Redis answers after it did not (or for the
+    /// first time): the fleet service then checks the key and re-reads.
+    returns: AtomicU64,
     failures: AtomicU64,
     /// The cookie key's fingerprint differs from the fleet's: this replica
     /// stays out (judges alone, writes nothing to the fleet).
@@ -274,6 +277,7 @@ impl Link {
             client,
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
+            returns: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             refused: AtomicBool::new(false),
             fingerprint,
@@ -332,6 +336,11 @@ impl Link {
     /// Whether the last call reached Redis.
     pub fn is_up(&self) -> bool {
         self.up.load(Relaxed)
+    }
+
+    /// How many times Redis answered again after it did not.
+    pub fn returns(&self) -> u64 {
+        self.returns.load(Relaxed)
     }
 
     /// Calls that failed, since start.
@@ -442,11 +451,15 @@ impl Link {
     fn settle<T>(&self, r: redis::RedisResult<T>) -> Result<T, FleetError> {
         match r {
             Ok(v) => {
-                self.up.store(true, Relaxed);
+                if !self.up.swap(true, Relaxed) {
+                    self.returns.fetch_add(1, Relaxed);
+                }
                 Ok(v)
             }
             Err(e) => {
-                self.up.store(false, Relaxed);
+                if self.up.swap(false, Relaxed) {
+                    tracing::warn!(replica = %self.replica, error = %e, "the fleet's Redis does not answer: this replica serves its last states and judges alone (it may roll back, never promote)");
+                }
                 self.failures.fetch_add(1, Relaxed);
                 Err(FleetError::Unavailable(e.to_string()))
             }
