@@ -199,6 +199,7 @@ fn existing_target(e: &Existing) -> anyhow::Result<Target> {
     Ok(Target {
         bases: vec![base],
         admins: vec![admin.clone()],
+        down: std::sync::Arc::new(vec![std::sync::atomic::AtomicBool::new(false)]),
         host: e.host.clone().context("--host is needed")?,
         tenant: e.tenant.clone().context("--tenant is needed")?,
         admin,

@@ -135,6 +135,11 @@ pub struct Fault {
     /// The workers crash: they stop accepting and drop what they hold.
     #[serde(default)]
     pub crash: bool,
+    /// With a fleet (`fledge.replicas` > 1): the replica leading it is
+    /// killed (SIGKILL) at this moment too, and its users move to the
+    /// others, as a load balancer would send them.
+    #[serde(default)]
+    pub kill_leader: bool,
     /// Not a fault: reload fledge's config (self-contained: the file is
     /// rewritten and the watcher reloads it; otherwise `POST
     /// /api/v1/reload`), every `every_seconds` until `until_seconds`.
@@ -170,6 +175,9 @@ impl Fault {
             };
         }
         let mut parts = Vec::new();
+        if self.kill_leader {
+            parts.push("fleet leader killed".to_owned());
+        }
         if self.crash {
             parts.push("crash".to_owned());
         }

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -31,6 +33,8 @@ pub struct Target {
     pub bases: Vec<String>,
     /// Every replica's admin listener (the first is `admin`).
     pub admins: Vec<String>,
+    /// Replicas killed by the rehearsal: their users go to the next one.
+    pub down: Arc<Vec<AtomicBool>>,
     /// The admin API's bearer token.
     pub token: String,
     /// The mock workers' knob URLs, by pool.
@@ -188,6 +192,7 @@ impl Target {
             host: HOST.to_owned(),
             tenant: TENANT.to_owned(),
             admin: admins[0].clone(),
+            down: Arc::new(bases.iter().map(|_| AtomicBool::new(false)).collect()),
             bases,
             admins,
             token,
@@ -263,6 +268,9 @@ impl Target {
                 .await
                 .with_context(|| format!("cannot set the knobs at {url}"))?;
         }
+        if fault.kill_leader {
+            self.kill_leader(http).await?;
+        }
         // ... and, where we own them, they stop accepting too.
         if let (true, Some(local)) = (fault.crash, &self.local) {
             let crashed: Vec<&MockOdoo> = match fault.pool {
@@ -271,6 +279,27 @@ impl Target {
                 Pool::Both => local.canary.iter().chain(&local.stable).collect(),
             };
             crashed.iter().for_each(|m| m.stop());
+        }
+        Ok(())
+    }
+
+    /// Kill the fleet's leader (self-contained runs only) and send its
+    /// users elsewhere.
+    async fn kill_leader(&mut self, http: &Http) -> anyhow::Result<()> {
+        let fleet = http.admin_get(self, "/api/v1/fleet").await.context("kill_leader needs a fleet")?;
+        let leader = fleet["leader"].as_str().context("the fleet has no leader")?;
+        let i: usize = leader
+            .strip_prefix("replica-")
+            .and_then(|i| i.parse().ok())
+            .with_context(|| format!("leader `{leader}` is not one of this rehearsal's replicas"))?;
+        let local = self.local.as_mut().context("kill_leader needs a self-contained rehearsal")?;
+        local.fledge[i].start_kill()?;
+        self.down[i].store(true, Relaxed);
+        if i == 0 {
+            // The admin API to ask from now on.
+            if let Some(j) = (1..self.admins.len()).find(|j| !self.down[*j].load(Relaxed)) {
+                self.admin = self.admins[j].clone();
+            }
         }
         Ok(())
     }

@@ -118,8 +118,10 @@ impl Jar {
 /// What every user task shares.
 struct Shared {
     http: Http,
-    /// Every replica's proxy; user `i` goes to `bases[i % len]`.
+    /// Every replica's proxy; user `i` goes to `bases[i % len]`, or the
+    /// next one up when that one was killed.
     bases: Vec<String>,
+    down: Arc<Vec<std::sync::atomic::AtomicBool>>,
     host: String,
     tag: String,
     start: Instant,
@@ -146,7 +148,11 @@ impl Shared {
 
     /// The proxy user `user` goes to (a fleet's replicas share users).
     fn base(&self, user: usize) -> &str {
-        &self.bases[user % self.bases.len()]
+        let n = self.bases.len();
+        (0..n)
+            .map(|k| (user + k) % n)
+            .find(|i| !self.down[*i].load(Relaxed))
+            .map_or(&self.bases[user % n], |i| &self.bases[i])
     }
 
     /// Send one action for user `user`, whose cookies are `jar`; record it.
@@ -322,6 +328,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         http: http.clone(),
         bases: target.bases.clone(),
+        down: Arc::clone(&target.down),
         host: target.host.clone(),
         tag: scenario.name.clone(),
         start,
@@ -455,7 +462,10 @@ pub async fn run(
         // The canary as the fleet serves it: the replica giving it the
         // most weight (the last to roll it back).
         let mut view: Option<serde_json::Value> = None;
-        for admin in &target.admins {
+        for (i, admin) in target.admins.iter().enumerate() {
+            if target.down[i].load(Relaxed) {
+                continue;
+            }
             if let Ok(t) = http.admin_get_at(target, admin, &tenant_path).await {
                 let weight = |v: &serde_json::Value| v["weight"].as_f64().unwrap_or(0.0);
                 if view.as_ref().is_none_or(|v| weight(&t) > weight(v)) {
