@@ -144,9 +144,13 @@ impl BackgroundService for AnalysisService {
             let table = self.control.routes().load_full();
             // In a fleet whose Redis answers, the leader judges the fleet's
             // traffic (`crate::fleet`); this loop keeps its windows warm for
-            // when Redis does not, and leaves the verdict metric to it.
-            let fleet_judges = self.control.fleet_judges();
-            let mut judgements = analyzer.tick(&table, !fleet_judges);
+            // when Redis does not. The verdict metric is the leader's
+            // fleet-wide one on the leader, this replica's own elsewhere.
+            let leads = self
+                .control
+                .fleet()
+                .is_some_and(|l| l.is_leader() && l.in_fleet());
+            let mut judgements = analyzer.tick(&table, !leads);
             drop(table);
             // A quiet canary still inconclusive changes nothing: spare the
             // control plane's lock and lookups for it (10 000 canaries, ten

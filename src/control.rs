@@ -313,12 +313,6 @@ impl Control {
         self.fleet.as_ref()
     }
 
-    /// Whether a fleet's leader judges this replica's canaries now (its
-    /// own analysis then only keeps its windows warm).
-    pub fn fleet_judges(&self) -> bool {
-        self.fleet.as_ref().is_some_and(|l| l.in_fleet())
-    }
-
     /// Whether a reload left canaries the fleet has not heard of (cleared
     /// by the call).
     pub fn take_fleet_dirty(&self) -> bool {

@@ -83,6 +83,11 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The milliseconds of a stream entry id (`ms-seq`).
+fn stream_ms(id: &str) -> u64 {
+    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+}
+
 /// The background service keeping this replica in its fleet.
 pub struct FleetService {
     control: Arc<Control>,
@@ -267,17 +272,16 @@ impl FleetService {
 
 /// Every request this replica served, both versions of every tenant.
 fn total_requests(table: &RouteTable) -> u64 {
+    use crate::metrics::VersionStats;
     table
         .tenants()
         .iter()
         .map(|t| {
             let s = t.stats();
-            let canary = if t.canary().is_some() {
-                s.snapshot(Version::Canary).requests()
-            } else {
-                0
-            };
-            s.snapshot(Version::Stable).requests() + canary
+            [Version::Stable, Version::Canary]
+                .into_iter()
+                .map(|v| s.served(v).map_or(0, VersionStats::requests))
+                .sum::<u64>()
         })
         .sum()
 }
@@ -385,13 +389,18 @@ impl Leader {
         if !live.iter().any(|id| id == link.replica()) {
             live.push(link.replica().to_owned());
         }
-        // A replica that stopped publishing drops out of the sum.
-        self.cursors.retain(|id, _| live.contains(id));
+        // A replica that stopped publishing drops out of the sum: only live
+        // ones are read. One that comes back is read from where it was left,
+        // or from a second ago if that is later (never an old lump, never
+        // an entry twice).
         let from = format!("{}-0", now_ms.saturating_sub(READ_BACK.as_millis() as u64));
         let streams: Vec<(String, String)> = live
             .iter()
             .map(|id| {
                 let cursor = self.cursors.entry(id.clone()).or_insert_with(|| from.clone());
+                if stream_ms(cursor) < stream_ms(&from) {
+                    cursor.clone_from(&from);
+                }
                 (link.figures_key(id), cursor.clone())
             })
             .collect();

@@ -142,6 +142,12 @@ impl VersionStats {
         std::array::from_fn(|i| self.rehearsal[i].load(Relaxed))
     }
 
+    /// Requests counted so far, every outcome: a few loads, no copy of
+    /// the rest (a fleet's heartbeat sums them over every tenant).
+    pub fn requests(&self) -> u64 {
+        self.outcomes.iter().map(|o| o.load(Relaxed)).sum()
+    }
+
     /// Read every counter (each atomically; not all at one instant).
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {

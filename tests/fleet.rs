@@ -458,8 +458,15 @@ async fn a_deposed_leaders_write_is_refused() {
     let old = a.lease(ttl).await.unwrap().expect("a takes the free lease");
     assert_eq!(b.lease(ttl).await.unwrap(), None, "b cannot while a holds it");
     // a stalls past its lease; b takes it with a larger token.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let new = b.lease(ttl).await.unwrap().expect("b takes the lapsed lease");
+    let mut new = None;
+    for _ in 0..40 {
+        new = b.lease(ttl).await.unwrap();
+        if new.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new = new.expect("b takes the lapsed lease");
     assert!(new > old);
     let rollout = fledge::analysis::rollout::Rollout::start("v18", Default::default(), None);
     let write = |link: &Link| Write {

@@ -286,13 +286,19 @@ impl Target {
     /// Kill the fleet's leader (self-contained runs only) and send its
     /// users elsewhere.
     async fn kill_leader(&mut self, http: &Http) -> anyhow::Result<()> {
-        let fleet = http.admin_get(self, "/api/v1/fleet").await.context("kill_leader needs a fleet")?;
+        let fleet = http
+            .admin_get(self, "/api/v1/fleet")
+            .await
+            .context("kill_leader needs a fleet")?;
         let leader = fleet["leader"].as_str().context("the fleet has no leader")?;
         let i: usize = leader
             .strip_prefix("replica-")
             .and_then(|i| i.parse().ok())
             .with_context(|| format!("leader `{leader}` is not one of this rehearsal's replicas"))?;
-        let local = self.local.as_mut().context("kill_leader needs a self-contained rehearsal")?;
+        let local = self
+            .local
+            .as_mut()
+            .context("kill_leader needs a self-contained rehearsal")?;
         local.fledge[i].start_kill()?;
         self.down[i].store(true, Relaxed);
         if i == 0 {

@@ -129,3 +129,36 @@ fn a_missing_file_is_refused_with_its_name() {
         "{err}"
     );
 }
+
+#[test]
+fn a_fleet_is_read_with_its_defaults() {
+    let text = r#"listen: "127.0.0.1:8080"
+cookies: { secret_env: FLEDGE_COOKIE_SECRET }
+fleet:
+  redis_url: "rediss://redis.example.com:6380/2"
+  name: "edge-eu1"
+pools:
+  v17: { workers: ["127.0.0.1:18069"] }
+tenants:
+  acme: { hosts: ["acme.example.com"], stable: v17 }
+"#;
+    let c = parse(text, "fleet.yaml").unwrap();
+    let f = c.fleet.expect("a fleet");
+    assert_eq!(
+        (f.redis_url.as_str(), f.name.as_str()),
+        ("rediss://redis.example.com:6380/2", "edge-eu1")
+    );
+    assert_eq!(f.replica_timeout, std::time::Duration::from_secs(3));
+    // The host name by default: never empty, always a valid id.
+    assert!(!f.replica_id.is_empty());
+    let bad_id = text.replace("name: \"edge-eu1\"", "name: \"edge eu1\"\n  replica_id: \"a/b\"");
+    let err = parse(&bad_id, "fleet.yaml").unwrap_err().to_string();
+    assert!(err.contains("fleet.name: must be 1 to 64 letters"), "{err}");
+    assert!(err.contains("fleet.replica_id: `a/b` must be"), "{err}");
+    // Without `fleet:` nothing of it exists.
+    let alone = text.replace(
+        "fleet:\n  redis_url: \"rediss://redis.example.com:6380/2\"\n  name: \"edge-eu1\"\n",
+        "",
+    );
+    assert!(parse(&alone, "fleet.yaml").unwrap().fleet.is_none());
+}

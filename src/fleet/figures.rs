@@ -10,8 +10,9 @@
 //! requests in a tick touches two or three of the ~60 counters, and only
 //! those are written (`index:value` pairs), which keeps 100 busy canaries
 //! on three replicas far under a megabyte a second (`docs/fleet.md`).
-//! A lost difference loses that tick's requests, never more: the next one
-//! is taken against the snapshot last *published*, not last read.
+//! A difference Redis does not take is dropped, not carried over: figures
+//! are about now, and an outage's traffic in one entry would look like a
+//! burst.
 
 use std::fmt::Write as _;
 
@@ -26,12 +27,7 @@ const FIELDS: usize = SUM_AT + 1;
 
 /// A snapshot of nothing.
 pub fn zero() -> Snapshot {
-    Snapshot {
-        outcomes: [0; OUTCOMES],
-        failing_clients: [0; CLIENT_GROUPS],
-        latency: [0; LATENCY_BUCKETS],
-        latency_sum_us: 0,
-    }
+    Snapshot::default()
 }
 
 /// The flat counter `i` of `s` minus that of `old` (client groups wrap at
