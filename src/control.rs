@@ -313,6 +313,13 @@ impl Control {
         self.fleet.as_ref()
     }
 
+    /// Whether this process decides (not a standby waiting for the
+    /// sockets, nor one that handed them over): only such a process speaks
+    /// for its replica in the fleet.
+    pub async fn in_charge(&self) -> bool {
+        self.inner.lock().await.in_charge
+    }
+
     /// Whether a reload left canaries the fleet has not heard of (cleared
     /// by the call).
     pub fn take_fleet_dirty(&self) -> bool {

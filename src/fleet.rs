@@ -148,6 +148,15 @@ impl BackgroundService for FleetService {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    // During a graceful upgrade two processes share this
+                    // replica's id: only the one in charge speaks for it.
+                    if !self.control.in_charge().await {
+                        if let Some(l) = leader.take() {
+                            let _ = link.release(l.token).await;
+                            link.set_leader(false);
+                        }
+                        continue;
+                    }
                     let table = self.control.routes().load_full();
                     publisher.publish(link, &table).await;
                     if let Some(l) = leader.as_mut() {
@@ -155,6 +164,9 @@ impl BackgroundService for FleetService {
                     }
                 }
                 _ = beat.tick() => {
+                    if !self.control.in_charge().await {
+                        continue;
+                    }
                     // Back from an outage (or the first contact): check the
                     // key, then take the fleet's states (and give it the
                     // rollbacks made alone meanwhile).

@@ -533,15 +533,19 @@ pub async fn run(
         record.marks.push(Mark {
             t_ms: unix_ms.saturating_sub(start_unix_ms),
             event: e["event"].as_str().unwrap_or("?").to_owned(),
-            actor: match e["replica"].as_str() {
-                Some(r) => format!("{} ({r})", e["actor"].as_str().unwrap_or("?")),
-                None => e["actor"].as_str().unwrap_or("?").to_owned(),
-            },
-            detail: [after, e["reason"].as_str().unwrap_or_default().to_owned()]
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join("; "),
+            actor: e["actor"].as_str().unwrap_or("?").to_owned(),
+            detail: [
+                after,
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["replica"]
+                    .as_str()
+                    .map(|r| format!("by {r}"))
+                    .unwrap_or_default(),
+            ]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
         });
     }
     record.marks.sort_by_key(|m| m.t_ms);
