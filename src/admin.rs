@@ -366,7 +366,7 @@ impl Admin {
     fn fleet(&self) -> Option<Value> {
         let link = self.control.fleet()?;
         let view = link.view();
-        let now = crate::fleet::unix_ms();
+        let now = view.redis_now_ms();
         let timeout = link.replica_timeout().as_millis() as u64;
         let mut total_rps = 0.0;
         let mut live = 0;

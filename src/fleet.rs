@@ -61,10 +61,10 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 /// How often the fleet's generation is read, besides the pub/sub hints.
 pub const RESYNC: Duration = Duration::from_secs(1);
 
-/// How far back a new leader reads the replicas' figures: the last second
-/// of evidence, so a leader killed during an incident does not cost its
-/// successor a second of gathering.
-const READ_BACK: Duration = Duration::from_secs(1);
+/// How far back a new leader reads each replica's figures, in entries (one
+/// a tick): the last second of evidence, so a leader killed during an
+/// incident does not cost its successor a second of gathering.
+const READ_BACK_TICKS: usize = 10;
 
 /// A replica silent for this many replica timeouts is forgotten (its
 /// heartbeat and figures deleted).
@@ -83,9 +83,10 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The milliseconds of a stream entry id (`ms-seq`).
-fn stream_ms(id: &str) -> u64 {
-    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+/// A stream entry id (`ms-seq`) as numbers, to compare.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// The background service keeping this replica in its fleet.
@@ -111,6 +112,8 @@ struct Leader {
     sums: HashMap<String, (Snapshot, Snapshot)>,
     /// Last entry read of each replica's figures stream.
     cursors: HashMap<String, String>,
+    /// The replicas read at the last tick.
+    live: Vec<String>,
     last: Instant,
 }
 
@@ -249,18 +252,19 @@ impl BackgroundService for FleetService {
 impl FleetService {
     async fn heartbeat(&self, started_ms: u64, requests_per_second: f64, leader: bool) {
         let link = &self.link;
-        let now = unix_ms();
         let beat = Heartbeat {
-            seen_ms: now,
+            seen_ms: 0,
             started_ms,
             requests_per_second,
             leader,
         };
-        let Ok(all) = link.heartbeat(&beat).await else {
+        let Ok(mut view) = link.heartbeat(&beat).await else {
             return;
         };
+        let now = view.redis_now_ms;
         let forget_ms = link.replica_timeout().as_millis() as u64 * FORGET_AFTER_TIMEOUTS;
-        let gone: Vec<String> = all
+        let gone: Vec<String> = view
+            .replicas
             .iter()
             .filter(|(_, h)| now.saturating_sub(h.seen_ms) > forget_ms)
             .map(|(id, _)| id.clone())
@@ -268,17 +272,12 @@ impl FleetService {
         if leader && !gone.is_empty() {
             let _ = link.forget(&gone).await;
         }
-        let mut replicas: Vec<(String, Heartbeat)> =
-            all.into_iter().filter(|(id, _)| !gone.contains(id)).collect();
-        replicas.sort_by(|a, b| a.0.cmp(&b.0));
-        let leader_id = match link.leader().await {
+        view.replicas.retain(|(id, _)| !gone.contains(id));
+        view.leader = match link.leader().await {
             Ok(l) => l,
             Err(_) => link.view().leader.clone(),
         };
-        link.set_view(FleetView {
-            replicas,
-            leader: leader_id,
-        });
+        link.set_view(view);
     }
 }
 
@@ -389,6 +388,7 @@ impl Leader {
             analyzer: Analyzer::default(),
             sums: HashMap::new(),
             cursors: HashMap::new(),
+            live: Vec::new(),
             last: Instant::now(),
         }
     }
@@ -396,25 +396,30 @@ impl Leader {
     /// Read every live replica's new figures, add them up, and judge the
     /// fleet's canaries on the sums.
     async fn judge(&mut self, control: &Control, link: &Link, table: &RouteTable) {
-        let now_ms = unix_ms();
-        let mut live: Vec<String> = link.live(now_ms).into_iter().map(|(id, _)| id).collect();
+        let mut live: Vec<String> = link.live().into_iter().map(|(id, _)| id).collect();
         if !live.iter().any(|id| id == link.replica()) {
             live.push(link.replica().to_owned());
         }
         // A replica that stopped publishing drops out of the sum: only live
-        // ones are read. One that comes back is read from where it was left,
-        // or from a second ago if that is later (never an old lump, never
-        // an entry twice).
-        let from = format!("{}-0", now_ms.saturating_sub(READ_BACK.as_millis() as u64));
+        // ones are read. One seen for the first time, or back after it was
+        // gone, is read from its last second of entries (never from an
+        // entry already read).
+        for id in &live {
+            if self.live.contains(id) {
+                continue;
+            }
+            let Ok(recent) = link.recent_cursor(id, READ_BACK_TICKS).await else {
+                return;
+            };
+            let cursor = self.cursors.entry(id.clone()).or_insert_with(|| recent.clone());
+            if stream_id(cursor) < stream_id(&recent) {
+                *cursor = recent;
+            }
+        }
+        self.live.clone_from(&live);
         let streams: Vec<(String, String)> = live
             .iter()
-            .map(|id| {
-                let cursor = self.cursors.entry(id.clone()).or_insert_with(|| from.clone());
-                if stream_ms(cursor) < stream_ms(&from) {
-                    cursor.clone_from(&from);
-                }
-                (link.figures_key(id), cursor.clone())
-            })
+            .map(|id| (link.figures_key(id), self.cursors[id].clone()))
             .collect();
         let reply = match link.read_figures(&streams).await {
             Ok(r) => r,
@@ -512,7 +517,7 @@ impl prometheus::core::Collector for FleetExporter {
         use crate::metrics::{counter, family, gauge};
         use prometheus::proto::MetricType;
         let link = &self.link;
-        let live = link.live(unix_ms()).len().max(1);
+        let live = link.live().len().max(1);
         let (fleet, local) = link.decisions();
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let help = |i: usize| &self.descs[i].help;

@@ -114,7 +114,8 @@ pub struct Write {
 /// A replica's heartbeat in `…:replicas`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Heartbeat {
-    /// When it was written, Unix ms.
+    /// When it was written, Unix ms on Redis's clock (set by Redis).
+    #[serde(default, skip_serializing)]
     pub seen_ms: u64,
     /// When the replica started, Unix ms.
     pub started_ms: u64,
@@ -155,6 +156,19 @@ pub struct FleetView {
     pub replicas: Vec<(String, Heartbeat)>,
     /// Who holds the lease.
     pub leader: Option<String>,
+    /// Redis's clock when this was read, Unix ms.
+    pub redis_now_ms: u64,
+    /// When this was read.
+    pub read_at: Option<tokio::time::Instant>,
+}
+
+impl FleetView {
+    /// Redis's clock now, as far as this view tells (its reading plus the
+    /// time since).
+    pub fn redis_now_ms(&self) -> u64 {
+        let since = self.read_at.map_or(0, |t| t.elapsed().as_millis() as u64);
+        self.redis_now_ms + since
+    }
 }
 
 struct Keys {
@@ -232,6 +246,22 @@ end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
 return token
+",
+    )
+});
+
+/// Write a replica's heartbeat stamped with Redis's clock (the replicas'
+/// clocks may disagree; ages are measured on one), and read everyone's.
+/// Returns `{now_ms, field, value, field, value, …}`.
+static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], now .. '|' .. ARGV[2])
+local all = redis.call('HGETALL', KEYS[1])
+table.insert(all, 1, tostring(now))
+return all
 ",
     )
 });
@@ -407,11 +437,12 @@ impl Link {
         self.view.store(Arc::new(view));
     }
 
-    /// The replicas seen within the replica timeout at `now_ms`.
-    pub fn live(&self, now_ms: u64) -> Vec<(String, Heartbeat)> {
+    /// The replicas seen within the replica timeout (on Redis's clock).
+    pub fn live(&self) -> Vec<(String, Heartbeat)> {
         let timeout = self.replica_timeout.as_millis() as u64;
-        self.view()
-            .replicas
+        let view = self.view();
+        let now_ms = view.redis_now_ms();
+        view.replicas
             .iter()
             .filter(|(_, h)| now_ms.saturating_sub(h.seen_ms) <= timeout)
             .cloned()
@@ -618,22 +649,36 @@ impl Link {
         Ok(value.and_then(|v| v.rsplit_once(' ').map(|(id, _)| id.to_owned())))
     }
 
-    /// Write this replica's heartbeat, and read everyone's.
-    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<HashMap<String, Heartbeat>, FleetError> {
+    /// Write this replica's heartbeat, and read everyone's; `seen_ms` of
+    /// each is Redis's clock when written, and the view's `redis_now_ms`
+    /// Redis's clock now.
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<FleetView, FleetError> {
         let json = serde_json::to_string(beat).map_err(|e| FleetError::Unavailable(e.to_string()))?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&self.keys.replicas)
-            .arg(&self.replica)
-            .arg(json)
-            .ignore()
-            .cmd("HGETALL")
-            .arg(&self.keys.replicas);
-        let (all,): (HashMap<String, String>,) = self.run_pipe(&pipe).await?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(id, v)| Some((id, serde_json::from_str(&v).ok()?)))
-            .collect())
+        let mut call = HEARTBEAT.prepare_invoke();
+        call.key(&self.keys.replicas).arg(&self.replica).arg(json);
+        let mut conn = self.connection()?;
+        let reply: Vec<String> = self.settle(call.invoke_async(&mut conn).await)?;
+        let read_at = tokio::time::Instant::now();
+        let mut it = reply.into_iter();
+        let redis_now_ms = it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let mut replicas = Vec::new();
+        while let (Some(id), Some(value)) = (it.next(), it.next()) {
+            let parsed = value.split_once('|').and_then(|(ms, json)| {
+                let mut h: Heartbeat = serde_json::from_str(json).ok()?;
+                h.seen_ms = ms.parse().ok()?;
+                Some(h)
+            });
+            if let Some(h) = parsed {
+                replicas.push((id, h));
+            }
+        }
+        replicas.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(FleetView {
+            replicas,
+            leader: None,
+            redis_now_ms,
+            read_at: Some(read_at),
+        })
     }
 
     /// Forget replicas gone for long (their heartbeats and figures).
@@ -661,6 +706,23 @@ impl Link {
             cmd.arg(*k).arg(*v);
         }
         self.run::<String>(&cmd).await.map(drop)
+    }
+
+    /// The id after which `replica`'s newest `n` figures entries lie ("0-0"
+    /// when it has fewer): where a new leader starts reading it. Taken
+    /// from the stream itself, so the replicas' clocks do not matter.
+    pub async fn recent_cursor(&self, replica: &str, n: usize) -> Result<String, FleetError> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(self.figures_key(replica))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(n + 1);
+        let reply: StreamRangeReply = self.run(&cmd).await?;
+        Ok(match reply.ids.get(n) {
+            Some(id) => id.id.clone(),
+            None => "0-0".to_owned(),
+        })
     }
 
     /// Figures of the given streams after the given ids, in one call.
