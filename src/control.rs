@@ -73,9 +73,10 @@ struct Inner {
     /// In a fleet: the fleet generation each tenant's state was last
     /// written at, as this replica read or wrote it.
     revs: HashMap<String, u64>,
-    /// Rollbacks made alone (Redis away), by tenant, with the rev they
-    /// were made from: written to the fleet on reconnect.
-    pending: BTreeMap<String, u64>,
+    /// Rollbacks made alone (Redis away), by tenant, with what they were
+    /// made from: written to the fleet on reconnect. Kept in
+    /// `state_dir/fleet-pending.json`, so a restart meanwhile loses none.
+    pending: BTreeMap<String, store::Pending>,
     /// Tenants whose weight this replica's file changed (a reload): the
     /// fleet's state takes it at the next sync.
     file_pushes: BTreeSet<String>,
@@ -229,6 +230,11 @@ impl Control {
             None => None,
         };
         let config_fleet = config.fleet.clone();
+        let pending = if config_fleet.is_some() {
+            store.load_pending()
+        } else {
+            BTreeMap::new()
+        };
         let cookie_key = Arc::new(cookie_key);
         let (rollouts, events) = reconcile(&config, previous, distrust.as_deref(), Actor::File);
         let table = RouteTable::build(&config, Arc::clone(&cookie_key), None, &rollouts);
@@ -242,7 +248,7 @@ impl Control {
             in_charge,
             replica: config_fleet.as_ref().map(|f| f.replica_id.clone()),
             revs: HashMap::new(),
-            pending: BTreeMap::new(),
+            pending,
             file_pushes: BTreeSet::new(),
             synced: false,
         };
@@ -377,9 +383,14 @@ impl Control {
             let Some(decision) = decide(&config, j, rollout, elapsed, !alone) else {
                 continue;
             };
+            // Alone, a decision is a rollback, which moved the generation on.
+            let made_from = rollout.generation.wrapping_sub(1);
             self.count_decision(&j.tenant, &decision.change, Origin::Local);
             if alone {
-                let base = inner.revs.get(&*j.tenant).copied().unwrap_or(0);
+                let base = store::Pending {
+                    rev: inner.revs.get(&*j.tenant).copied().unwrap_or(0),
+                    generation: made_from,
+                };
                 inner.pending.insert(j.tenant.to_string(), base);
             }
             events.push(decision.event);
@@ -389,6 +400,9 @@ impl Control {
         }
         inner.record(&events);
         inner.save();
+        if alone {
+            inner.save_pending();
+        }
         self.publish(&inner);
     }
 
@@ -436,6 +450,10 @@ impl Control {
                     tracing::info!(tenant = %j.tenant, "fleet decision refused: this replica no longer leads");
                     return;
                 }
+                Err(FleetError::Unavailable(e)) => {
+                    tracing::debug!(error = %e, "fleet decisions not written: Redis does not answer");
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(tenant = %j.tenant, error = %e, "fleet decision not written: judged again next tick");
                 }
@@ -446,23 +464,24 @@ impl Control {
     /// In a fleet: read the fleet's canary states and make this replica's
     /// agree. A state another replica or operator changed is taken as is;
     /// a canary the fleet does not know yet is written to it; a rollback
-    /// this replica made alone while Redis was away is written unless an
-    /// operator changed that canary later (by generation: the fleet's
-    /// record is an operator's, written after the state the rollback was
-    /// made from); a Redis that holds no fleet at all (first start, or
-    /// restarted empty) is seeded with this replica's states at the
-    /// generation it knew, the highest generation winning.
+    /// this replica made alone while Redis was away is written unless the
+    /// fleet's canary was changed since by an operator (the fleet's record
+    /// is an operator's, written after the state the rollback was made
+    /// from, or the canary was resumed: its rollout generation moved); a
+    /// Redis that holds no fleet (first start, or restarted empty) is
+    /// seeded with this replica's states at the generation it knew, the
+    /// highest generation winning among seeds (never over a write made
+    /// since).
     pub async fn sync_fleet(&self) -> Result<(), FleetError> {
         let Some(link) = self.fleet.clone() else {
             return Ok(());
         };
+        if link.is_refused() {
+            return Ok(());
+        }
         for _ in 0..3 {
             let state = link.read_state().await?;
             let known = self.fleet_generation.load(Relaxed);
-            // No fleet in Redis, or an older one than this replica knew (a
-            // Redis that restarted empty, and another replica seeded it
-            // from an older generation): seed it with ours; the highest
-            // generation wins.
             let generation = match state.generation {
                 Some(g) if g >= known => g,
                 found => {
@@ -475,7 +494,8 @@ impl Control {
                         .iter()
                         .map(|(t, r)| (fleet::field(t, &r.canary_pool), link.record(Actor::File, r)))
                         .collect();
-                    // Whoever's seed wins, every record is new to us.
+                    // Whoever's seed wins, this is a new history: every
+                    // record is new to us.
                     inner.revs.clear();
                     drop(inner);
                     let won = link.seed(known.max(1), &records).await?;
@@ -486,14 +506,13 @@ impl Control {
                         "the fleet's Redis held no canary states, or older ones: seeded from the replicas'"
                     );
                     if !won {
-                        // Another replica knew a later generation: take it.
+                        // Another replica's seed, or writes since it: take it.
                         self.fleet_generation.store(0, Relaxed);
                     }
                     continue;
                 }
             };
-            self.adopt(&link, generation, state).await?;
-            return Ok(());
+            return self.adopt(&link, generation, state).await;
         }
         Ok(())
     }
@@ -505,6 +524,10 @@ impl Control {
         }
         let config = Arc::clone(&inner.config);
         let mut changed = false;
+        let mut pending_changed = false;
+        // Redis stopped answering halfway: what was taken so far is still
+        // published, and the next sync does the rest.
+        let mut failure = None;
         for (name, t) in &config.tenants {
             let Some(pool) = &t.canary else {
                 continue;
@@ -520,16 +543,24 @@ impl Control {
                     expected_rev: 0,
                     record: link.record(Actor::File, &local),
                 };
-                if let Ok(g) = link.commit(None, None, std::slice::from_ref(&write)).await {
-                    inner.revs.insert(name.clone(), g);
-                    self.fleet_generation.fetch_max(g, Relaxed);
+                match link.commit(None, None, std::slice::from_ref(&write)).await {
+                    Ok(g) => {
+                        inner.revs.insert(name.clone(), g);
+                        self.fleet_generation.fetch_max(g, Relaxed);
+                    }
+                    Err(e @ FleetError::Unavailable(_)) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    Err(_) => {}
                 }
                 continue;
             };
             if let Some(&base) = inner.pending.get(name) {
-                let fleet_state = stored.record.rollout.state;
-                let operator_later = stored.record.actor == Actor::Api.as_str() && stored.rev > base;
-                if fleet_state != RolloutState::RolledBack && !operator_later {
+                let fleet_rollout = &stored.record.rollout;
+                let operator_later = (stored.record.actor == Actor::Api.as_str() && stored.rev > base.rev)
+                    || fleet_rollout.generation != base.generation;
+                if fleet_rollout.state != RolloutState::RolledBack && !operator_later {
                     let write = Write {
                         field,
                         expected_rev: stored.rev,
@@ -538,6 +569,7 @@ impl Control {
                     match link.commit(None, None, std::slice::from_ref(&write)).await {
                         Ok(g) => {
                             inner.pending.remove(name);
+                            pending_changed = true;
                             inner.revs.insert(name.clone(), g);
                             self.fleet_generation.fetch_max(g, Relaxed);
                             tracing::warn!(tenant = %name, "a rollback made while the fleet's Redis was away now applies to the fleet");
@@ -546,10 +578,7 @@ impl Control {
                                 canary: Some(pool.clone()),
                                 event: "rolled_back",
                                 actor: Actor::Auto,
-                                before: Some(Position::new(
-                                    stored.record.rollout.state,
-                                    stored.record.rollout.weight,
-                                )),
+                                before: Some(Position::new(fleet_rollout.state, fleet_rollout.weight)),
                                 after: Some(Position::new(local.state, local.weight)),
                                 reason: local.reason.clone(),
                                 figures: local.figures.clone(),
@@ -557,7 +586,10 @@ impl Control {
                             let lines = inner.record(std::slice::from_ref(&event));
                             let _ = link.journal(&lines).await;
                         }
-                        Err(FleetError::Unavailable(e)) => return Err(FleetError::Unavailable(e)),
+                        Err(e @ FleetError::Unavailable(_)) => {
+                            failure = Some(e);
+                            break;
+                        }
                         Err(e) => {
                             tracing::debug!(tenant = %name, error = %e, "a rollback made alone not written yet")
                         }
@@ -565,9 +597,10 @@ impl Control {
                     continue;
                 }
                 if operator_later {
-                    tracing::warn!(tenant = %name, "a rollback made while the fleet's Redis was away is superseded: an operator changed the canary later");
+                    tracing::warn!(tenant = %name, "a rollback made while the fleet's Redis was away is superseded: an operator changed the canary since");
                 }
                 inner.pending.remove(name);
+                pending_changed = true;
             }
             // Revs only grow: a record read before this replica's own
             // later write is not taken back.
@@ -581,55 +614,75 @@ impl Control {
                 adopted.breaches = local.breaches;
                 adopted.since_breach = local.since_breach;
             }
-            if adopted != local {
-                changed = true;
-            }
-            inner.revs.insert(name.clone(), stored.rev);
+            let mut rev = stored.rev;
             // This replica's file changed the weight (a reload): the fleet's
             // state takes it, as an operator's change would.
             if inner.file_pushes.remove(name)
                 && adopted.file_weight != t.canary_weight
                 && matches!(adopted.state, RolloutState::Progressing | RolloutState::Paused)
             {
-                let before = Position::new(adopted.state, adopted.weight);
-                adopted.file_weight = t.canary_weight;
-                adopted.weight = t.canary_weight;
-                adopted.step = None;
+                let mut pushed = adopted.clone();
+                pushed.file_weight = t.canary_weight;
+                pushed.weight = t.canary_weight;
+                pushed.step = None;
                 let write = Write {
                     field: field.clone(),
                     expected_rev: stored.rev,
-                    record: link.record(Actor::File, &adopted),
+                    record: link.record(Actor::File, &pushed),
                 };
-                if let Ok(g) = link.commit(None, None, std::slice::from_ref(&write)).await {
-                    tracing::info!(tenant = %name, weight = t.canary_weight.percent(), "the file's canary weight written to the fleet");
-                    inner.revs.insert(name.clone(), g);
-                    self.fleet_generation.fetch_max(g, Relaxed);
-                    let event = Event {
-                        tenant: Some(name.clone()),
-                        canary: Some(pool.clone()),
-                        event: "weight",
-                        actor: Actor::File,
-                        before: Some(before),
-                        after: Some(Position::new(adopted.state, adopted.weight)),
-                        reason: None,
-                        figures: None,
-                    };
-                    let lines = inner.record(std::slice::from_ref(&event));
-                    let _ = link.journal(&lines).await;
-                    changed = true;
-                } else {
-                    continue;
+                match link.commit(None, None, std::slice::from_ref(&write)).await {
+                    Ok(g) => {
+                        tracing::info!(tenant = %name, weight = t.canary_weight.percent(), "the file's canary weight written to the fleet");
+                        self.fleet_generation.fetch_max(g, Relaxed);
+                        let event = Event {
+                            tenant: Some(name.clone()),
+                            canary: Some(pool.clone()),
+                            event: "weight",
+                            actor: Actor::File,
+                            before: Some(Position::new(adopted.state, adopted.weight)),
+                            after: Some(Position::new(pushed.state, pushed.weight)),
+                            reason: None,
+                            figures: None,
+                        };
+                        let lines = inner.record(std::slice::from_ref(&event));
+                        let _ = link.journal(&lines).await;
+                        adopted = pushed;
+                        rev = g;
+                    }
+                    Err(e) => {
+                        // Tried again at the next sync; meanwhile the
+                        // fleet's state is served.
+                        inner.file_pushes.insert(name.clone());
+                        if matches!(e, FleetError::Unavailable(_)) {
+                            failure = Some(e);
+                        }
+                    }
                 }
             }
+            if adopted != local {
+                changed = true;
+            }
+            inner.revs.insert(name.clone(), rev);
             inner.rollouts.insert(name.clone(), adopted);
+            if failure.is_some() {
+                break;
+            }
         }
         self.fleet_generation.fetch_max(generation, Relaxed);
-        inner.synced = true;
+        if pending_changed {
+            inner.save_pending();
+        }
         if changed {
             inner.save();
             self.publish(&inner);
         }
-        Ok(())
+        match failure {
+            Some(e) => Err(e),
+            None => {
+                inner.synced = true;
+                Ok(())
+            }
+        }
     }
 
     /// Count an automatic decision in the tenant's counters and the
@@ -726,12 +779,34 @@ impl Control {
             Ok(Some((mut config, hash))) => {
                 keep_fixed_settings(&inner.config, &mut config);
                 let previous = std::mem::take(&mut inner.rollouts);
-                let (rollouts, mut events) = reconcile(&config, previous, None, actor);
-                if config.fleet.is_some() {
-                    let pushes = events
+                let kept = config.fleet.is_some().then(|| previous.clone());
+                let (mut rollouts, mut events) = reconcile(&config, previous, None, actor);
+                if let Some(kept) = kept {
+                    // In a fleet a canary's state is the fleet's: this
+                    // replica's file does not change it here. A weight this
+                    // file changed (from this replica's previous file, not
+                    // from the fleet's: a replica still on an older file
+                    // must not push it back) is written to the fleet at the
+                    // next sync, and served by every replica from there.
+                    for (name, r) in &mut rollouts {
+                        if let Some(k) = kept.get(name).filter(|k| k.canary_pool == r.canary_pool) {
+                            r.clone_from(k);
+                        }
+                    }
+                    events.retain(|e| e.event != "weight");
+                    let old = Arc::clone(&inner.config);
+                    let pushes: Vec<String> = config
+                        .tenants
                         .iter()
-                        .filter(|e| e.event == "weight")
-                        .filter_map(|e| e.tenant.clone());
+                        .filter(|(name, t)| {
+                            old.tenants.get(*name).is_some_and(|o| {
+                                t.canary.is_some()
+                                    && o.canary == t.canary
+                                    && o.canary_weight != t.canary_weight
+                            })
+                        })
+                        .map(|(name, _)| name.clone())
+                        .collect();
                     inner.file_pushes.extend(pushes);
                     // New canaries, too, are the fleet's to hear of.
                     self.fleet_dirty.store(true, Relaxed);
@@ -886,31 +961,40 @@ impl Control {
             },
         };
         let mut fleet_lines = None;
+        let mut alone = alone;
         if let Some(link) = self.fleet.as_ref().filter(|_| !alone) {
             let write = Write {
                 field: fleet::field(tenant, &rollout.canary_pool),
                 expected_rev: inner.revs.get(tenant).copied().unwrap_or(0),
                 record: link.record(actor, &rollout),
             };
-            let generation = link
-                .commit(if_match, None, std::slice::from_ref(&write))
-                .await
-                .map_err(|e| match e {
-                    FleetError::StaleGeneration { given, current } => {
-                        ControlError::StaleGeneration { given, current }
-                    }
-                    FleetError::Moved(f) => ControlError::Moved(f),
-                    other => ControlError::FleetUnavailable(other.to_string()),
-                })?;
-            inner.revs.insert(tenant.to_owned(), generation);
-            self.fleet_generation.fetch_max(generation, Relaxed);
-            fleet_lines = Some(Arc::clone(link));
+            match link.commit(if_match, None, std::slice::from_ref(&write)).await {
+                Ok(generation) => {
+                    inner.revs.insert(tenant.to_owned(), generation);
+                    self.fleet_generation.fetch_max(generation, Relaxed);
+                    fleet_lines = Some(Arc::clone(link));
+                }
+                Err(FleetError::StaleGeneration { given, current }) => {
+                    return Err(ControlError::StaleGeneration { given, current })
+                }
+                Err(FleetError::Moved(f)) => return Err(ControlError::Moved(f)),
+                // Redis stopped answering just now: a rollback is taken
+                // alone all the same (safety first), the rest refused.
+                Err(e) if op != Operation::Rollback => {
+                    return Err(ControlError::FleetUnavailable(e.to_string()))
+                }
+                Err(_) => alone = true,
+            }
         }
         if op == Operation::Rollback {
             self.count_rollback(tenant, None);
             if alone {
-                let base = inner.revs.get(tenant).copied().unwrap_or(0);
+                let base = store::Pending {
+                    rev: inner.revs.get(tenant).copied().unwrap_or(0),
+                    generation: rollout.generation.wrapping_sub(1),
+                };
                 inner.pending.insert(tenant.to_owned(), base);
+                inner.save_pending();
             }
         }
         let after = Position::new(rollout.state, rollout.weight);
@@ -1081,6 +1165,12 @@ impl Inner {
     fn save(&self) {
         if let Err(err) = self.store.save(&self.rollouts) {
             tracing::error!(error = %err, "cannot save canary states");
+        }
+    }
+
+    fn save_pending(&self) {
+        if let Err(err) = self.store.save_pending(&self.pending) {
+            tracing::error!(error = %err, "cannot save the rollbacks made alone");
         }
     }
 }

@@ -145,6 +145,7 @@ impl BackgroundService for FleetService {
         let mut leader: Option<Leader> = None;
         let mut lease_ok = Instant::now();
         let mut seen_returns = 0u64;
+        let mut hints_open = true;
         let mut refused_logged = false;
         let started_ms = unix_ms();
         let mut served = (Instant::now(), total_requests(&self.control.routes().load()));
@@ -231,8 +232,11 @@ impl BackgroundService for FleetService {
                         }
                     }
                 }
-                r = hint.changed() => {
+                r = hint.changed(), if hints_open => {
                     if r.is_err() {
+                        // The subscriber is gone: the one-second period
+                        // carries on alone.
+                        hints_open = false;
                         continue;
                     }
                     let _ = self.control.sync_fleet().await;
@@ -364,8 +368,15 @@ impl Publisher {
             }
         }
         if self.last.len() > seen {
-            let live: std::collections::HashSet<&str> = table.tenants().iter().map(|t| t.name()).collect();
-            self.last.retain(|k, _| live.contains(&**k));
+            // A canary no longer judged (promoted, gone) starts again from a
+            // fresh baseline if it ever is again, never with a lump.
+            let judged: std::collections::HashSet<&str> = table
+                .tenants()
+                .iter()
+                .filter(|t| t.canary().is_some() && t.rollout_state().is_judged())
+                .map(|t| t.name())
+                .collect();
+            self.last.retain(|k, _| judged.contains(&**k));
         }
         if fields.is_empty() {
             return;

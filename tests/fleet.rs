@@ -394,7 +394,7 @@ async fn the_leader_killed_during_an_incident_is_replaced_and_the_rollback_still
     let (s, c) = (mock("17.0").await, mock("18.0").await);
     let mut replicas = start_fleet(&redis, &s, &c, 50.0, 3);
     let leader = formed(&replicas, 3).await;
-    let loads: Vec<_> = replicas
+    let mut loads: Vec<_> = replicas
         .iter()
         .map(|r| start_load(r.addr, HOST, 20, false))
         .collect();
@@ -405,6 +405,10 @@ async fn the_leader_killed_during_an_incident_is_replaced_and_the_rollback_still
         error_rate: 0.3,
         ..Knobs::default()
     });
+    // Its load stops first: once its port is free another test's proxy may
+    // take it, and must not get this test's requests.
+    let i: usize = leader.trim_start_matches('r').parse().unwrap();
+    drop(loads.remove(i));
     by_id(&mut replicas, &leader).kill();
     let alive: Vec<&TestProxy> = replicas
         .iter()
@@ -801,4 +805,51 @@ async fn a_weight_changed_in_the_file_reaches_the_fleet_once() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0]["actor"], "file");
     assert_eq!(w[0]["after"]["weight"], 30.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_made_alone_survives_a_restart_before_redis_answers_again() {
+    let redis = Redis::start();
+    let (s, c) = (mock("17.0").await, mock("18.0").await);
+    let mut replicas = start_fleet(&redis, &s, &c, 50.0, 1);
+    formed(&replicas, 1).await;
+    redis.freeze();
+    let alone = eventually(5, || async {
+        replicas[0].metric("fledge_fleet_redis_up").await == Some(0.0)
+    })
+    .await;
+    assert!(alone);
+    let r = replicas[0]
+        .admin("POST", "/api/v1/tenants/acme/rollback", "")
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "a rollback is taken alone: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = replicas[0]
+        .admin("PUT", "/api/v1/tenants/acme/weight", r#"{"weight": 20}"#)
+        .await;
+    assert_eq!(r.status, 503, "only a rollback is taken while Redis hangs");
+    // Restarted while Redis still hangs (an evicted pod), then Redis answers.
+    replicas[0].kill();
+    replicas[0].start_again();
+    redis.thaw();
+    let in_fleet = eventually(5, || async {
+        redis
+            .command(&["HGETALL", "{fledge:test}:rollouts"])
+            .contains("rolled_back")
+    })
+    .await;
+    assert!(
+        in_fleet,
+        "{}",
+        redis.command(&["HGETALL", "{fledge:test}:rollouts"])
+    );
+    assert_eq!(tenant(&replicas[0]).await["state"], "rolled_back");
+    let client = Client::new(replicas[0].addr);
+    for _ in 0..20 {
+        assert_eq!(client.get(HOST, "/web/login", &[]).await.version(), "stable");
+    }
 }

@@ -14,6 +14,19 @@ use super::journal::JOURNAL_FILE;
 /// File name of the states inside `state_dir`.
 pub const STATE_FILE: &str = "rollouts.json";
 
+/// In a fleet: the rollbacks this replica made alone, not yet written to
+/// the fleet (`control::Control::sync_fleet`).
+pub const PENDING_FILE: &str = "fleet-pending.json";
+
+/// A rollback made alone: what the canary was when it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pending {
+    /// The fleet rev of the state it was made from (0: never read).
+    pub rev: u64,
+    /// The rollout generation it was made from.
+    pub generation: u32,
+}
+
 /// What was found on disk at start.
 #[derive(Debug)]
 pub enum Loaded {
@@ -65,6 +78,24 @@ impl Store {
             }
             Err(e) => Loaded::Unreadable(format!("{} cannot be read: {e}", self.path.display())),
         }
+    }
+
+    /// The rollbacks made alone that a previous run left unwritten; none
+    /// when there is no such file (or it cannot be read: said in the log).
+    pub fn load_pending(&self) -> BTreeMap<String, Pending> {
+        match fs::read(self.dir.join(PENDING_FILE)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "{PENDING_FILE} is corrupted: rollbacks made alone before this start are not written to the fleet");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        }
+    }
+
+    /// Replace the pending file with `pending`, durably.
+    pub fn save_pending(&self, pending: &BTreeMap<String, Pending>) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(pending).map_err(std::io::Error::other)?;
+        crate::state_dir::write_atomically(&self.dir, PENDING_FILE, &bytes)
     }
 
     /// Replace the file with `states`, durably.

@@ -61,16 +61,21 @@ pub fn encode(new: &Snapshot, old: &Snapshot, out: &mut String) -> bool {
     any
 }
 
-/// Add a difference [`encode`] wrote to `sum`. A malformed pair (another
-/// version's encoding, a corrupted entry) is skipped, and said so.
+/// Add a difference [`encode`] wrote to `sum`: all of it, or (malformed:
+/// another version's encoding, a corrupted entry) none of it.
 pub fn add(sum: &mut Snapshot, text: &str) -> Result<(), String> {
+    let mut pairs = Vec::new();
     for pair in text.split(',').filter(|p| !p.is_empty()) {
         let parsed = pair
             .split_once(':')
             .and_then(|(i, v)| Some((i.parse::<usize>().ok()?, v.parse::<u64>().ok()?)));
-        let Some((i, v)) = parsed else {
-            return Err(format!("malformed figure `{pair}`"));
-        };
+        match parsed {
+            Some((i, v)) if i < FIELDS => pairs.push((i, v)),
+            Some((i, _)) => return Err(format!("unknown figure index {i}")),
+            None => return Err(format!("malformed figure `{pair}`")),
+        }
+    }
+    for (i, v) in pairs {
         match i {
             i if i < LATENCY_AT => sum.outcomes[i] = sum.outcomes[i].wrapping_add(v),
             i if i < GROUPS_AT => sum.latency[i - LATENCY_AT] = sum.latency[i - LATENCY_AT].wrapping_add(v),
@@ -78,8 +83,7 @@ pub fn add(sum: &mut Snapshot, text: &str) -> Result<(), String> {
                 let g = &mut sum.failing_clients[i - GROUPS_AT];
                 *g = g.wrapping_add(v as u32);
             }
-            i if i == SUM_AT => sum.latency_sum_us = sum.latency_sum_us.wrapping_add(v),
-            _ => return Err(format!("unknown figure index {i}")),
+            _ => sum.latency_sum_us = sum.latency_sum_us.wrapping_add(v),
         }
     }
     Ok(())
@@ -93,11 +97,14 @@ pub fn encode_tenant(new: (&Snapshot, &Snapshot), old: (&Snapshot, &Snapshot), o
     s || c
 }
 
-/// Add one tenant's `stable/canary` figures to its sums.
+/// Add one tenant's `stable/canary` figures to its sums (both or none).
 pub fn add_tenant(sums: &mut (Snapshot, Snapshot), text: &str) -> Result<(), String> {
     let (s, c) = text.split_once('/').ok_or("no `/` between stable and canary")?;
-    add(&mut sums.0, s)?;
-    add(&mut sums.1, c)
+    let mut stable = sums.0.clone();
+    add(&mut stable, s)?;
+    add(&mut sums.1, c)?;
+    sums.0 = stable;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -149,6 +156,8 @@ mod tests {
         assert_eq!(text, "/");
         let mut sums = (zero(), zero());
         assert!(add_tenant(&mut sums, "0:3,x/").is_err());
+        assert!(add_tenant(&mut sums, "0:3/1:x").is_err());
+        assert_eq!(sums, (zero(), zero()), "a malformed entry adds nothing");
         assert!(add_tenant(&mut sums, "9999:1/").is_err());
         assert!(add_tenant(&mut sums, "no slash").is_err());
     }

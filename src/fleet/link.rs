@@ -6,6 +6,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `…:gen` | string | the fleet's generation: moves on at every change of a canary state |
+//! | `…:seeded` | string | the generation the last seed left (a later seed may replace only that) |
 //! | `…:rollouts` | hash | `tenant/canary_pool` → `rev|{"actor","replica","rollout"}` |
 //! | `…:changes` | channel | the new generation, after every change (a hint) |
 //! | `…:lease`, `…:fence` | string | the leader's `replica token`, with a TTL; the last token given |
@@ -173,6 +174,7 @@ impl FleetView {
 
 struct Keys {
     generation: String,
+    seeded: String,
     rollouts: String,
     channel: String,
     lease: String,
@@ -210,19 +212,25 @@ return {1, new, ''}
     )
 });
 
-/// Seed a Redis that holds no fleet (or an older one) with a replica's
-/// states at the generation it last knew: the highest generation wins.
+/// Seed a Redis that holds no fleet with a replica's states at the
+/// generation it last knew. A seed may replace another seed of a lower
+/// generation (the highest wins), never a fleet written since (`…:seeded`
+/// holds the generation the last seed left; any commit moves past it).
 static SEED: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local cur = redis.call('GET', KEYS[1])
-if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
+if cur then
+  if tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
+  if redis.call('GET', KEYS[3]) ~= cur then return 0 end
+end
 redis.call('DEL', KEYS[2])
 local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
   redis.call('HSET', KEYS[2], ARGV[4 + 2 * i], ARGV[2] .. '|' .. ARGV[5 + 2 * i])
 end
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[2])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 ",
@@ -294,6 +302,7 @@ impl Link {
             name: config.name.clone(),
             keys: Keys {
                 generation: key("gen"),
+                seeded: key("seeded"),
                 rollouts: key("rollouts"),
                 channel: key("changes"),
                 lease: key("lease"),
@@ -601,6 +610,7 @@ impl Link {
         let mut call = SEED.prepare_invoke();
         call.key(&self.keys.generation)
             .key(&self.keys.rollouts)
+            .key(&self.keys.seeded)
             .arg(&self.keys.channel)
             .arg(generation)
             .arg(records.len());
@@ -653,6 +663,11 @@ impl Link {
     /// each is Redis's clock when written, and the view's `redis_now_ms`
     /// Redis's clock now.
     pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<FleetView, FleetError> {
+        if self.is_refused() {
+            return Err(FleetError::Unavailable(
+                "this replica was refused by the fleet".into(),
+            ));
+        }
         let json = serde_json::to_string(beat).map_err(|e| FleetError::Unavailable(e.to_string()))?;
         let mut call = HEARTBEAT.prepare_invoke();
         call.key(&self.keys.replicas).arg(&self.replica).arg(json);
@@ -694,8 +709,12 @@ impl Link {
         self.run_pipe::<()>(&pipe).await
     }
 
-    /// Append this replica's figures of one tick.
+    /// Append this replica's figures of one tick (nothing from a refused
+    /// replica: it is not in the fleet's sum).
     pub async fn publish_figures(&self, fields: &[(&str, &str)]) -> Result<(), FleetError> {
+        if self.is_refused() {
+            return Ok(());
+        }
         let mut cmd = redis::cmd("XADD");
         cmd.arg(self.figures_key(&self.replica))
             .arg("MAXLEN")
