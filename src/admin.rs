@@ -57,6 +57,9 @@ pub struct Admin {
     control: Arc<Control>,
     registry: prometheus::Registry,
     token: Token,
+    /// The scrapers' listener (`metrics.listen`): `GET /metrics` without
+    /// a token, nothing else.
+    scrape_only: bool,
 }
 
 /// A refused admin request.
@@ -146,7 +149,29 @@ impl Admin {
             control,
             registry,
             token,
+            scrape_only: false,
         }
+    }
+
+    /// The scrapers' application: `registry`'s metrics at `GET /metrics`,
+    /// with no token, and 404 for everything else, so a Prometheus scraper
+    /// never holds the token that can roll canaries back.
+    pub fn scraper(control: Arc<Control>, registry: prometheus::Registry) -> Self {
+        Admin {
+            control,
+            registry,
+            token: Token::new(""),
+            scrape_only: true,
+        }
+    }
+
+    fn metrics(&self, generation: u64) -> Result<Response<Vec<u8>>, AdminError> {
+        let mut body = Vec::new();
+        let encoder = TextEncoder::new();
+        encoder
+            .encode(&self.registry.gather(), &mut body)
+            .map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(reply(StatusCode::OK, encoder.format_type(), body, generation))
     }
 
     async fn handle(&self, session: &mut ServerSession) -> Result<Response<Vec<u8>>, AdminError> {
@@ -155,6 +180,18 @@ impl Admin {
         let path = req.uri.path().to_owned();
         let query = req.uri.query().unwrap_or("").to_owned();
         let generation = self.control.generation();
+        if self.scrape_only {
+            return match path.as_str() {
+                "/metrics" => {
+                    allow(&method, &[Method::GET])?;
+                    self.metrics(generation)
+                }
+                _ => Err(AdminError::new(
+                    StatusCode::NOT_FOUND,
+                    "this listener serves GET /metrics only (the admin API is on admin.listen)",
+                )),
+            };
+        }
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => {
                 return Ok(reply(StatusCode::OK, "text/plain", b"ok\n".to_vec(), generation))
@@ -202,12 +239,7 @@ impl Admin {
         match segments.as_slice() {
             ["metrics"] => {
                 allow(&method, &[Method::GET])?;
-                let mut body = Vec::new();
-                let encoder = TextEncoder::new();
-                encoder
-                    .encode(&self.registry.gather(), &mut body)
-                    .map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-                Ok(reply(StatusCode::OK, encoder.format_type(), body, generation))
+                self.metrics(generation)
             }
             ["api", "v1", "tenants"] => {
                 allow(&method, &[Method::GET])?;

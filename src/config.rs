@@ -63,6 +63,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The fleet this replica belongs to (shared state on Redis), if any.
     pub fleet: Option<FleetConfig>,
+    /// A listener serving `GET /metrics` without a token, for scrapers
+    /// (not hot-reloadable).
+    pub metrics_listen: Option<SocketAddr>,
     /// Worker pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
     /// Canary policies by name (always holds `default`).

@@ -248,6 +248,29 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     registry
         .register(Box::new(ArcCollector(Arc::clone(&admin_counts))))
         .context("cannot register metrics")?;
+    // process_cpu_seconds_total, process_resident_memory_bytes,
+    // process_open_fds, process_start_time_seconds, … from /proc.
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .context("cannot register metrics")?;
+    if let Some(listen) = config.metrics_listen {
+        // Its own connection cap (the admin's size) and counts, not exported:
+        // the scrapers' listener is not the admin API.
+        let mut scrapers = Service::new(
+            "fledge metrics".to_owned(),
+            crate::admin::listener::Listener::new(
+                Admin::scraper(Arc::clone(&control), registry.clone()),
+                Arc::clone(&control),
+                config.admin.max_connections,
+                crate::admin::listener::Counts::new(),
+            ),
+        );
+        scrapers.add_tcp(&listen.to_string());
+        scrapers.threads = Some(1);
+        server.add_service(scrapers);
+    }
     let mut admin = Service::new(
         "fledge admin".to_owned(),
         crate::admin::listener::Listener::new(

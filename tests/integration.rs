@@ -15,12 +15,15 @@
 //! - `rollback`: automatic rollback and promotion, persisted across restarts.
 //! - `mock_odoo`: the mock answers like Odoo and its fault knobs work.
 //! - `admin`: the admin API, its auth, and `docs/admin-api.yaml`.
+//! - `fleet`: replicas acting as one on a real `redis-server`.
+//! - `edge`: behind a proxy or load balancer: the scrapers' endpoint.
 //! - `cli`: `fledge check` and `fledge ctl`.
 //! - `hostile`, `hostile_h2`: the smuggling tables, caps, slow clients, faulty
 //!   workers; `tls`: certificates and TLS; `lifecycle`: drain and upgrade.
 
 mod admin;
 mod cli;
+mod edge;
 mod failover;
 mod fleet;
 mod hostile;

@@ -34,6 +34,8 @@ pub(crate) struct File {
     pub(crate) tls: Option<Tls>,
     #[serde(default)]
     pub(crate) fleet: Option<Fleet>,
+    #[serde(default)]
+    pub(crate) metrics: Option<Metrics>,
     pub(crate) pools: BTreeMap<String, Pool>,
     #[serde(default)]
     pub(crate) policies: BTreeMap<String, Policy>,
@@ -68,6 +70,12 @@ pub(crate) struct Limits {
 pub(crate) struct Cookies {
     pub(crate) secret_env: Option<String>,
     pub(crate) max_age_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Metrics {
+    pub(crate) listen: String,
 }
 
 #[derive(Debug, Deserialize)]

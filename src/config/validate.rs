@@ -216,6 +216,17 @@ impl Checker<'_> {
             }
         });
         let fleet = raw.fleet.map(|f| self.fleet(f, cookies.secret_env.is_some()));
+        let metrics_listen = raw.metrics.and_then(|m| {
+            let addr = self.socket_addr("metrics.listen", &m.listen)?;
+            let taken = [Some(listen), Some(admin.listen), tls.as_ref().map(|t| t.listen)];
+            if addr.port() != 0 && taken.iter().flatten().any(|a| a.port() == addr.port()) {
+                self.problem(
+                    "metrics.listen",
+                    "has the port of another listener: give the scrapers' listener its own",
+                );
+            }
+            Some(addr)
+        });
         let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
         if state_dir.as_os_str().is_empty() {
             self.problem("state_dir", "must not be empty");
@@ -274,6 +285,7 @@ impl Checker<'_> {
             admin,
             tls,
             fleet,
+            metrics_listen,
             pools,
             policies,
             tenants,
