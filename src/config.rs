@@ -66,6 +66,9 @@ pub struct Config {
     /// A listener serving `GET /metrics` without a token, for scrapers
     /// (not hot-reloadable).
     pub metrics_listen: Option<SocketAddr>,
+    /// Peers (Traefik, a load balancer) whose forwarding headers are
+    /// believed (`proxy::forwarded`).
+    pub trusted_proxies: Vec<IpNet>,
     /// Worker pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
     /// Canary policies by name (always holds `default`).

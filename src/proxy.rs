@@ -45,6 +45,7 @@ pub mod classify;
 pub mod connections;
 mod ctx;
 mod fast_path;
+mod forwarded;
 mod headers;
 pub mod limits;
 mod replay;
@@ -268,10 +269,23 @@ impl FledgeProxy {
             return Admission::Refuse(refusal.status());
         }
         let req = session.req_header();
+        // Behind a trusted proxy the client is the one it forwards for.
+        let peer = client_ip(session);
+        let trusted = &tuning.trusted_proxies;
+        let via_proxy = !trusted.is_empty() && peer.is_some_and(|ip| forwarded::is_trusted(trusted, ip));
+        let (client, secure) = if via_proxy {
+            let client = forwarded::client_behind(&req.headers, trusted).or(peer);
+            (
+                client,
+                is_tls(session) || forwarded::proto(&req.headers) == Some(HTTPS),
+            )
+        } else {
+            (peer, is_tls(session))
+        };
         let view = RequestView {
             host: host_of(req).unwrap_or(""),
             headers: &req.headers,
-            client_ip: client_ip(session),
+            client_ip: client,
             now: None,
         };
         let route = match ctx.table.decide(&view) {
@@ -285,13 +299,15 @@ impl FledgeProxy {
             "routed"
         );
         if let Some(port) = ctx.table.tenants()[route.tenant].https_redirect() {
-            if !is_tls(session) {
+            if !secure {
                 return Admission::Redirect(port);
             }
         }
         ctx.route = Some(route);
         ctx.served = route.version;
         ctx.client_ip = view.client_ip;
+        ctx.via_proxy = via_proxy;
+        ctx.secure = secure;
 
         // The override header is ours: workers never see it, allowed or not.
         let policy = ctx.table.tenants()[route.tenant].policy();
@@ -302,7 +318,7 @@ impl FledgeProxy {
         ctx.long_lived = is_long_lived(session.req_header().uri.path());
         let headers = &session.req_header().headers;
         ctx.rehearsal = headers.contains_key(REHEARSAL_HEADER)
-            && is_rehearsal_allowed(&ctx.table.tuning().rehearsal, client_ip(session), headers);
+            && is_rehearsal_allowed(&ctx.table.tuning().rehearsal, ctx.client_ip, headers);
         if ctx.long_lived {
             // Pingora's downstream read timeout (60 s) also covers the bytes
             // of an upgraded connection; an idle Odoo bus socket must outlive it.
@@ -436,18 +452,60 @@ impl FledgeProxy {
     /// the client sent; the other forwarding headers and every `X-Fledge-*`
     /// a client sent are removed ([`is_ours`]). Runs after Pingora's
     /// hop-by-hop sanitising.
-    pub(crate) fn set_forwarded(session: &ServerSession, upstream: &mut RequestHeader) -> Result<()> {
+    ///
+    /// Behind a trusted proxy (`ctx.via_proxy`) its chain is kept and the
+    /// peer appended to `X-Forwarded-For`, and its `X-Forwarded-Proto` and
+    /// `-Host` (or `Forwarded`'s) are passed on, well-formed ones only.
+    pub(crate) fn set_forwarded(
+        session: &ServerSession,
+        ctx: &RequestCtx,
+        upstream: &mut RequestHeader,
+    ) -> Result<()> {
         strip_ours(upstream);
         upstream.room_for(3);
-        match client_ip(session) {
-            Some(ip) => upstream.set(X_FORWARDED_FOR, ip_header_value(ip))?,
-            None => upstream.unset(X_FORWARDED_FOR),
+        let req = session.req_header();
+        match (client_ip(session), ctx.via_proxy) {
+            (Some(peer), true) => {
+                // Allocates: only behind a trusted proxy.
+                let mut chain = String::new();
+                for v in req
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                {
+                    let v = v.trim();
+                    if !v.is_empty() {
+                        chain.push_str(v);
+                        chain.push_str(", ");
+                    }
+                }
+                if chain.is_empty() {
+                    if let Some(client) = ctx.client_ip.filter(|c| *c != peer) {
+                        chain.push_str(&client.to_string());
+                        chain.push_str(", ");
+                    }
+                }
+                chain.push_str(&peer.to_canonical().to_string());
+                match HeaderValue::from_str(&chain) {
+                    Ok(v) => upstream.set(X_FORWARDED_FOR, v)?,
+                    Err(_) => upstream.set(X_FORWARDED_FOR, ip_header_value(peer))?,
+                }
+            }
+            (Some(ip), false) => upstream.set(X_FORWARDED_FOR, ip_header_value(ip))?,
+            (None, _) => upstream.unset(X_FORWARDED_FOR),
         }
-        let proto = if is_tls(session) { HTTPS } else { HTTP };
+        let proto = if ctx.secure { HTTPS } else { HTTP };
         upstream.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
-        let host = match session.req_header().uri.authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => session.req_header().headers.get(HOST).cloned(),
+        let forwarded_host = ctx
+            .via_proxy
+            .then(|| forwarded::host(&req.headers))
+            .flatten()
+            .and_then(|h| HeaderValue::from_str(h).ok());
+        let host = match (forwarded_host, req.uri.authority()) {
+            (Some(h), _) => Some(h),
+            (None, Some(a)) => HeaderValue::from_str(a.as_str()).ok(),
+            (None, None) => req.headers.get(HOST).cloned(),
         };
         match host {
             Some(h) => upstream.set(X_FORWARDED_HOST, h)?,
@@ -500,7 +558,7 @@ impl FledgeProxy {
         let attrs = format!(
             "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
             ctx.table.tuning().cookie_max_age_seconds,
-            if is_tls(session) { "; Secure" } else { "" }
+            if ctx.secure { "; Secure" } else { "" }
         );
         // Allocates: only on the responses that hand out a cookie.
         if route.set_version_cookie {
@@ -629,9 +687,9 @@ impl ProxyHttp for FledgeProxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        Self::set_forwarded(session, upstream)
+        Self::set_forwarded(session, ctx, upstream)
     }
 
     async fn upstream_response_filter(

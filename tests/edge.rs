@@ -46,3 +46,229 @@ async fn scrapers_get_metrics_without_the_token_and_nothing_else() {
     assert_eq!(admin.get("", "/metrics", &[]).await.status, 401);
     assert_eq!(proxy.admin("GET", "/metrics", "").await.status, 200);
 }
+
+/// A worker that records every request head it gets (health checks,
+/// which send nothing, are skipped) and answers 200.
+async fn recorder(tx: tokio::sync::mpsc::UnboundedSender<String>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                    head.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One request from source address `from` (a loopback address of our
+/// choosing, to play a trusted or an untrusted peer); the response.
+async fn from(src: &str, proxy: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    let mut conn = socket.connect(proxy).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = conn.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+fn behind_traefik(stable: std::net::SocketAddr, canary: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"listen: "{{listen}}"
+threads: 2
+trusted_proxies: ["127.0.0.2/32"]
+{extra}pools:
+  v17: {{ workers: ["{stable}"] }}
+  v18: {{ workers: ["{canary}"] }}
+policies:
+  default:
+    override_from: ["203.0.113.7/32"]
+tenants:
+  acme:
+    hosts: ["acme.example.com"]
+    stable: v17
+    canary: v18
+    canary_weight: 50
+"#
+    )
+}
+
+const TRUSTED: &str = "127.0.0.2";
+const UNTRUSTED: &str = "127.0.0.3";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_client_is_the_one_it_forwards_for() {
+    // Both pools' workers record into one channel.
+    let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    let (stable, canary) = (recorder(tx.clone()).await, recorder(tx).await);
+    let proxy = TestProxy::start(&behind_traefik(stable, canary, ""));
+    let request = |extra: &str| {
+        format!(
+            "GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nCookie: session_id=s1\r\n\
+             X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: acme.example.com\r\n\
+             {extra}Connection: close\r\n\r\n"
+        )
+    };
+
+    // From Traefik: its chain kept, its address appended, its scheme kept.
+    let r = from(TRUSTED, proxy.addr, &request("")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let head = heads.recv().await.unwrap();
+    assert_eq!(
+        header(&head, "x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.2"),
+        "{head}"
+    );
+    assert_eq!(header(&head, "x-forwarded-proto"), Some("https"), "{head}");
+    assert_eq!(
+        header(&head, "x-forwarded-host"),
+        Some("acme.example.com"),
+        "{head}"
+    );
+    // The same headers from anyone else are replaced.
+    let r = from(UNTRUSTED, proxy.addr, &request("")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let head = heads.recv().await.unwrap();
+    assert_eq!(header(&head, "x-forwarded-for"), Some("127.0.0.3"), "{head}");
+    assert_eq!(header(&head, "x-forwarded-proto"), Some("http"), "{head}");
+
+    // override_from judges the forwarded client, not the peer.
+    let r = from(TRUSTED, proxy.addr, &request("X-Fledge-Version: canary\r\n")).await;
+    assert!(r.to_ascii_lowercase().contains("x-fledge-version: canary"), "{r}");
+    let _ = heads.recv().await.unwrap();
+    // Not honoured from an untrusted peer: the split decides (ten sessions
+    // at 50 % are not all on the canary but once in a thousand runs).
+    let mut on_canary = 0;
+    for i in 0..10 {
+        let r = from(
+            UNTRUSTED,
+            proxy.addr,
+            &format!(
+                "GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nCookie: session_id=untrusted-{i}\r\n\
+                 X-Forwarded-For: 203.0.113.7\r\nX-Fledge-Version: canary\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        let _ = heads.recv().await.unwrap();
+        on_canary += usize::from(r.to_ascii_lowercase().contains("x-fledge-version: canary"));
+    }
+    assert!(
+        on_canary < 10,
+        "an untrusted peer's X-Forwarded-For passed override_from"
+    );
+    // The split's fallback (no session, no cookie) hashes the forwarded
+    // client: forty clients behind Traefik are not one client.
+    let mut versions = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let r = from(
+            TRUSTED,
+            proxy.addr,
+            &format!(
+                "GET / HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: 198.51.100.{i}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        let _ = heads.recv().await.unwrap();
+        let v = r.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-fledge-version:")
+                .map(|v| v.trim().to_owned())
+        });
+        versions.insert(v.unwrap_or_default());
+    }
+    assert_eq!(versions.len(), 2, "forty forwarded clients all on {versions:?}");
+    let mut versions = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        let r = from(
+            UNTRUSTED,
+            proxy.addr,
+            &format!(
+                "GET / HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: 198.51.100.{i}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        let _ = heads.recv().await.unwrap();
+        let v = r.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-fledge-version:")
+                .map(|v| v.trim().to_owned())
+        });
+        versions.insert(v.unwrap_or_default());
+    }
+    assert_eq!(
+        versions.len(),
+        1,
+        "an untrusted peer's forwarding headers moved the split"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_is_not_throttled_by_the_per_address_cap() {
+    use tokio::io::AsyncWriteExt;
+    let (tx, _heads) = tokio::sync::mpsc::unbounded_channel();
+    let (stable, canary) = (recorder(tx.clone()).await, recorder(tx).await);
+    let proxy = TestProxy::start(&behind_traefik(
+        stable,
+        canary,
+        "limits:\n  max_connections_per_ip: 2\n",
+    ));
+    let open = |src: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        socket.connect(proxy.addr).await.unwrap()
+    };
+    // Five connections from Traefik, all kept and served.
+    let mut kept = Vec::new();
+    for _ in 0..5 {
+        kept.push(open(TRUSTED).await);
+    }
+    for c in &mut kept {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(crate::util::response_status(c).await, Some(200));
+    }
+    // Anyone else: the third connection is closed on arrival.
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(open(UNTRUSTED).await);
+    }
+    let mut served = 0;
+    for c in &mut others {
+        let _ = c
+            .write_all(b"GET / HTTP/1.1\r\nHost: acme.example.com\r\n\r\n")
+            .await;
+        if crate::util::response_status(c).await == Some(200) {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 2, "the per-address cap let {served} of 3 through");
+}

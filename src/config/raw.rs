@@ -36,6 +36,8 @@ pub(crate) struct File {
     pub(crate) fleet: Option<Fleet>,
     #[serde(default)]
     pub(crate) metrics: Option<Metrics>,
+    #[serde(default)]
+    pub(crate) trusted_proxies: Vec<String>,
     pub(crate) pools: BTreeMap<String, Pool>,
     #[serde(default)]
     pub(crate) policies: BTreeMap<String, Policy>,

@@ -216,6 +216,7 @@ impl Checker<'_> {
             }
         });
         let fleet = raw.fleet.map(|f| self.fleet(f, cookies.secret_env.is_some()));
+        let trusted_proxies = self.networks("trusted_proxies", &raw.trusted_proxies);
         let metrics_listen = raw.metrics.and_then(|m| {
             let addr = self.socket_addr("metrics.listen", &m.listen)?;
             let taken = [Some(listen), Some(admin.listen), tls.as_ref().map(|t| t.listen)];
@@ -286,6 +287,7 @@ impl Checker<'_> {
             tls,
             fleet,
             metrics_listen,
+            trusted_proxies,
             pools,
             policies,
             tenants,

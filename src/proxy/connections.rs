@@ -334,23 +334,28 @@ impl Guarded {
 #[async_trait]
 impl ServerApp for Guarded {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let (max_total, max_per_ip, header_timeout, handshake_timeout, idle) = {
+        let digest = stream.get_socket_digest();
+        let ip = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let (max_total, max_per_ip, header_timeout, handshake_timeout, idle, via_proxy) = {
             let table = self.routes.load();
             let tuning = table.tuning();
             let limits = &tuning.limits;
+            let trusted = &tuning.trusted_proxies;
             (
                 limits.max_connections,
                 limits.max_connections_per_ip,
                 limits.header_timeout,
                 limits.tls_handshake_timeout,
                 tuning.timeouts.client_keepalive,
+                !trusted.is_empty() && ip.is_some_and(|ip| super::forwarded::is_trusted(trusted, ip)),
             )
         };
-        let digest = stream.get_socket_digest();
-        let ip = digest
-            .as_ref()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let Some(_admitted) = self.counts.admit(ip, max_total, max_per_ip) else {
+        // A trusted proxy carries many clients: it counts against the
+        // total only, never against the per-address cap.
+        let per_ip = if via_proxy { None } else { ip };
+        let Some(_admitted) = self.counts.admit(per_ip, max_total, max_per_ip) else {
             tracing::debug!(?ip, "connection refused at a cap");
             // Dropping the stream closes it.
             return None;

@@ -39,6 +39,11 @@ pub struct RequestCtx {
     pub(crate) sniffer: JsonRpcSniffer,
     /// The request carried the rehearsal header.
     pub(crate) rehearsal: bool,
+    /// The peer is a trusted proxy (`trusted_proxies`): its forwarding
+    /// headers were believed, and `client_ip` is the client behind it.
+    pub(crate) via_proxy: bool,
+    /// The client reached us (or the trusted proxy) over TLS.
+    pub(crate) secure: bool,
 }
 
 impl RequestCtx {
@@ -56,6 +61,8 @@ impl RequestCtx {
             body_since: None,
             sniffer: JsonRpcSniffer::default(),
             rehearsal: false,
+            via_proxy: false,
+            secure: false,
         }
     }
 }

@@ -295,7 +295,7 @@ async fn forward(
     {
         return (false, true, Some(e.into_down()));
     }
-    if let Err(e) = FledgeProxy::set_forwarded(session, &mut req) {
+    if let Err(e) = FledgeProxy::set_forwarded(session, ctx, &mut req) {
         return (false, true, Some(e));
     }
     // `HttpProxy` reconciles `Host` with the target after the filters. For

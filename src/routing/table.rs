@@ -45,6 +45,8 @@ pub struct Tuning {
     pub override_headers: Vec<http::HeaderName>,
     /// Who may mark requests as rehearsal traffic.
     pub rehearsal: crate::config::Rehearsal,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 // === impl TenantRoute ===
@@ -255,6 +257,7 @@ impl RouteTable {
                     names
                 },
                 rehearsal: config.rehearsal.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
             },
         }
     }
