@@ -151,7 +151,8 @@ mod tests {
     #[test]
     fn the_client_is_the_rightmost_address_no_trusted_proxy_owns() {
         let trusted = nets(&["10.0.0.0/8", "127.0.0.1/32"]);
-        let cases: &[(&[(&'static str, &str)], Option<&str>)] = &[
+        type Case<'a> = (&'a [(&'static str, &'a str)], Option<&'a str>);
+        let cases: &[Case<'_>] = &[
             // Traefik appended what it saw; the client's own claim is left.
             (
                 &[("x-forwarded-for", "6.6.6.6, 203.0.113.7")],
