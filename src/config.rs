@@ -259,8 +259,15 @@ pub struct PoolConfig {
 pub struct HealthCheckConfig {
     /// Time between two checks of a worker.
     pub interval: Duration,
-    /// Connect timeout of one check.
+    /// Connect (and, for HTTP, answer) timeout of one check.
     pub timeout: Duration,
+    /// `GET path` expecting this status (Odoo's `/web/health`, 200);
+    /// `None`: a TCP connect is the check.
+    pub http: Option<(String, u16)>,
+    /// Failed checks in a row that take a worker out.
+    pub failures: usize,
+    /// Passed checks in a row that bring it back.
+    pub successes: usize,
 }
 
 /// How a canary is split and who may override the split.

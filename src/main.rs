@@ -323,6 +323,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 check_sessions,
                 latency_ms,
                 close_rate,
+                health_status: 0,
             };
             options.push_interval = (push_interval_ms > 0).then(|| Duration::from_millis(push_interval_ms));
             options.longpoll_hold = Duration::from_millis(longpoll_hold_ms);

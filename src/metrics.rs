@@ -280,6 +280,7 @@ const RELOADS: &str = "fledge_config_reloads_total";
 const EJECTIONS: &str = "fledge_worker_ejections_total";
 const REHEARSALS: &str = "fledge_rehearsal_requests_total";
 const UPGRADES: &str = "fledge_upgrades_total";
+const HEALTHY: &str = "fledge_worker_healthy";
 
 /// Request header marking rehearsal traffic (`load-tests/`'s runner sends
 /// it). Such requests are routed, judged and counted like any other, and
@@ -330,6 +331,11 @@ impl Exporter {
                 UPGRADES,
                 "Graceful upgrades (SIGQUIT) by result: handed_over, no_successor (refused, still serving), not_taken (the new process never took the sockets, still serving).",
                 &["result"],
+            ),
+            desc(
+                HEALTHY,
+                "1 while a worker passes its pool's health checks (TCP, or HTTP with health_check.path), else 0.",
+                &["pool", "worker"],
             ),
         ];
         Exporter {
@@ -532,6 +538,24 @@ impl Collector for Exporter {
                 .iter()
                 .map(|(result, n)| counter(&[("result", result)], n.load(Relaxed) as f64))
                 .collect(),
+            ),
+            family(
+                HEALTHY,
+                help(10),
+                MetricType::GAUGE,
+                table
+                    .pools()
+                    .iter()
+                    .flat_map(|p| {
+                        p.health().into_iter().map(|(worker, up)| {
+                            let worker = worker.to_string();
+                            gauge(
+                                &[("pool", p.name()), ("worker", &worker)],
+                                if up { 1.0 } else { 0.0 },
+                            )
+                        })
+                    })
+                    .collect(),
             ),
         ]
         .into_iter()

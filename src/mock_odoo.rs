@@ -4,7 +4,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /web/health` | `{"status": "pass"}` (never faulted) |
+//! | `GET /web/health` | `{"status": "pass"}` (only `health_status` changes it) |
 //! | `/web/login` | an HTML page; sets a `session_id` cookie when the client has none |
 //! | `POST /web/session/authenticate` | JSON-RPC: logs in (any login), sets a new `session_id` |
 //! | `POST /web/session/get_session_info`, `/web/dataset/call_kw/*`, `/jsonrpc` | JSON-RPC 2.0, errors as **HTTP 200 with an `error` member** like Odoo |
@@ -80,6 +80,9 @@ pub struct Knobs {
     pub latency_ms: u64,
     /// Share of requests whose connection is dropped without an answer.
     pub close_rate: f64,
+    /// The status `/web/health` answers (0: 200, `{"status": "pass"}`), to
+    /// play an Odoo whose database is down.
+    pub health_status: u16,
 }
 
 /// Partial update of [`Knobs`].
@@ -92,6 +95,7 @@ struct KnobsPatch {
     check_sessions: Option<bool>,
     latency_ms: Option<u64>,
     close_rate: Option<f64>,
+    health_status: Option<u16>,
 }
 
 /// How a mock starts.
@@ -298,7 +302,11 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         return Ok(control(rest, req, &state).await);
     }
     if path == "/web/health" {
-        return Ok(state.json(StatusCode::OK, &serde_json::json!({"status": "pass"})));
+        let status = state.knobs.load().health_status;
+        return Ok(match StatusCode::from_u16(status) {
+            Ok(s) if status != 200 => state.json(s, &serde_json::json!({"status": "fail"})),
+            _ => state.json(StatusCode::OK, &serde_json::json!({"status": "pass"})),
+        });
     }
     state.stats.requests.fetch_add(1, Relaxed);
     if req.method() == Method::POST {
@@ -623,6 +631,7 @@ async fn control(rest: &str, req: Request<Incoming>, state: &State) -> Response<
             k.check_sessions = patch.check_sessions.unwrap_or(k.check_sessions);
             k.latency_ms = patch.latency_ms.unwrap_or(k.latency_ms);
             k.close_rate = patch.close_rate.unwrap_or(k.close_rate);
+            k.health_status = patch.health_status.unwrap_or(k.health_status);
             let rates = [
                 k.error_rate,
                 k.jsonrpc_error_rate,

@@ -22,7 +22,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use pingora::lb::health_check::{HealthObserve, TcpHealthCheck};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::health_check::{HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::server::ShutdownWatch;
@@ -101,13 +102,49 @@ impl Pool {
                 .expect("socket addresses resolve without I/O");
             let members: Arc<[Backend]> = lb.backends().get_backend().iter().cloned().collect();
             let down: Arc<[AtomicBool]> = members.iter().map(|_| AtomicBool::new(false)).collect();
-            let mut check = TcpHealthCheck::new();
-            check.peer_template.options.connection_timeout = Some(config.health_check.timeout);
-            check.health_changed_callback = Some(Box::new(HealthMirror {
+            let hc = &config.health_check;
+            let mirror = Box::new(HealthMirror {
                 members: Arc::clone(&members),
                 down: Arc::clone(&down),
-            }));
-            lb.set_health_check(check);
+            });
+            match &hc.http {
+                // Pingora's HTTP check: an Odoo that accepts connections but
+                // answers 500 (its database down) leaves the pool.
+                Some((path, status)) => {
+                    let mut check = HttpHealthCheck::new("localhost", false);
+                    check.req = RequestHeader::build("GET", path.as_bytes(), None)
+                        .expect("a validated path makes a request line");
+                    check
+                        .req
+                        .insert_header("Host", "localhost")
+                        .expect("a static header is valid");
+                    check.peer_template.options.connection_timeout = Some(hc.timeout);
+                    check.peer_template.options.read_timeout = Some(hc.timeout);
+                    check.consecutive_failure = hc.failures;
+                    check.consecutive_success = hc.successes;
+                    let expect = *status;
+                    check.validator = Some(Box::new(move |resp: &ResponseHeader| {
+                        if resp.status.as_u16() == expect {
+                            Ok(())
+                        } else {
+                            Err(pingora::Error::explain(
+                                pingora::ErrorType::HTTPStatus(resp.status.as_u16()),
+                                "health check status",
+                            ))
+                        }
+                    }));
+                    check.health_changed_callback = Some(mirror);
+                    lb.set_health_check(Box::new(check));
+                }
+                None => {
+                    let mut check = TcpHealthCheck::new();
+                    check.peer_template.options.connection_timeout = Some(hc.timeout);
+                    check.consecutive_failure = hc.failures;
+                    check.consecutive_success = hc.successes;
+                    check.health_changed_callback = Some(mirror);
+                    lb.set_health_check(check);
+                }
+            }
             lb.parallel_health_check = true;
             Workers {
                 lb,
@@ -131,6 +168,20 @@ impl Pool {
     /// The pool's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Every worker (WebSocket workers too) with whether it passes its
+    /// health checks, for `fledge_worker_healthy`.
+    pub fn health(&self) -> Vec<(SocketAddr, bool)> {
+        std::iter::once(&self.http)
+            .chain(self.websocket.as_ref())
+            .flat_map(|w| {
+                w.members
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, b)| Some((*b.addr.as_inet()?, w.is_up(i))))
+            })
+            .collect()
     }
 
     /// The definition it was built from.
@@ -338,6 +389,9 @@ mod tests {
                 health_check: HealthCheckConfig {
                     interval: Duration::from_secs(1),
                     timeout: Duration::from_secs(1),
+                    http: None,
+                    failures: 1,
+                    successes: 1,
                 },
             },
         )

@@ -272,3 +272,55 @@ async fn a_trusted_proxy_is_not_throttled_by_the_per_address_cap() {
     }
     assert_eq!(served, 2, "the per-address cap let {served} of 3 through");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_odoo_worker_failing_web_health_leaves_its_pool_and_comes_back() {
+    use fledge::mock_odoo::Knobs;
+    let (a, b) = (mock("17.0").await, mock("17.0").await);
+    let proxy = TestProxy::start(&format!(
+        r#"listen: "{{listen}}"
+threads: 2
+pools:
+  v17:
+    workers: ["{}", "{}"]
+    health_check: {{ path: "/web/health", expect_status: 200, interval_ms: 100, timeout_ms: 500, failures: 2, successes: 2 }}
+tenants:
+  acme:
+    hosts: ["acme.example.com"]
+    stable: v17
+"#,
+        a.addr(),
+        b.addr()
+    ));
+    let series = format!("fledge_worker_healthy{{pool=\"v17\",worker=\"{}\"}}", b.addr());
+    let client = Client::new(proxy.addr);
+    let up = crate::util::eventually(5, || async { proxy.metric(&series).await == Some(1.0) }).await;
+    assert!(up, "{}", proxy.metrics().await);
+    // Its database is down: it accepts connections and answers 500.
+    b.set_knobs(Knobs {
+        health_status: 500,
+        ..Knobs::default()
+    });
+    let down = crate::util::eventually(5, || async { proxy.metric(&series).await == Some(0.0) }).await;
+    assert!(down, "{}", proxy.metrics().await);
+    let before = b.stats().requests;
+    for _ in 0..20 {
+        assert_eq!(
+            client.get("acme.example.com", "/web/login", &[]).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        b.stats().requests,
+        before,
+        "requests went to a worker failing /web/health"
+    );
+    // Healthy again: back in the pool, and served.
+    b.set_knobs(Knobs::default());
+    let back = crate::util::eventually(5, || async { proxy.metric(&series).await == Some(1.0) }).await;
+    assert!(back, "{}", proxy.metrics().await);
+    for _ in 0..20 {
+        client.get("acme.example.com", "/web/login", &[]).await;
+    }
+    assert!(b.stats().requests > before, "the recovered worker got nothing");
+}

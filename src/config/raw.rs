@@ -131,6 +131,10 @@ pub(crate) struct Pool {
 pub(crate) struct HealthCheck {
     pub(crate) interval_ms: Option<u64>,
     pub(crate) timeout_ms: Option<u64>,
+    pub(crate) path: Option<String>,
+    pub(crate) expect_status: Option<u16>,
+    pub(crate) failures: Option<u64>,
+    pub(crate) successes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

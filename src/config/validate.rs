@@ -544,6 +544,31 @@ impl Checker<'_> {
                 hc.timeout_ms,
                 500,
             )),
+            http: match (&hc.path, hc.expect_status) {
+                (Some(path), status) => {
+                    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                        self.problem(
+                            format!("{base}.health_check.path"),
+                            "must be an absolute path (`/web/health`), no spaces",
+                        );
+                    }
+                    let status = status.unwrap_or(200);
+                    if !(100..=599).contains(&status) {
+                        self.problem(format!("{base}.health_check.expect_status"), "must be 100 to 599");
+                    }
+                    Some((path.clone(), status))
+                }
+                (None, Some(_)) => {
+                    self.problem(
+                        format!("{base}.health_check.expect_status"),
+                        "needs `path` (an HTTP check)",
+                    );
+                    None
+                }
+                (None, None) => None,
+            },
+            failures: self.positive(&format!("{base}.health_check.failures"), hc.failures, 1) as usize,
+            successes: self.positive(&format!("{base}.health_check.successes"), hc.successes, 1) as usize,
         };
         PoolConfig {
             workers,
