@@ -207,8 +207,28 @@ impl Admin {
                         generation,
                     ));
                 }
-                let tenants = self.control.routes().load().tenants().len();
-                let body = format!("ready: {tenants} tenants\n").into_bytes();
+                let table = self.control.routes().load();
+                let tenants = table.tenants();
+                // Not ready when no tenant's stable pool has a healthy
+                // worker: this replica reaches none (its network, say).
+                // One tenant's broken pool does not make it unready: every
+                // replica sees the same pool, and a load balancer taking
+                // them all out would fail every other tenant too.
+                let serving = |t: &crate::routing::TenantRoute| t.stable().health().iter().any(|(_, up)| *up);
+                if !tenants.is_empty() && !tenants.iter().any(serving) {
+                    return Ok(reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        b"not ready: no worker of any tenant's stable pool is healthy\n".to_vec(),
+                        generation,
+                    ));
+                }
+                let down = tenants.iter().filter(|t| !serving(t)).count();
+                let body = format!(
+                    "ready: {} tenants ({down} with no healthy stable worker)\n",
+                    tenants.len()
+                )
+                .into_bytes();
                 return Ok(reply(StatusCode::OK, "text/plain", body, generation));
             }
             (_, "/healthz" | "/readyz") => {

@@ -324,3 +324,48 @@ tenants:
     }
     assert!(b.stats().requests > before, "the recovered worker got nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_with_no_healthy_stable_worker_and_while_draining() {
+    use tokio::io::AsyncWriteExt;
+    let worker = mock("17.0").await;
+    let proxy = TestProxy::start(&one_worker(
+        worker.addr(),
+        "timeouts:\n  shutdown_grace_seconds: 5\n",
+    ));
+    let admin = Client::new(proxy.admin);
+    assert_eq!(admin.get("", "/readyz", &[]).await.status, 200);
+    // The only worker stops: health checks take it out, and the replica
+    // can serve nobody.
+    worker.stop();
+    let unready =
+        crate::util::eventually(5, || async { admin.get("", "/readyz", &[]).await.status == 503 }).await;
+    assert!(unready, "still ready with no worker");
+
+    // A kept-alive probe connection learns of the drain at once.
+    let worker = mock("17.0").await;
+    let proxy = TestProxy::start(&one_worker(
+        worker.addr(),
+        "timeouts:\n  shutdown_grace_seconds: 5\n",
+    ));
+    let mut probe = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    let ask = b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n";
+    probe.write_all(ask).await.unwrap();
+    assert_eq!(crate::util::response_status(&mut probe).await, Some(200));
+    proxy.terminate();
+    // Asked again on the same connection until the signal has landed: the
+    // first answer after it is a 503 (and the connection then closes).
+    let mut draining = false;
+    for _ in 0..50 {
+        probe.write_all(ask).await.unwrap();
+        match crate::util::response_status(&mut probe).await {
+            Some(503) => {
+                draining = true;
+                break;
+            }
+            Some(200) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            other => panic!("{other:?} while draining"),
+        }
+    }
+    assert!(draining, "ready while draining");
+}

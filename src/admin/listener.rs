@@ -145,7 +145,20 @@ impl Listener {
         stopping: bool,
     ) -> Option<(Stream, Option<HttpPersistentSettings>)> {
         session.set_keepalive((!stopping).then_some(KEEPALIVE_SECONDS));
-        let (parts, body) = self.admin.response(&mut session).await.into_parts();
+        // Draining (SIGTERM, or a graceful upgrade handing over): not ready,
+        // so that a load balancer sends no new client here.
+        let draining = stopping && session.req_header().uri.path() == "/readyz";
+        let response = if draining {
+            http::Response::builder()
+                .status(http::StatusCode::SERVICE_UNAVAILABLE)
+                .header("Content-Type", "text/plain")
+                .header("Cache-Control", "no-store")
+                .body(b"not ready: draining\n".to_vec())
+                .expect("static response parts are valid")
+        } else {
+            self.admin.response(&mut session).await
+        };
+        let (parts, body) = response.into_parts();
         let header: ResponseHeader = parts.into();
         if let Err(e) = session.write_response_header(Box::new(header)).await {
             tracing::debug!(error = %e, "admin: could not write the answer");
