@@ -69,12 +69,25 @@ pub struct Config {
     /// Peers (Traefik, a load balancer) whose forwarding headers are
     /// believed (`proxy::forwarded`).
     pub trusted_proxies: Vec<IpNet>,
+    /// How the log is written (not reloadable: set at start).
+    pub log_format: LogFormat,
     /// Worker pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
     /// Canary policies by name (always holds `default`).
     pub policies: BTreeMap<String, Policy>,
     /// Tenants by name.
     pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// How fledge writes its log (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object a line (time, level, target, message, fields), for
+    /// a platform's log collector.
+    Json,
 }
 
 /// A fleet of replicas sharing canary state on Redis (`crate::fleet`). Not

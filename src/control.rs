@@ -1210,6 +1210,10 @@ fn keep_fixed_settings(running: &Config, new: &mut Config) {
         fixed.push("tls");
         new.tls.clone_from(&running.tls);
     }
+    if new.log_format != running.log_format {
+        fixed.push("log.format");
+        new.log_format = running.log_format;
+    }
     if new.metrics_listen != running.metrics_listen {
         fixed.push("metrics.listen");
         new.metrics_listen = running.metrics_listen;

@@ -169,10 +169,20 @@ enum CtlCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    // `fledge run` logs as its file says (`log.format`): the file is read
+    // first, quietly; a file that cannot be read is refused below, in text.
+    let format = match &cli.command {
+        Command::Run { config, .. } => config::load(config).map(|c| c.log_format).unwrap_or_default(),
+        _ => config::LogFormat::Text,
+    };
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => logs.init(),
+        config::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {

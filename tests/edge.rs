@@ -369,3 +369,38 @@ async fn readyz_fails_with_no_healthy_stable_worker_and_while_draining() {
     }
     assert!(draining, "ready while draining");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_json_object_a_line() {
+    let worker = mock("17.0").await;
+    let proxy = TestProxy::start(&one_worker(worker.addr(), "log:\n  format: json\n"));
+    // Something worth a line: a reload, refused.
+    let path = proxy.config_path();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, std::fs::read_to_string(&path).unwrap() + "\nnot: [valid\n").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    assert_eq!(proxy.admin("POST", "/api/v1/reload", "").await.status, 422);
+    let logged =
+        crate::util::eventually(5, || async { proxy.log().contains("config reload rejected") }).await;
+    assert!(logged, "{}", proxy.log());
+    let log = proxy.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+    }
+    let rejected = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["message"] == "config reload rejected: the running config keeps serving")
+        .expect("the rejection as a JSON line");
+    // Fields are fields, not text inside the message.
+    assert!(
+        rejected["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fledge.yaml")),
+        "{rejected}"
+    );
+}

@@ -38,6 +38,8 @@ pub(crate) struct File {
     pub(crate) metrics: Option<Metrics>,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub(crate) log: Log,
     pub(crate) pools: BTreeMap<String, Pool>,
     #[serde(default)]
     pub(crate) policies: BTreeMap<String, Policy>,
@@ -72,6 +74,12 @@ pub(crate) struct Limits {
 pub(crate) struct Cookies {
     pub(crate) secret_env: Option<String>,
     pub(crate) max_age_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Log {
+    pub(crate) format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use super::{
     AdminConfig, AnalysisPolicy, ClientKey, Config, ConfigError, Cookies, FleetConfig, HealthCheckConfig,
-    HostPattern, Limits, Policy, PoolConfig, Problem, Promotion, Rehearsal, TenantConfig, Thresholds,
-    Timeouts, TlsConfig, TokenSource, Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
+    HostPattern, Limits, LogFormat, Policy, PoolConfig, Problem, Promotion, Rehearsal, TenantConfig,
+    Thresholds, Timeouts, TlsConfig, TokenSource, Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
 };
 
 /// Name of the policy used by tenants that name none.
@@ -217,6 +217,14 @@ impl Checker<'_> {
         });
         let fleet = raw.fleet.map(|f| self.fleet(f, cookies.secret_env.is_some()));
         let trusted_proxies = self.networks("trusted_proxies", &raw.trusted_proxies);
+        let log_format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.problem("log.format", format!("`{other}` is not `text` or `json`"));
+                LogFormat::Text
+            }
+        };
         let metrics_listen = raw.metrics.and_then(|m| {
             let addr = self.socket_addr("metrics.listen", &m.listen)?;
             let taken = [Some(listen), Some(admin.listen), tls.as_ref().map(|t| t.listen)];
@@ -288,6 +296,7 @@ impl Checker<'_> {
             fleet,
             metrics_listen,
             trusted_proxies,
+            log_format,
             pools,
             policies,
             tenants,
