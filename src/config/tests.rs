@@ -45,6 +45,7 @@ fn valid_fixtures_and_shipped_configs_are_accepted() {
         fixtures().join("valid_full.yaml"),
         root.join("config/fledge.example.yaml"),
         root.join("config/demo.yaml"),
+        root.join("deploy/kubernetes/fledge.yaml"),
     ] {
         if let Err(e) = load(&path) {
             panic!("{} refused: {e}", path.display());
