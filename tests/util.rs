@@ -20,12 +20,25 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// A port that was free a moment ago (Pingora cannot report the port of a
 /// `:0` listener, so we pick one and hand it over).
+///
+/// Taken below the kernel's ephemeral range (32768 and up on Linux), each
+/// port once per test process: between our check and the child's bind,
+/// a socket bound to port 0 elsewhere in the tests (a mock worker, a
+/// client) can never be given it, nor can another `free_port` call.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // A different start in each run, so a port a previous run's process
+    // still holds (TIME_WAIT aside) is unlikely to be next.
+    let _ = NEXT.compare_exchange(0, std::process::id() % SPAN + 1, Relaxed, Relaxed);
+    loop {
+        let port = (FIRST + NEXT.fetch_add(1, Relaxed) % SPAN) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An address that refuses connections and stays so while the returned
