@@ -454,10 +454,7 @@ impl Leader {
                     let Ok(text) = redis::from_redis_value_ref::<String>(value) else {
                         continue;
                     };
-                    let sums = self
-                        .sums
-                        .entry(tenant.clone())
-                        .or_insert_with(|| (figures::zero(), figures::zero()));
+                    let sums = self.sums.entry(tenant.clone()).or_default();
                     if let Err(e) = figures::add_tenant(sums, &text) {
                         tracing::debug!(tenant = %tenant, error = %e, "malformed fleet figures skipped");
                     }
@@ -466,7 +463,7 @@ impl Leader {
             }
             self.cursors.insert(replica, cursor);
         }
-        let zero = (figures::zero(), figures::zero());
+        let zero = (Snapshot::default(), Snapshot::default());
         let mut judgements = self
             .analyzer
             .tick_with(table, true, |t| self.sums.get(t.name()).unwrap_or(&zero).clone());

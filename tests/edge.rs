@@ -94,6 +94,31 @@ async fn from(src: &str, proxy: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// The versions `n` first visits (no session, no cookie) from `src` land
+/// on, each claiming another client in `X-Forwarded-For`.
+async fn first_visits(
+    src: &str,
+    proxy: std::net::SocketAddr,
+    heads: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    let mut versions = std::collections::BTreeSet::new();
+    for i in 0..n {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: 198.51.100.{i}\r\nConnection: close\r\n\r\n"
+        );
+        let r = from(src, proxy, &request).await;
+        let _ = heads.recv().await.unwrap();
+        let v = r.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-fledge-version:")
+                .map(|v| v.trim().to_owned())
+        });
+        versions.insert(v.unwrap_or_default());
+    }
+    versions
+}
+
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -186,43 +211,9 @@ async fn behind_a_trusted_proxy_the_client_is_the_one_it_forwards_for() {
     );
     // The split's fallback (no session, no cookie) hashes the forwarded
     // client: forty clients behind Traefik are not one client.
-    let mut versions = std::collections::BTreeSet::new();
-    for i in 0..40 {
-        let r = from(
-            TRUSTED,
-            proxy.addr,
-            &format!(
-                "GET / HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: 198.51.100.{i}\r\nConnection: close\r\n\r\n"
-            ),
-        )
-        .await;
-        let _ = heads.recv().await.unwrap();
-        let v = r.lines().find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-fledge-version:")
-                .map(|v| v.trim().to_owned())
-        });
-        versions.insert(v.unwrap_or_default());
-    }
+    let versions = first_visits(TRUSTED, proxy.addr, &mut heads, 40).await;
     assert_eq!(versions.len(), 2, "forty forwarded clients all on {versions:?}");
-    let mut versions = std::collections::BTreeSet::new();
-    for i in 0..10 {
-        let r = from(
-            UNTRUSTED,
-            proxy.addr,
-            &format!(
-                "GET / HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: 198.51.100.{i}\r\nConnection: close\r\n\r\n"
-            ),
-        )
-        .await;
-        let _ = heads.recv().await.unwrap();
-        let v = r.lines().find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-fledge-version:")
-                .map(|v| v.trim().to_owned())
-        });
-        versions.insert(v.unwrap_or_default());
-    }
+    let versions = first_visits(UNTRUSTED, proxy.addr, &mut heads, 10).await;
     assert_eq!(
         versions.len(),
         1,

@@ -214,6 +214,29 @@ async fn formed(replicas: &[TestProxy], n: u64) -> String {
     panic!("the fleet did not form: {}", fleet(&replicas[0]).await);
 }
 
+/// `rps` requests a second on each replica, from its own sessions; returns
+/// once every replica has sent some clients to the canary.
+async fn load_each(replicas: &[TestProxy], rps: u32) -> Vec<crate::util::Load> {
+    let loads: Vec<_> = replicas
+        .iter()
+        .map(|r| start_load(r.addr, HOST, rps, false))
+        .collect();
+    let served = eventually(10, || async { loads.iter().all(|l| l.get(&l.stats.canary) > 10) }).await;
+    assert!(served, "every replica sends some clients to the canary");
+    loads
+}
+
+/// Wait until every replica knows Redis does not answer.
+async fn alone(replicas: &[TestProxy]) {
+    for r in replicas {
+        let down = eventually(5, || async {
+            r.metric("fledge_fleet_redis_up").await == Some(0.0)
+        })
+        .await;
+        assert!(down, "a replica still thinks Redis is up");
+    }
+}
+
 fn by_id<'a>(replicas: &'a mut [TestProxy], id: &str) -> &'a mut TestProxy {
     let i: usize = id.trim_start_matches('r').parse().unwrap();
     &mut replicas[i]
@@ -235,12 +258,7 @@ async fn three_replicas_roll_a_failing_canary_back_together_and_journal_it_once(
     let leader = formed(&replicas, 3).await;
     // Each replica alone sees a third of the traffic: 60 requests a second
     // in all, 10 a second on each replica's canary.
-    let loads: Vec<_> = replicas
-        .iter()
-        .map(|r| start_load(r.addr, HOST, 20, false))
-        .collect();
-    let served = eventually(10, || async { loads.iter().all(|l| l.get(&l.stats.canary) > 10) }).await;
-    assert!(served, "every replica sends some clients to the canary");
+    let loads = load_each(&replicas, 20).await;
     assert!(all_in_state(&replicas, "progressing").await);
 
     c.set_knobs(Knobs {
@@ -394,12 +412,7 @@ async fn the_leader_killed_during_an_incident_is_replaced_and_the_rollback_still
     let (s, c) = (mock("17.0").await, mock("18.0").await);
     let mut replicas = start_fleet(&redis, &s, &c, 50.0, 3);
     let leader = formed(&replicas, 3).await;
-    let mut loads: Vec<_> = replicas
-        .iter()
-        .map(|r| start_load(r.addr, HOST, 20, false))
-        .collect();
-    let served = eventually(10, || async { loads.iter().all(|l| l.get(&l.stats.canary) > 10) }).await;
-    assert!(served);
+    let mut loads = load_each(&replicas, 20).await;
 
     c.set_knobs(Knobs {
         error_rate: 0.3,
@@ -499,23 +512,12 @@ async fn redis_killed_or_hanging_costs_no_request_and_a_fault_meanwhile_is_still
     let (s, c) = (mock("17.0").await, mock("18.0").await);
     let replicas = start_fleet(&redis, &s, &c, 50.0, 2);
     formed(&replicas, 2).await;
-    let loads: Vec<_> = replicas
-        .iter()
-        .map(|r| start_load(r.addr, HOST, 40, false))
-        .collect();
-    let served = eventually(10, || async { loads.iter().all(|l| l.get(&l.stats.canary) > 10) }).await;
-    assert!(served);
+    let loads = load_each(&replicas, 40).await;
 
     // Redis hangs, then dies: requests go on; nothing fails.
     redis.freeze();
     let sent: u64 = loads.iter().map(|l| l.get(&l.stats.sent)).sum();
-    for r in &replicas {
-        let up = eventually(5, || async {
-            r.metric("fledge_fleet_redis_up").await == Some(0.0)
-        })
-        .await;
-        assert!(up, "a replica still thinks Redis is up");
-    }
+    alone(&replicas).await;
     assert!(
         eventually(10, || async {
             loads.iter().map(|l| l.get(&l.stats.sent)).sum::<u64>() > sent + 100
@@ -708,20 +710,9 @@ async fn a_rollback_made_alone_while_redis_hung_reaches_the_fleet_once_it_answer
     let (s, c) = (mock("17.0").await, mock("18.0").await);
     let replicas = start_fleet(&redis, &s, &c, 50.0, 2);
     formed(&replicas, 2).await;
-    let loads: Vec<_> = replicas
-        .iter()
-        .map(|r| start_load(r.addr, HOST, 40, false))
-        .collect();
-    let served = eventually(10, || async { loads.iter().all(|l| l.get(&l.stats.canary) > 10) }).await;
-    assert!(served);
+    let _loads = load_each(&replicas, 40).await;
     redis.freeze();
-    for r in &replicas {
-        let down = eventually(5, || async {
-            r.metric("fledge_fleet_redis_up").await == Some(0.0)
-        })
-        .await;
-        assert!(down, "a replica still thinks Redis is up");
-    }
+    alone(&replicas).await;
     c.set_knobs(Knobs {
         error_rate: 0.3,
         ..Knobs::default()
@@ -814,11 +805,7 @@ async fn a_rollback_made_alone_survives_a_restart_before_redis_answers_again() {
     let mut replicas = start_fleet(&redis, &s, &c, 50.0, 1);
     formed(&replicas, 1).await;
     redis.freeze();
-    let alone = eventually(5, || async {
-        replicas[0].metric("fledge_fleet_redis_up").await == Some(0.0)
-    })
-    .await;
-    assert!(alone);
+    alone(&replicas).await;
     let r = replicas[0]
         .admin("POST", "/api/v1/tenants/acme/rollback", "")
         .await;

@@ -25,11 +25,6 @@ const GROUPS_AT: usize = LATENCY_AT + LATENCY_BUCKETS;
 const SUM_AT: usize = GROUPS_AT + CLIENT_GROUPS;
 const FIELDS: usize = SUM_AT + 1;
 
-/// A snapshot of nothing.
-pub fn zero() -> Snapshot {
-    Snapshot::default()
-}
-
 /// The flat counter `i` of `s` minus that of `old` (client groups wrap at
 /// 2^32, as they are kept).
 fn diff(s: &Snapshot, old: &Snapshot, i: usize) -> u64 {
@@ -120,7 +115,7 @@ mod tests {
         let replicas: Vec<VersionStats> = (0..3).map(|_| VersionStats::default()).collect();
         let together = VersionStats::default();
         let mut published: Vec<Snapshot> = replicas.iter().map(|r| r.snapshot()).collect();
-        let mut sum = zero();
+        let mut sum = Snapshot::default();
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..50 {
             for r in &replicas {
@@ -154,10 +149,14 @@ mod tests {
         let mut text = String::new();
         assert!(!encode_tenant((&s, &s), (&s, &s), &mut text));
         assert_eq!(text, "/");
-        let mut sums = (zero(), zero());
+        let mut sums = (Snapshot::default(), Snapshot::default());
         assert!(add_tenant(&mut sums, "0:3,x/").is_err());
         assert!(add_tenant(&mut sums, "0:3/1:x").is_err());
-        assert_eq!(sums, (zero(), zero()), "a malformed entry adds nothing");
+        assert_eq!(
+            sums,
+            (Snapshot::default(), Snapshot::default()),
+            "a malformed entry adds nothing"
+        );
         assert!(add_tenant(&mut sums, "9999:1/").is_err());
         assert!(add_tenant(&mut sums, "no slash").is_err());
     }

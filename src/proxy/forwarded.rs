@@ -43,29 +43,23 @@ fn address(s: &str) -> Option<IpAddr> {
 /// the rightmost address not in `nets`, or the leftmost when all are.
 /// `None` when neither header names an address.
 pub(crate) fn client_behind(headers: &HeaderMap, nets: &[IpNet]) -> Option<IpAddr> {
-    let xff: Vec<&str> = headers
+    // Field lines from the last, each read from its right end.
+    let lines = |name: &'static str| {
+        headers
+            .get_all(name)
+            .iter()
+            .rev()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.rsplit(','))
+    };
+    if headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if !xff.is_empty() {
-        return rightmost_untrusted(xff.iter().rev().flat_map(|v| v.rsplit(',')), nets);
+        .any(|v| v.to_str().is_ok())
+    {
+        return rightmost_untrusted(lines("x-forwarded-for"), nets);
     }
-    let forwarded: Vec<&str> = headers
-        .get_all("forwarded")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let fors = forwarded.iter().rev().flat_map(|v| v.rsplit(',')).map(|element| {
-        element
-            .split(';')
-            .find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then_some(v)
-            })
-            .unwrap_or("")
-    });
-    rightmost_untrusted(fors, nets)
+    rightmost_untrusted(lines("forwarded").map(|e| param(e, "for").unwrap_or("")), nets)
 }
 
 /// Walk hops from the right: the first one not trusted is the client; a
@@ -85,25 +79,30 @@ fn rightmost_untrusted<'a>(hops: impl Iterator<Item = &'a str>, nets: &[IpNet]) 
     last
 }
 
+/// The value of `key` in one element of `Forwarded` (`for=…;proto=…`),
+/// quotes and spaces left for the caller.
+fn param<'a>(element: &'a str, key: &str) -> Option<&'a str> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim().eq_ignore_ascii_case(key).then_some(v)
+    })
+}
+
+/// The first value of `x_header` (`X-Forwarded-Proto`, `-Host`), or else
+/// `key` of `Forwarded`'s first element; trimmed and unquoted.
+fn first<'a>(headers: &'a HeaderMap, x_header: &str, key: &str) -> Option<&'a str> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let value = match text(x_header) {
+        Some(v) => v.split(',').next()?,
+        None => param(text("forwarded")?.split(',').next()?, key)?,
+    };
+    Some(value.trim().trim_matches('"'))
+}
+
 /// The scheme the trusted peer was reached with: `X-Forwarded-Proto`'s
 /// first value, or `Forwarded`'s first `proto=`; only `http` or `https`.
 pub(crate) fn proto(headers: &HeaderMap) -> Option<&'static str> {
-    let from_xfp = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next());
-    let from_forwarded = || {
-        headers
-            .get("forwarded")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.split(',').next()?.split(';').find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    k.trim().eq_ignore_ascii_case("proto").then_some(v)
-                })
-            })
-    };
-    match from_xfp.or_else(from_forwarded)?.trim().trim_matches('"') {
+    match first(headers, "x-forwarded-proto", "proto")? {
         p if p.eq_ignore_ascii_case("https") => Some("https"),
         p if p.eq_ignore_ascii_case("http") => Some("http"),
         _ => None,
@@ -113,23 +112,7 @@ pub(crate) fn proto(headers: &HeaderMap) -> Option<&'static str> {
 /// The host the trusted peer was asked for: `X-Forwarded-Host`'s first
 /// value, or `Forwarded`'s first `host=`, if it is a host name.
 pub(crate) fn host(headers: &HeaderMap) -> Option<&str> {
-    let from_xfh = headers
-        .get("x-forwarded-host")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next());
-    let from_forwarded = || {
-        headers
-            .get("forwarded")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.split(',').next()?.split(';').find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    k.trim().eq_ignore_ascii_case("host").then_some(v)
-                })
-            })
-    };
-    let host = from_xfh.or_else(from_forwarded)?.trim().trim_matches('"');
-    super::limits::is_host(host).then_some(host)
+    first(headers, "x-forwarded-host", "host").filter(|h| super::limits::is_host(h))
 }
 
 #[cfg(test)]
