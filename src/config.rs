@@ -69,6 +69,9 @@ pub struct Config {
     /// Peers (Traefik, a load balancer) whose forwarding headers are
     /// believed (`proxy::forwarded`).
     pub trusted_proxies: Vec<IpNet>,
+    /// Load balancers that open each connection with a PROXY protocol
+    /// header (`proxy::proxy_protocol`); empty: none is read.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// How the log is written (not reloadable: set at start).
     pub log_format: LogFormat,
     /// Worker pools by name.

@@ -48,6 +48,7 @@ mod fast_path;
 mod forwarded;
 mod headers;
 pub mod limits;
+mod proxy_protocol;
 mod replay;
 pub mod retry;
 

@@ -1,5 +1,6 @@
 //! Deployed behind Traefik or a load balancer, on Kubernetes (issue 17):
-//! the scrapers' metrics endpoint, process metrics.
+//! trusted proxies, the PROXY protocol, HTTP health checks, the
+//! scrapers' metrics endpoint, readiness, JSON logs.
 
 use crate::util::{free_port, mock, one_worker, Client, TestProxy};
 
@@ -49,7 +50,7 @@ async fn scrapers_get_metrics_without_the_token_and_nothing_else() {
 
 /// A worker that records every request head it gets (health checks,
 /// which send nothing, are skipped) and answers 200.
-async fn recorder(tx: tokio::sync::mpsc::UnboundedSender<String>) -> std::net::SocketAddr {
+pub(crate) async fn recorder(tx: tokio::sync::mpsc::UnboundedSender<String>) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -83,7 +84,7 @@ async fn recorder(tx: tokio::sync::mpsc::UnboundedSender<String>) -> std::net::S
 
 /// One request from source address `from` (a loopback address of our
 /// choosing, to play a trusted or an untrusted peer); the response.
-async fn from(src: &str, proxy: std::net::SocketAddr, request: &str) -> String {
+pub(crate) async fn from(src: &str, proxy: std::net::SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
@@ -119,7 +120,7 @@ async fn first_visits(
     versions
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .map(str::trim)
@@ -146,8 +147,8 @@ tenants:
     )
 }
 
-const TRUSTED: &str = "127.0.0.2";
-const UNTRUSTED: &str = "127.0.0.3";
+pub(crate) const TRUSTED: &str = "127.0.0.2";
+pub(crate) const UNTRUSTED: &str = "127.0.0.3";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_the_client_is_the_one_it_forwards_for() {
@@ -394,4 +395,188 @@ async fn log_format_json_writes_one_json_object_a_line() {
             .is_some_and(|r| r.contains("fledge.yaml")),
         "{rejected}"
     );
+}
+
+/// A PROXY protocol v2 header for `src` → `dst`, or a LOCAL one.
+pub(crate) fn proxy_v2(local: bool, src: &str, dst: &str) -> Vec<u8> {
+    use ppp::v2;
+    let command = if local {
+        v2::Command::Local
+    } else {
+        v2::Command::Proxy
+    };
+    let addresses = (
+        src.parse::<std::net::SocketAddr>().unwrap(),
+        dst.parse::<std::net::SocketAddr>().unwrap(),
+    );
+    v2::Builder::with_addresses(v2::Version::Two | command, v2::Protocol::Stream, addresses)
+        .build()
+        .unwrap()
+}
+
+/// A connection from `src` that sends `first` and then `request`; the
+/// response (empty when the connection was closed without one).
+async fn proxied(src: &str, proxy: std::net::SocketAddr, first: &[u8], request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    let mut conn = socket.connect(proxy).await.unwrap();
+    let _ = conn.write_all(&[first, request.as_bytes()].concat()).await;
+    let mut response = Vec::new();
+    let _ = conn.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_protocol_load_balancer_the_client_is_the_one_its_header_names() {
+    use tokio::io::AsyncWriteExt;
+    let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    let (stable, canary) = (recorder(tx.clone()).await, recorder(tx).await);
+    let proxy = TestProxy::start(&behind_traefik(
+        stable,
+        canary,
+        "proxy_protocol:\n  from: [\"127.0.0.2/32\"]\n\
+         limits:\n  max_connections_per_ip: 2\n  header_timeout_seconds: 2\n",
+    ));
+    let get = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: acme.example.com\r\nCookie: session_id=s1\r\nConnection: close\r\n\r\n")
+    };
+    // v1 and v2, TCP over IPv4 and IPv6: the header's source is the client
+    // the worker is told of; LOCAL (the balancer's own check) is the peer.
+    for (first, client) in [
+        (
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 80\r\n".to_vec(),
+            "203.0.113.7",
+        ),
+        (
+            b"PROXY TCP6 2001:db8::7 2001:db8::1 51000 80\r\n".to_vec(),
+            "2001:db8::7",
+        ),
+        (
+            proxy_v2(false, "198.51.100.4:4000", "10.0.0.1:80"),
+            "198.51.100.4",
+        ),
+        (
+            proxy_v2(false, "[2001:db8::9]:4000", "[2001:db8::1]:80"),
+            "2001:db8::9",
+        ),
+        (proxy_v2(true, "0.0.0.0:0", "0.0.0.0:0"), TRUSTED),
+        (b"PROXY UNKNOWN\r\n".to_vec(), TRUSTED),
+    ] {
+        let r = proxied(TRUSTED, proxy.addr, &first, &get("/web/login")).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{client}: {r}");
+        let head = heads.recv().await.unwrap();
+        assert_eq!(header(&head, "x-forwarded-for"), Some(client), "{head}");
+    }
+    // override_from judges the header's client.
+    let r = proxied(
+        TRUSTED,
+        proxy.addr,
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 80\r\n",
+        "GET / HTTP/1.1\r\nHost: acme.example.com\r\nX-Fledge-Version: canary\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.to_ascii_lowercase().contains("x-fledge-version: canary"), "{r}");
+    let _ = heads.recv().await.unwrap();
+
+    // Refused, and nothing reaches a worker: a header from a peer not in
+    // `from` (an invalid request there), no header from a balancer, a
+    // malformed one, a truncated one.
+    let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 80\r\n";
+    let r = proxied(UNTRUSTED, proxy.addr, v1, &get("/smuggled")).await;
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 400"), "{r}");
+    for first in [
+        &b""[..],
+        b"PROXY TCP4 203.0.113.999 10.0.0.1 1 80\r\n",
+        b"PROXY TCP4 203.0.113.7 10.0.0.1",
+    ] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{TRUSTED}:0").parse().unwrap()).unwrap();
+        let mut conn = socket.connect(proxy.addr).await.unwrap();
+        let request = if first.is_empty() || first.ends_with(b"\r\n") {
+            get("/smuggled")
+        } else {
+            String::new()
+        };
+        conn.write_all(&[first, request.as_bytes()].concat())
+            .await
+            .unwrap();
+        // Truncated: the balancer goes away mid-header.
+        conn.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer).await;
+        assert!(
+            answer.is_empty(),
+            "{:?} was answered: {}",
+            String::from_utf8_lossy(first),
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // A header that trickles in, a byte at a time, is cut at the header
+    // deadline from the connection's start.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{TRUSTED}:0").parse().unwrap()).unwrap();
+    let (mut read, mut write) = socket.connect(proxy.addr).await.unwrap().into_split();
+    let began = tokio::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        for byte in v1.iter() {
+            if write.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    });
+    let mut buf = [0u8; 64];
+    let end = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut read, &mut buf),
+    )
+    .await;
+    trickle.abort();
+    assert!(
+        matches!(end, Ok(Ok(0) | Err(_))),
+        "a trickled PROXY header was never cut: {end:?}"
+    );
+    assert!(
+        began.elapsed() >= std::time::Duration::from_millis(1500),
+        "cut before its deadline"
+    );
+    assert_eq!(proxy.metric("fledge_slow_headers_total").await, Some(1.0));
+    // The first request after the refusals is the first a worker sees.
+    let r = from(UNTRUSTED, proxy.addr, &get("/after")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let head = heads.recv().await.unwrap();
+    assert!(
+        head.starts_with("get /after "),
+        "a refused connection reached a worker: {head}"
+    );
+    assert_eq!(header(&head, "x-forwarded-for"), Some(UNTRUSTED), "{head}");
+    assert_eq!(
+        proxy.metric("fledge_proxy_headers_refused_total").await,
+        Some(3.0)
+    );
+
+    // The per-address cap counts the header's client, not the balancer:
+    // two connections for one client, the third refused, another
+    // client's served.
+    let open = |client: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{TRUSTED}:0").parse().unwrap()).unwrap();
+        let mut c = socket.connect(proxy.addr).await.unwrap();
+        let header = format!("PROXY TCP4 {client} 10.0.0.1 5000 80\r\n");
+        c.write_all(header.as_bytes()).await.unwrap();
+        c
+    };
+    let mut kept = Vec::new();
+    for client in ["203.0.113.50", "203.0.113.50", "203.0.113.50", "203.0.113.51"] {
+        kept.push(open(client).await);
+    }
+    let mut served = Vec::new();
+    for c in &mut kept {
+        let _ = c
+            .write_all(b"GET / HTTP/1.1\r\nHost: acme.example.com\r\n\r\n")
+            .await;
+        served.push(crate::util::response_status(c).await == Some(200));
+    }
+    assert_eq!(served, [true, true, false, true]);
 }

@@ -794,3 +794,60 @@ async fn silent_tls_connections_count_from_accept_and_are_cut_at_the_handshake_d
     assert!(timeouts, "{}", proxy.metrics().await);
     assert!(!proxy.log().contains("ERROR"), "{}", proxy.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_before_the_handshake_names_the_client() {
+    use crate::edge::{header, proxy_v2, recorder, TRUSTED, UNTRUSTED};
+    let ca = Ca::new();
+    let certs = tempfile::tempdir().unwrap();
+    let acme = ca.leaf(&["acme.example.com"]);
+    install(certs.path(), "acme", &acme.crt, &acme.key);
+    let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    let worker = recorder(tx).await;
+    let config = format!(
+        "proxy_protocol:\n  from: [\"{TRUSTED}/32\"]\n{}",
+        config(certs.path(), worker, "")
+    );
+    let proxy = TestProxy::start(&config);
+    let tls = proxy.tls.unwrap();
+    // A connection from `src` that sends `first`, then shakes hands.
+    let connect = |src: &'static str, first: Vec<u8>| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        let mut tcp = socket.connect(tls).await.unwrap();
+        tcp.write_all(&first).await.unwrap();
+        let name = ServerName::try_from("acme.example.com").unwrap();
+        any_cert_client(&[b"http/1.1"]).connect(name, tcp).await
+    };
+    let request = b"GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\n\r\n";
+    for (first, client) in [
+        (
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n".to_vec(),
+            "203.0.113.7",
+        ),
+        (
+            proxy_v2(false, "[2001:db8::9]:4000", "[2001:db8::1]:443"),
+            "2001:db8::9",
+        ),
+        (proxy_v2(true, "0.0.0.0:0", "0.0.0.0:0"), TRUSTED),
+    ] {
+        let mut stream = connect(TRUSTED, first).await.expect("handshake");
+        // Two requests on the connection: both carry its client.
+        for _ in 0..2 {
+            stream.write_all(request).await.unwrap();
+            assert_eq!(response_status(&mut stream).await, Some(200));
+            let head = heads.recv().await.unwrap();
+            assert_eq!(header(&head, "x-forwarded-for"), Some(client), "{head}");
+            assert_eq!(header(&head, "x-forwarded-proto"), Some("https"), "{head}");
+        }
+    }
+    // From a peer not in `from`, a PROXY header breaks the handshake; from
+    // one in it, a ClientHello without a header is refused.
+    let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n".to_vec();
+    assert!(connect(UNTRUSTED, v1).await.is_err());
+    assert!(connect(TRUSTED, Vec::new()).await.is_err());
+    assert!(
+        heads.try_recv().is_err(),
+        "a refused connection reached the worker"
+    );
+}

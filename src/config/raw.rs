@@ -39,6 +39,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
     #[serde(default)]
+    pub(crate) proxy_protocol: Option<ProxyProtocol>,
+    #[serde(default)]
     pub(crate) log: Log,
     pub(crate) pools: BTreeMap<String, Pool>,
     #[serde(default)]
@@ -80,6 +82,12 @@ pub(crate) struct Cookies {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Log {
     pub(crate) format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxyProtocol {
+    pub(crate) from: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

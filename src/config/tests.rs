@@ -57,6 +57,14 @@ fn valid_fixtures_and_shipped_configs_are_accepted() {
 fn full_config_is_read_as_written() {
     let c = load(&fixtures().join("valid_full.yaml")).unwrap();
     assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.trusted_proxies, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+    assert_eq!(
+        c.proxy_protocol_from,
+        [
+            "10.1.0.0/16".parse::<IpNet>().unwrap(),
+            "127.0.0.1/32".parse().unwrap()
+        ]
+    );
     let acme = &c.tenants["acme"];
     assert_eq!(acme.canary_weight.basis_points(), 2_000);
     assert_eq!(acme.canary.as_deref(), Some("v18"));

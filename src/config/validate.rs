@@ -217,6 +217,15 @@ impl Checker<'_> {
         });
         let fleet = raw.fleet.map(|f| self.fleet(f, cookies.secret_env.is_some()));
         let trusted_proxies = self.networks("trusted_proxies", &raw.trusted_proxies);
+        let proxy_protocol_from = raw.proxy_protocol.map_or_else(Vec::new, |p| {
+            if p.from.is_empty() {
+                self.problem(
+                    "proxy_protocol.from",
+                    "names no peer: list the load balancers' addresses, or leave proxy_protocol out",
+                );
+            }
+            self.networks("proxy_protocol.from", &p.from)
+        });
         let log_format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -296,6 +305,7 @@ impl Checker<'_> {
             fleet,
             metrics_listen,
             trusted_proxies,
+            proxy_protocol_from,
             log_format,
             pools,
             policies,

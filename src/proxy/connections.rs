@@ -54,6 +54,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use tokio::time::{timeout_at, Instant, Sleep};
 
 use super::fast_path::{self, Proxy};
+use super::proxy_protocol;
 use super::replay::Replay;
 use super::WRITE_BUFFER;
 use crate::routing::RouteTable;
@@ -70,6 +71,7 @@ pub struct Connections {
     slow_headers: AtomicU64,
     tls_timeouts: AtomicU64,
     tls_errors: AtomicU64,
+    proxy_refused: AtomicU64,
 }
 
 /// The TLS listener: its address, and what does its handshakes.
@@ -114,31 +116,38 @@ impl Connections {
             slow_headers: AtomicU64::new(0),
             tls_timeouts: AtomicU64::new(0),
             tls_errors: AtomicU64::new(0),
+            proxy_refused: AtomicU64::new(0),
         })
     }
 
-    /// Take a place for a connection from `ip`, or `None` at a cap.
-    fn admit(&self, ip: Option<IpAddr>, max_total: usize, max_per_ip: u32) -> Option<Admitted<'_>> {
+    /// Take a place for a connection, or `None` at the total cap.
+    fn admit(&self, max_total: usize) -> Option<Admitted<'_>> {
         if self.open.fetch_add(1, Relaxed) >= max_total {
             self.open.fetch_sub(1, Relaxed);
             self.refused_total.fetch_add(1, Relaxed);
             return None;
         }
-        let mut admitted = Admitted {
+        Some(Admitted {
             counts: self,
             slot: None,
-        };
-        if let Some(ip) = ip {
-            let slot = (self.hasher.hash_one(ip) as usize) % SLOTS;
-            if self.per_ip[slot].fetch_add(1, Relaxed) >= max_per_ip {
-                self.per_ip[slot].fetch_sub(1, Relaxed);
-                self.refused_per_ip.fetch_add(1, Relaxed);
-                // Dropping `admitted` gives the total place back.
-                return None;
-            }
-            admitted.slot = Some(slot);
+        })
+    }
+}
+
+impl Admitted<'_> {
+    /// Count the connection against `ip`'s cap too; `false` at the cap
+    /// (the connection is to be closed; dropping `self` gives its total
+    /// place back).
+    fn count_ip(&mut self, ip: IpAddr, max_per_ip: u32) -> bool {
+        let counts = self.counts;
+        let slot = (counts.hasher.hash_one(ip.to_canonical()) as usize) % SLOTS;
+        if counts.per_ip[slot].fetch_add(1, Relaxed) >= max_per_ip {
+            counts.per_ip[slot].fetch_sub(1, Relaxed);
+            counts.refused_per_ip.fetch_add(1, Relaxed);
+            return false;
         }
-        Some(admitted)
+        self.slot = Some(slot);
+        true
     }
 }
 
@@ -286,6 +295,36 @@ impl Guarded {
         }
     }
 
+    /// The PROXY header of a connection from a load balancer, by
+    /// `deadline`: the stream with the header's client as its peer, and
+    /// that client (`peer` for a header that names none). `None`: refused
+    /// (counted), the connection is to be closed.
+    async fn proxy_header(
+        &self,
+        stream: Stream,
+        deadline: Instant,
+        peer: Option<IpAddr>,
+    ) -> Option<(Stream, Option<IpAddr>)> {
+        // Our listeners hand connections over as Pingora's TCP stream.
+        let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        match timeout_at(deadline, proxy_protocol::read_header(&mut tcp)).await {
+            Ok(Ok(Some(client))) => {
+                proxy_protocol::set_peer(&mut tcp, client);
+                Some((tcp, Some(client.ip())))
+            }
+            Ok(Ok(None)) => Some((tcp, peer)),
+            Ok(Err(why)) => {
+                self.counts.proxy_refused.fetch_add(1, Relaxed);
+                tracing::debug!(?peer, ?why, "PROXY header refused: connection closed");
+                None
+            }
+            Err(_) => {
+                self.counts.slow(peer);
+                None
+            }
+        }
+    }
+
     /// One request of an HTTP/1 connection: its header read by `deadline`
     /// (`timer` set to it only if the header is not whole at once), then
     /// served. A shutdown (`closing`) while the header is awaited drops the
@@ -335,51 +374,67 @@ impl Guarded {
 impl ServerApp for Guarded {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let digest = stream.get_socket_digest();
-        let ip = digest
+        let peer = digest
             .as_ref()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let (max_total, max_per_ip, header_timeout, handshake_timeout, idle, via_proxy) = {
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        let (max_total, max_per_ip, header_timeout, handshake_timeout, idle, proxy_protocol) = {
             let table = self.routes.load();
             let tuning = table.tuning();
             let limits = &tuning.limits;
-            let trusted = &tuning.trusted_proxies;
+            let from = &tuning.proxy_protocol_from;
             (
                 limits.max_connections,
                 limits.max_connections_per_ip,
                 limits.header_timeout,
                 limits.tls_handshake_timeout,
                 tuning.timeouts.client_keepalive,
-                !trusted.is_empty() && ip.is_some_and(|ip| super::forwarded::is_trusted(trusted, ip)),
+                !from.is_empty() && peer.is_some_and(|ip| super::forwarded::is_trusted(from, ip)),
             )
         };
-        // A trusted proxy carries many clients: it counts against the
-        // total only, never against the per-address cap.
-        let per_ip = if via_proxy { None } else { ip };
-        let Some(_admitted) = self.counts.admit(per_ip, max_total, max_per_ip) else {
-            tracing::debug!(?ip, "connection refused at a cap");
+        let Some(mut admitted) = self.counts.admit(max_total) else {
+            tracing::debug!(ip = ?peer, "connection refused at the total cap");
             // Dropping the stream closes it.
             return None;
         };
+        // The connection's clock: its PROXY header, TLS handshake and first
+        // request header are each due within their deadline from here.
+        let start = Instant::now();
+        // From a load balancer in `proxy_protocol.from`, the client is the
+        // one its PROXY header names; read before anything else.
+        let (stream, ip) = if proxy_protocol {
+            self.proxy_header(stream, start + header_timeout, peer).await?
+        } else {
+            (stream, peer)
+        };
+        // A trusted proxy carries many clients: it counts against the
+        // total only, never against the per-address cap.
+        let via_proxy = ip.is_some_and(|ip| {
+            let table = self.routes.load();
+            let trusted = &table.tuning().trusted_proxies;
+            !trusted.is_empty() && super::forwarded::is_trusted(trusted, ip)
+        });
+        if let Some(ip) = ip.filter(|_| !via_proxy) {
+            if !admitted.count_ip(ip, max_per_ip) {
+                tracing::debug!(?ip, "connection refused at the per-address cap");
+                return None;
+            }
+        }
         // Counted from accept: a TLS connection holds its place while it
         // shakes hands, for the handshake's deadline at most.
-        let stream = match self.tls_for(
-            digest
-                .as_ref()
-                .and_then(|d| d.local_addr())
-                .and_then(|a| a.as_inet())
-                .copied(),
-        ) {
-            Some(tls) => {
-                self.handshake(tls, stream, Instant::now() + handshake_timeout, ip)
-                    .await?
-            }
+        let stream = match self.tls_for(local) {
+            Some(tls) => self.handshake(tls, stream, start + handshake_timeout, ip).await?,
             None => stream,
         };
         let tls = stream.get_ssl_digest().is_some();
         // HTTP/2 by ALPN, and a stream without a socket (never on our
         // listeners): Pingora serves them whole. h2 bounds its own headers
         // (64 KiB, CONTINUATION cap) and its idle time.
-        if digest.is_none() || (tls && stream.selected_alpn_proto() == Some(ALPN::H2)) {
+        if local.is_none() || (tls && stream.selected_alpn_proto() == Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
         }
         let mut stream: Stream = if tls {
@@ -494,6 +549,7 @@ const OPEN: &str = "fledge_connections_open";
 const REFUSED: &str = "fledge_connections_refused_total";
 const SLOW: &str = "fledge_slow_headers_total";
 const TLS_FAILURES: &str = "fledge_tls_handshake_failures_total";
+const PROXY_REFUSED: &str = "fledge_proxy_headers_refused_total";
 
 /// Prometheus view of the connection counts.
 pub struct ConnectionExporter {
@@ -521,6 +577,11 @@ impl ConnectionExporter {
                 TLS_FAILURES,
                 "TLS connections closed before their handshake was done, by reason (timeout: limits.tls_handshake_timeout_seconds).",
                 &["reason"],
+            ),
+            desc(
+                PROXY_REFUSED,
+                "Connections from proxy_protocol.from closed for a missing, malformed or truncated PROXY header (one not whole in time counts as a slow header).",
+                &[],
             ),
         ];
         ConnectionExporter { counts, descs }
@@ -566,6 +627,12 @@ impl Collector for ConnectionExporter {
                     counter(&[("reason", "error")], c.tls_errors.load(Relaxed) as f64),
                 ],
             ),
+            family(
+                PROXY_REFUSED,
+                &self.descs[4].help,
+                MetricType::COUNTER,
+                vec![counter(&[], c.proxy_refused.load(Relaxed) as f64)],
+            ),
         ]
     }
 }
@@ -580,17 +647,21 @@ mod tests {
         let c = Connections::new();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = c.admit(Some(a), 3, 2);
-        let second = c.admit(Some(a), 3, 2);
+        let admit = |ip: IpAddr| {
+            let mut admitted = c.admit(3)?;
+            admitted.count_ip(ip, 2).then_some(admitted)
+        };
+        let first = admit(a);
+        let second = admit(a);
         assert!(first.is_some() && second.is_some());
-        assert!(c.admit(Some(a), 3, 2).is_none(), "a third from one address");
-        let other = c.admit(Some(b), 3, 2);
+        assert!(admit(a).is_none(), "a third from one address");
+        let other = admit(b);
         assert!(other.is_some());
-        assert!(c.admit(Some(b), 3, 2).is_none(), "a fourth in total");
+        assert!(admit(b).is_none(), "a fourth in total");
         assert_eq!(c.refused_per_ip.load(Relaxed), 1);
         assert_eq!(c.refused_total.load(Relaxed), 1);
         drop(first);
-        let again = c.admit(Some(a), 3, 2);
+        let again = admit(a);
         assert!(again.is_some(), "a place came back");
         assert_eq!(c.open.load(Relaxed), 3);
     }

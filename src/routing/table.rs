@@ -47,6 +47,8 @@ pub struct Tuning {
     pub rehearsal: crate::config::Rehearsal,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Peers whose connections open with a PROXY protocol header.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 // === impl TenantRoute ===
@@ -258,6 +260,7 @@ impl RouteTable {
                 },
                 rehearsal: config.rehearsal.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
+                proxy_protocol_from: config.proxy_protocol_from.clone(),
             },
         }
     }
