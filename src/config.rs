@@ -74,6 +74,8 @@ pub struct Config {
     pub proxy_protocol_from: Vec<IpNet>,
     /// How the log is written (not reloadable: set at start).
     pub log_format: LogFormat,
+    /// One JSON line a request on stdout (`proxy::access_log`).
+    pub access_log: bool,
     /// Worker pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
     /// Canary policies by name (always holds `default`).

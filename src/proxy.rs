@@ -37,10 +37,13 @@ use pingora::upstreams::peer::Peer;
 
 use self::classify::JsonRpcSniffer;
 pub use self::ctx::RequestCtx;
-use self::headers::{SetOurs, X_FLEDGE_VERSION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use self::headers::{
+    SetOurs, X_FLEDGE_VERSION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
 use crate::metrics::{Outcome, REHEARSAL_HEADER};
 use crate::routing::{Decision, RequestView, RouteTable, Version, BUCKET_COOKIE, VERSION_COOKIE};
 
+pub mod access_log;
 pub mod classify;
 pub mod connections;
 mod ctx;
@@ -265,6 +268,9 @@ impl FledgeProxy {
     /// Anything but [`Admission::Proxy`] is answered by [`Self::answer`].
     pub(crate) fn admit(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Admission {
         let tuning = ctx.table.tuning();
+        if tuning.access_log {
+            ctx.request_id = access_log::next_id();
+        }
         if let Some(refusal) = limits::check(session.req_header(), &tuning.limits, &tuning.override_headers) {
             tracing::debug!(?refusal, "request refused before routing");
             return Admission::Refuse(refusal.status());
@@ -512,6 +518,14 @@ impl FledgeProxy {
             Some(h) => upstream.set(X_FORWARDED_HOST, h)?,
             None => upstream.unset(X_FORWARDED_HOST),
         }
+        if ctx.request_id != 0 {
+            let mut id = [0u8; 16];
+            let id = access_log::format_id(ctx.request_id, &mut id);
+            upstream.set(
+                X_REQUEST_ID,
+                HeaderValue::from_str(id).map_err(|e| Error::because(InternalError, "request id", e))?,
+            )?;
+        }
         Ok(())
     }
 
@@ -601,6 +615,9 @@ impl FledgeProxy {
                 report_worker(tenant.pool(ctx.served), ctx.long_lived, worker, !failed);
             }
         }
+        if ctx.table.tuning().access_log {
+            Self::log_access(session, e, ctx, status);
+        }
         tracing::debug!(
             status,
             version = ctx.served.as_str(),
@@ -608,6 +625,39 @@ impl FledgeProxy {
             error = e.map(|e| e.etype().as_str()),
             "request done"
         );
+    }
+
+    /// The request's line in the access log, handed to its writer.
+    fn log_access(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx, status: u16) {
+        let req = session.req_header();
+        let route = ctx.route;
+        let tenant = route.map(|r| &ctx.table.tenants()[r.tenant]);
+        let outcome = tenant.map(|t| {
+            let rpc = ctx.sniffer.answer(&t.policy().analysis.client_exceptions);
+            classify::outcome(status, e, rpc)
+        });
+        let at_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        access_log::log(access_log::Entry {
+            at_us,
+            request_id: if ctx.request_id != 0 {
+                ctx.request_id
+            } else {
+                access_log::next_id()
+            },
+            tenant: tenant.map(|t| Arc::clone(t.shared_name())),
+            version: route.map(|_| ctx.served),
+            worker: ctx.peer,
+            client: ctx.client_ip.or_else(|| client_ip(session)),
+            method: req.method.clone(),
+            path: access_log::Path::new(req.uri.path()),
+            status,
+            outcome,
+            duration_us: ctx.started.elapsed().as_micros() as u64,
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+        });
     }
 
     /// The status a failed request gets: Pingora's mapping, plus ours (a

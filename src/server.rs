@@ -214,6 +214,9 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     registry
         .register(Box::new(ConnectionExporter::new(Arc::clone(&connections))))
         .context("cannot register metrics")?;
+    registry
+        .register(Box::new(crate::proxy::access_log::AccessLogExporter::new()))
+        .context("cannot register metrics")?;
     // The TLS listener is a TCP listener whose connections `Guarded`
     // counts from accept and then shakes hands with itself, within
     // `limits.tls_handshake_timeout_seconds` (Pingora's TLS listener would

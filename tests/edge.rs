@@ -580,3 +580,92 @@ async fn behind_a_proxy_protocol_load_balancer_the_client_is_the_one_its_header_
     }
     assert_eq!(served, [true, true, false, true]);
 }
+
+/// The access log's lines in `log` (the others are fledge's own log).
+fn access_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("request_id").is_some())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_line_per_request_and_its_id_reaches_the_worker() {
+    let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    let (stable, canary) = (recorder(tx.clone()).await, recorder(tx).await);
+    let proxy = TestProxy::start(&behind_traefik(stable, canary, "log:\n  access: true\n"));
+    // Through Traefik, with a query that must not be logged.
+    let r = from(
+        TRUSTED,
+        proxy.addr,
+        "POST /web/dataset/call_kw?token=secret HTTP/1.1\r\nHost: acme.example.com\r\n\
+         X-Forwarded-For: 203.0.113.7\r\nX-Request-Id: client-chosen\r\nContent-Length: 2\r\n\
+         Connection: close\r\n\r\n{}",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let head = heads.recv().await.unwrap();
+    let id = header(&head, "x-request-id")
+        .expect("the worker gets the request id")
+        .to_owned();
+    assert_eq!(id.len(), 16, "{head}");
+    // An unknown host: logged, no tenant.
+    let r = from(
+        UNTRUSTED,
+        proxy.addr,
+        "GET /x HTTP/1.1\r\nHost: nobody.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+
+    let logged = crate::util::eventually(5, || async { access_lines(&proxy.log()).len() >= 2 }).await;
+    assert!(logged, "{}", proxy.log());
+    let lines = access_lines(&proxy.log());
+    let post = &lines[0];
+    assert_eq!(post["request_id"], id.as_str());
+    assert_eq!(post["client"], "203.0.113.7");
+    assert_eq!(post["tenant"], "acme");
+    assert!(
+        post["version"] == "stable" || post["version"] == "canary",
+        "{post}"
+    );
+    let worker = post["worker"].as_str().unwrap();
+    assert!(
+        worker == stable.to_string() || worker == canary.to_string(),
+        "{post}"
+    );
+    assert_eq!(post["method"], "POST");
+    assert_eq!(post["path"], "/web/dataset/call_kw");
+    assert_eq!(post["status"], 200);
+    assert_eq!(post["outcome"], "ok");
+    assert_eq!(post["bytes_in"], 2);
+    assert_eq!(post["bytes_out"], 2);
+    assert!(post["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{post}");
+    let unknown = &lines[1];
+    assert_eq!(unknown["status"], 404);
+    assert_eq!(unknown["client"], UNTRUSTED);
+    assert!(
+        unknown["tenant"].is_null() && unknown["worker"].is_null(),
+        "{unknown}"
+    );
+    assert_ne!(unknown["request_id"], post["request_id"]);
+    assert_eq!(proxy.metric("fledge_access_log_lines_total").await, Some(2.0));
+
+    // Turned off by a reload: no more lines, and no request id upstream.
+    let path = proxy.config_path();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("access: true", "access: false");
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(proxy.admin("POST", "/api/v1/reload", "").await.status, 200);
+    let r = from(
+        UNTRUSTED,
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: acme.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let head = heads.recv().await.unwrap();
+    assert_eq!(header(&head, "x-request-id"), None, "{head}");
+    assert_eq!(proxy.metric("fledge_access_log_lines_total").await, Some(2.0));
+}

@@ -82,6 +82,7 @@ pub(crate) struct Cookies {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Log {
     pub(crate) format: Option<String>,
+    pub(crate) access: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -307,6 +307,7 @@ impl Checker<'_> {
             trusted_proxies,
             proxy_protocol_from,
             log_format,
+            access_log: raw.log.access.unwrap_or(false),
             pools,
             policies,
             tenants,

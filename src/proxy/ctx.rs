@@ -44,6 +44,8 @@ pub struct RequestCtx {
     pub(crate) via_proxy: bool,
     /// The client reached us (or the trusted proxy) over TLS.
     pub(crate) secure: bool,
+    /// This request's id in the access log (0: the log is off).
+    pub(crate) request_id: u64,
 }
 
 impl RequestCtx {
@@ -63,6 +65,7 @@ impl RequestCtx {
             rehearsal: false,
             via_proxy: false,
             secure: false,
+            request_id: 0,
         }
     }
 }

@@ -37,6 +37,9 @@ pub(super) const X_FORWARDED_FOR: Ours = Ours::new("x-forwarded-for", "X-Forward
 pub(super) const X_FORWARDED_PROTO: Ours = Ours::new("x-forwarded-proto", "X-Forwarded-Proto");
 #[allow(clippy::declare_interior_mutable_const)]
 pub(super) const X_FORWARDED_HOST: Ours = Ours::new("x-forwarded-host", "X-Forwarded-Host");
+/// The request id, with the access log on (`proxy::access_log`).
+#[allow(clippy::declare_interior_mutable_const)]
+pub(super) const X_REQUEST_ID: Ours = Ours::new("x-request-id", "X-Request-Id");
 /// The version header: fledge answers with it, and reads it (by default) as
 /// the override a request may carry, so its names come from there.
 #[allow(clippy::declare_interior_mutable_const)]

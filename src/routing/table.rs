@@ -49,6 +49,8 @@ pub struct Tuning {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Peers whose connections open with a PROXY protocol header.
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Write the access log.
+    pub access_log: bool,
 }
 
 // === impl TenantRoute ===
@@ -261,6 +263,7 @@ impl RouteTable {
                 rehearsal: config.rehearsal.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
                 proxy_protocol_from: config.proxy_protocol_from.clone(),
+                access_log: config.access_log,
             },
         }
     }
