@@ -72,6 +72,9 @@ pub struct Config {
     /// Load balancers that open each connection with a PROXY protocol
     /// header (`proxy::proxy_protocol`); empty: none is read.
     pub proxy_protocol_from: Vec<IpNet>,
+    /// Name servers for workers by name (`dns.servers`); empty: the
+    /// system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
     /// How the log is written (not reloadable: set at start).
     pub log_format: LogFormat,
     /// One JSON line a request on stdout (`proxy::access_log`).
@@ -264,12 +267,36 @@ pub enum ClientKey {
 /// A named set of Odoo workers running one release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// Workers for normal HTTP (Odoo's port 8069).
+    /// Workers for normal HTTP (Odoo's port 8069): the addresses written,
+    /// and (in the table the proxy reads, `dns::Dns::effective`) every
+    /// address of `worker_names`.
     pub workers: Vec<SocketAddr>,
     /// Workers for `/websocket` and `/longpolling/` (Odoo's gevent port 8072); may be empty.
     pub websocket_workers: Vec<SocketAddr>,
+    /// Workers written as `host:port`: every address the name resolves to
+    /// is a worker (a headless Service's pods).
+    pub worker_names: Vec<WorkerName>,
+    /// The same for the WebSocket workers.
+    pub websocket_worker_names: Vec<WorkerName>,
+    /// How often the names are resolved again.
+    pub dns_refresh: Duration,
     /// Active health checking of the workers.
     pub health_check: HealthCheckConfig,
+}
+
+/// A worker by DNS name and port (`odoo-v18.acme.svc.cluster.local:8069`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerName {
+    /// The host name, as written.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for WorkerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// TCP health check settings of a pool.
@@ -353,6 +380,19 @@ pub enum ConfigError {
         /// Every problem found, in file order where known.
         problems: Vec<Problem>,
     },
+}
+
+/// `file` (whose text is `text`) refused for a reason found after it was
+/// parsed (a worker name that does not resolve), at `path`'s line.
+pub fn refusal(file: &str, text: &str, path: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_owned(),
+        problems: vec![Problem {
+            line: locate::line_of(text, path),
+            path: path.to_owned(),
+            reason,
+        }],
+    }
 }
 
 /// One reason a file is refused.

@@ -53,6 +53,8 @@ pub struct Control {
     /// A reload changed canaries: the fleet must hear of them at the next
     /// sync, although its generation did not move.
     fleet_dirty: std::sync::atomic::AtomicBool,
+    /// The workers by DNS name, as last resolved.
+    dns: Arc<crate::dns::Dns>,
     inner: Mutex<Inner>,
 }
 
@@ -195,8 +197,14 @@ struct Event {
 impl Control {
     /// Read the previous run's states from `config.state_dir`, reconcile them
     /// with `config`, and build the first table.
-    pub fn start(config: Config, cookie_key: CookieKey, source: Option<PathBuf>) -> anyhow::Result<Control> {
-        Self::open(config, cookie_key, source, true)
+    /// `dns`: the workers by name, resolved ([`Dns::learn`](crate::dns::Dns::learn)).
+    pub fn start(
+        config: Config,
+        cookie_key: CookieKey,
+        source: Option<PathBuf>,
+        dns: Arc<crate::dns::Dns>,
+    ) -> anyhow::Result<Control> {
+        Self::open(config, cookie_key, source, dns, true)
     }
 
     /// As [`start`](Self::start), for a process that will take the sockets
@@ -206,14 +214,16 @@ impl Control {
         config: Config,
         cookie_key: CookieKey,
         source: Option<PathBuf>,
+        dns: Arc<crate::dns::Dns>,
     ) -> anyhow::Result<Control> {
-        Self::open(config, cookie_key, source, false)
+        Self::open(config, cookie_key, source, dns, false)
     }
 
     fn open(
         config: Config,
         cookie_key: CookieKey,
         source: Option<PathBuf>,
+        dns: Arc<crate::dns::Dns>,
         in_charge: bool,
     ) -> anyhow::Result<Control> {
         let source_hash = source
@@ -237,7 +247,7 @@ impl Control {
         };
         let cookie_key = Arc::new(cookie_key);
         let (rollouts, events) = reconcile(&config, previous, distrust.as_deref(), Actor::File);
-        let table = RouteTable::build(&config, Arc::clone(&cookie_key), None, &rollouts);
+        let table = RouteTable::build(&dns.effective(&config), Arc::clone(&cookie_key), None, &rollouts);
         let mut inner = Inner {
             config: Arc::new(config),
             rollouts,
@@ -265,6 +275,7 @@ impl Control {
             fleet,
             fleet_generation: AtomicU64::new(0),
             fleet_dirty: std::sync::atomic::AtomicBool::new(false),
+            dns,
             inner: Mutex::new(inner),
         })
     }
@@ -346,6 +357,24 @@ impl Control {
     pub async fn source(&self) -> (Option<PathBuf>, u64, Option<ReloadStatus>) {
         let inner = self.inner.lock().await;
         (self.source.clone(), inner.source_hash, inner.last_reload.clone())
+    }
+
+    /// The workers by DNS name.
+    pub fn dns(&self) -> &Arc<crate::dns::Dns> {
+        &self.dns
+    }
+
+    /// Resolve the worker names that are due again (`due`: when each is
+    /// next); a changed answer publishes a table with the pools' new
+    /// members.
+    pub async fn refresh_workers(&self, due: &mut HashMap<crate::config::WorkerName, tokio::time::Instant>) {
+        // The lookups run without the lock: a slow name server holds up no
+        // decision.
+        let config = Arc::clone(&self.inner.lock().await.config);
+        if self.dns.refresh(&config, due).await {
+            let inner = self.inner.lock().await;
+            self.publish(&inner);
+        }
     }
 
     /// The config in force.
@@ -745,8 +774,22 @@ impl Control {
                         reason: "is not UTF-8 text".into(),
                     }],
                 })?;
-                crate::config::parse(&text, &file).map(|c| Some((c, hash)))
+                crate::config::parse(&text, &file).map(|c| Some((c, hash, text)))
             });
+        // A name the new file brings must resolve, as at start.
+        let parsed = match parsed {
+            Ok(Some((config, hash, text))) => match self.dns.learn(&config).await {
+                Ok(()) => Ok(Some((config, hash))),
+                Err(e) => Err(crate::config::refusal(
+                    &file,
+                    &text,
+                    &e.path(&config),
+                    e.to_string(),
+                )),
+            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         let status = |result, reason, generation| ReloadStatus {
             result,
             actor,
@@ -1037,7 +1080,7 @@ impl Control {
     fn publish(&self, inner: &Inner) {
         let current = self.routes.load_full();
         let table = RouteTable::build(
-            &inner.config,
+            &self.dns.effective(&inner.config),
             Arc::clone(&self.cookie_key),
             Some(&current),
             &inner.rollouts,
@@ -1194,6 +1237,10 @@ fn keep_fixed_settings(running: &Config, new: &mut Config) {
     if new.work_stealing != running.work_stealing {
         fixed.push("work_stealing");
         new.work_stealing = running.work_stealing;
+    }
+    if new.dns_servers != running.dns_servers {
+        fixed.push("dns");
+        new.dns_servers = running.dns_servers.clone();
     }
     if new.preserve_header_case != running.preserve_header_case {
         fixed.push("preserve_header_case");

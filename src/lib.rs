@@ -21,6 +21,7 @@
 //!   leader judging the fleet's traffic, the fleet's journal.
 //! - [`admin`]: the admin listener (`/metrics`, health).
 //! - [`tls`] (its `load` and `watch`): certificates read, checked, reloaded.
+//! - [`dns`]: workers by DNS name, resolved again while serving.
 //! - [`watch`]: debounced directory watching (config and certificates).
 //! - [`server`]: assembles the Pingora server and its services.
 //! - [`state_dir`]: the state directory and secret files, checked so that
@@ -41,6 +42,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod demo;
+pub mod dns;
 pub mod error;
 pub mod fleet;
 pub mod fuzz;

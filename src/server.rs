@@ -113,18 +113,66 @@ impl<C: prometheus::core::Collector> prometheus::core::Collector for ArcCollecto
     }
 }
 
+/// Resolve the workers `config` names by DNS, before anything is served: a
+/// name that does not resolve refuses the start, naming it and where it is
+/// written.
+fn resolve_worker_names(config: &Config, options: &Options) -> anyhow::Result<crate::dns::Dns> {
+    let dns = crate::dns::Dns::new(config);
+    // Pingora's runtimes do not run yet; the resolver holds nothing
+    // between rounds, so a runtime of its own for this one is enough.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime to resolve worker names")?;
+    if let Err(e) = runtime.block_on(dns.learn(config)) {
+        let file = options
+            .source
+            .as_ref()
+            .map_or_else(|| "(config)".to_owned(), |p| p.display().to_string());
+        let text = options
+            .source
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        return Err(crate::config::refusal(&file, &text, &e.path(config), e.to_string()).into());
+    }
+    Ok(dns)
+}
+
+/// Background service: the worker names resolved again as they fall due
+/// (`dns`), checked every second.
+struct WorkerNames(Arc<Control>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for WorkerNames {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut due = std::collections::HashMap::new();
+        loop {
+            self.0.refresh_workers(&mut due).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// Build the server for `config`; [`Fledge::run`] serves.
 pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     let cookie_key = cookie_key(config)?;
     let (source, start) = (options.source.clone(), config.clone());
+    let dns = Arc::new(resolve_worker_names(config, options)?);
     let control = Arc::new(if options.upgrade {
-        Control::standby(start, cookie_key, source)?
+        Control::standby(start, cookie_key, source, Arc::clone(&dns))?
     } else {
-        Control::start(start, cookie_key, source)?
+        Control::start(start, cookie_key, source, Arc::clone(&dns))?
     });
     crate::fleet::join(&control)?;
     let token = admin_token(config)?;
     let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(crate::dns::DnsExporter::new(dns)))
+        .context("cannot register metrics")?;
     Exporter::new(control.routes(), control.reload_counters())
         .register(&registry)
         .context("cannot register metrics")?;
@@ -290,6 +338,10 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     server.add_service(background_service(
         "health checks",
         HealthChecks::new(control.routes()),
+    ));
+    server.add_service(background_service(
+        "worker names",
+        WorkerNames(Arc::clone(&control)),
     ));
     server.add_service(background_service(
         "analysis",

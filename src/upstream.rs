@@ -386,6 +386,9 @@ mod tests {
             &PoolConfig {
                 workers,
                 websocket_workers: Vec::new(),
+                worker_names: Vec::new(),
+                websocket_worker_names: Vec::new(),
+                dns_refresh: Duration::from_secs(5),
                 health_check: HealthCheckConfig {
                     interval: Duration::from_secs(1),
                     timeout: Duration::from_secs(1),

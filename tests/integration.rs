@@ -16,13 +16,16 @@
 //! - `mock_odoo`: the mock answers like Odoo and its fault knobs work.
 //! - `admin`: the admin API, its auth, and `docs/admin-api.yaml`.
 //! - `fleet`: replicas acting as one on a real `redis-server`.
-//! - `edge`: behind a proxy or load balancer: the scrapers' endpoint.
+//! - `edge`: behind a proxy or load balancer: forwarded clients, the PROXY
+//!   protocol, health checks, the scrapers' endpoint, the access log.
+//! - `dns`: workers by DNS name, answers changing under load.
 //! - `cli`: `fledge check` and `fledge ctl`.
 //! - `hostile`, `hostile_h2`: the smuggling tables, caps, slow clients, faulty
 //!   workers; `tls`: certificates and TLS; `lifecycle`: drain and upgrade.
 
 mod admin;
 mod cli;
+mod dns;
 mod edge;
 mod failover;
 mod fleet;

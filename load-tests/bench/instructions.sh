@@ -8,7 +8,11 @@
 # Pingora's proxy layer left out), fledge (1000 tenants, canary at 20 %,
 # a returning browser's session and version cookies), and the same fledge
 # with every request through Pingora's proxy (fledge-pingora,
-# FLEDGE_PINGORA_PATH=1). Each proxy is measured idle and under wrk for the same time
+# FLEDGE_PINGORA_PATH=1), and two variants of fledge: with the access log
+# on (fledge+access-log, `log.access: true`, its lines to a file), and
+# behind a trusted proxy (fledge+trusted, `trusted_proxies` naming the
+# load tool's address, every request carrying `X-Forwarded-For`: the chain
+# parsed, the client found, the peer appended). Each proxy is measured idle and under wrk for the same time
 # (below, `measure`); the difference over the requests served is the cost
 # of a request. Kernel time is not counted.
 #
@@ -44,6 +48,8 @@ haproxy_cfg "$WORK/haproxy.cfg" "$P" "$B" "$B" 1
 { printf 'listen: "127.0.0.1:%s"\nthreads: 1\npools:\n  stable: { workers: ["127.0.0.1:%s"] }\n  canary: { workers: ["127.0.0.1:%s"] }\ntenants:\n' "$P" "$B" "$B"
   printf '  acme:\n    hosts: ["acme.example.com"]\n    stable: stable\n    canary: canary\n    canary_weight: 20\n'
   for i in $(seq 1 999); do printf '  t%s:\n    hosts: ["t%s.example.com"]\n    stable: stable\n' "$i" "$i"; done; } > "$WORK/fledge.yaml"
+{ printf 'log:\n  access: true\n'; cat "$WORK/fledge.yaml"; } > "$WORK/fledge-access-log.yaml"
+{ printf 'trusted_proxies: ["127.0.0.1/32"]\n'; cat "$WORK/fledge.yaml"; } > "$WORK/fledge-trusted.yaml"
 
 total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'; }
 # One process per proxy: once it has started (HAProxy binds its port long
@@ -61,13 +67,13 @@ measure() { # name cmd...
   sleep "$SECS"
   callgrind_control --dump=idle $vp > /dev/null 2>&1
   callgrind_control --zero $vp > /dev/null 2>&1
-  reqs=$(wrk -t1 -c8 -d"${SECS}s" -H 'Host: acme.example.com' -H "Cookie: session_id=8d3c1f0e5a9b4c2d7e6f; $pin" "http://127.0.0.1:$P/" | awk '/requests in/ {print $1}')
+  reqs=$(wrk -t1 -c8 -d"${SECS}s" -H 'Host: acme.example.com' -H "Cookie: session_id=8d3c1f0e5a9b4c2d7e6f; $pin" ${XFF:+-H "X-Forwarded-For: $XFF"} "http://127.0.0.1:$P/" | awk '/requests in/ {print $1}')
   callgrind_control --dump=busy $vp > /dev/null 2>&1
   kill -TERM $vp; sleep 2; kill -KILL $vp 2>/dev/null || true; wait $vp 2>/dev/null || true
   echo "$reqs $(total "$WORK/$name.cg.1") $(total "$WORK/$name.cg.2")"
 }
 declare -A per
-NAMES=${NAMES:-nginx haproxy passthrough passthrough+forwarded core-loop fledge fledge-pingora}
+NAMES=${NAMES:-nginx haproxy passthrough passthrough+forwarded core-loop fledge fledge+access-log fledge+trusted fledge-pingora}
 for name in $NAMES; do
   case $name in
     nginx) cmd=(nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf") ;;
@@ -76,11 +82,14 @@ for name in $NAMES; do
     passthrough+forwarded) cmd=("$ROOT/target/release/examples/passthrough" "127.0.0.1:$P" "127.0.0.1:$B" 1 forwarded) ;;
     core-loop) cmd=("$ROOT/target/release/examples/core-loop" "127.0.0.1:$P" "127.0.0.1:$B" 1) ;;
     fledge|fledge-pingora) cmd=("${FLEDGE:-$ROOT/target/release/fledge}" run --config "$WORK/fledge.yaml") ;;
+    fledge+access-log) cmd=("${FLEDGE:-$ROOT/target/release/fledge}" run --config "$WORK/fledge-access-log.yaml") ;;
+    fledge+trusted) cmd=("${FLEDGE:-$ROOT/target/release/fledge}" run --config "$WORK/fledge-trusted.yaml") ;;
   esac
   # fledge-pingora: every request through Pingora's proxy, none on
   # fledge's own path (src/server.rs, PINGORA_PATH).
   pingora_path=; [ "$name" = fledge-pingora ] && pingora_path=1
-  read -r reqs idle busy < <(FLEDGE_PINGORA_PATH=$pingora_path measure "$name" "${cmd[@]}")
+  xff=; [ "$name" = fledge+trusted ] && xff=203.0.113.7
+  read -r reqs idle busy < <(FLEDGE_PINGORA_PATH=$pingora_path XFF=$xff measure "$name" "${cmd[@]}")
   per[$name]=$(( (busy - idle) / reqs ))
   echo "$name: $reqs requests, $((busy - idle)) instructions beyond idle, ${per[$name]} per request"
 done

@@ -41,6 +41,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) proxy_protocol: Option<ProxyProtocol>,
     #[serde(default)]
+    pub(crate) dns: Option<Dns>,
+    #[serde(default)]
     pub(crate) log: Log,
     pub(crate) pools: BTreeMap<String, Pool>,
     #[serde(default)]
@@ -83,6 +85,12 @@ pub(crate) struct Cookies {
 pub(crate) struct Log {
     pub(crate) format: Option<String>,
     pub(crate) access: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Dns {
+    pub(crate) servers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +147,8 @@ pub(crate) struct Pool {
     pub(crate) workers: Vec<String>,
     #[serde(default)]
     pub(crate) websocket_workers: Vec<String>,
+    #[serde(default)]
+    pub(crate) dns_refresh_seconds: Option<u64>,
     #[serde(default)]
     pub(crate) health_check: HealthCheck,
 }

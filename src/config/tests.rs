@@ -57,6 +57,17 @@ fn valid_fixtures_and_shipped_configs_are_accepted() {
 fn full_config_is_read_as_written() {
     let c = load(&fixtures().join("valid_full.yaml")).unwrap();
     assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.dns_servers, ["10.96.0.10:53".parse::<SocketAddr>().unwrap()]);
+    let v18 = &c.pools["v18"];
+    assert_eq!(v18.workers, ["127.0.0.1:19069".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(
+        v18.worker_names,
+        [WorkerName {
+            host: "odoo-v18.acme.svc.cluster.local".into(),
+            port: 8069
+        }]
+    );
+    assert_eq!(v18.dns_refresh, Duration::from_secs(10));
     assert_eq!(c.trusted_proxies, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
     assert_eq!(
         c.proxy_protocol_from,

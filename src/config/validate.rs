@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use super::{
     AdminConfig, AnalysisPolicy, ClientKey, Config, ConfigError, Cookies, FleetConfig, HealthCheckConfig,
     HostPattern, Limits, LogFormat, Policy, PoolConfig, Problem, Promotion, Rehearsal, TenantConfig,
-    Thresholds, Timeouts, TlsConfig, TokenSource, Weight, DEFAULT_OVERRIDE_HEADER, DEFAULT_STICKY_COOKIE,
+    Thresholds, Timeouts, TlsConfig, TokenSource, Weight, WorkerName, DEFAULT_OVERRIDE_HEADER,
+    DEFAULT_STICKY_COOKIE,
 };
 
 /// Name of the policy used by tenants that name none.
@@ -217,6 +218,15 @@ impl Checker<'_> {
         });
         let fleet = raw.fleet.map(|f| self.fleet(f, cookies.secret_env.is_some()));
         let trusted_proxies = self.networks("trusted_proxies", &raw.trusted_proxies);
+        let dns_servers = raw.dns.map_or_else(Vec::new, |d| {
+            if d.servers.is_empty() {
+                self.problem(
+                    "dns.servers",
+                    "names no server: list IP:port, or leave dns out for the system's",
+                );
+            }
+            self.addresses("dns.servers", &d.servers)
+        });
         let proxy_protocol_from = raw.proxy_protocol.map_or_else(Vec::new, |p| {
             if p.from.is_empty() {
                 self.problem(
@@ -306,6 +316,7 @@ impl Checker<'_> {
             metrics_listen,
             trusted_proxies,
             proxy_protocol_from,
+            dns_servers,
             log_format,
             access_log: raw.log.access.unwrap_or(false),
             pools,
@@ -544,14 +555,58 @@ impl Checker<'_> {
         out
     }
 
+    /// Workers: `IP:port` each, or `host:port` with a DNS name, resolved
+    /// at start and again every `dns_refresh_seconds` (`dns`).
+    fn workers(&mut self, path: &str, list: &[String]) -> (Vec<SocketAddr>, Vec<WorkerName>) {
+        let mut addrs: Vec<SocketAddr> = Vec::with_capacity(list.len());
+        let mut names: Vec<WorkerName> = Vec::new();
+        for (i, a) in list.iter().enumerate() {
+            let item = format!("{path}[{i}]");
+            if let Ok(addr) = a.parse::<SocketAddr>() {
+                if addrs.contains(&addr) {
+                    self.problem(item, format!("`{addr}` is listed twice"));
+                } else {
+                    addrs.push(addr);
+                }
+                continue;
+            }
+            let name = a.rsplit_once(':').and_then(|(host, port)| {
+                let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+                is_dns_name(host).then(|| WorkerName {
+                    host: host.to_owned(),
+                    port,
+                })
+            });
+            match name {
+                Some(name) if names.contains(&name) => {
+                    self.problem(item, format!("`{name}` is listed twice"));
+                }
+                Some(name) => names.push(name),
+                None => self.problem(
+                    item,
+                    format!(
+                        "`{a}` is not a worker: expected IP:port (127.0.0.1:8069) or host:port (odoo.acme.svc.cluster.local:8069)"
+                    ),
+                ),
+            }
+        }
+        (addrs, names)
+    }
+
     fn pool(&mut self, name: &str, p: &raw::Pool) -> PoolConfig {
         let base = format!("pools.{name}");
         self.name("pools", name);
         if p.workers.is_empty() {
             self.problem(format!("{base}.workers"), "a pool needs at least one worker");
         }
-        let workers = self.addresses(&format!("{base}.workers"), &p.workers);
-        let websocket_workers = self.addresses(&format!("{base}.websocket_workers"), &p.websocket_workers);
+        let (workers, worker_names) = self.workers(&format!("{base}.workers"), &p.workers);
+        let (websocket_workers, websocket_worker_names) =
+            self.workers(&format!("{base}.websocket_workers"), &p.websocket_workers);
+        let dns_refresh = Duration::from_secs(self.positive(
+            &format!("{base}.dns_refresh_seconds"),
+            p.dns_refresh_seconds,
+            5,
+        ));
         let hc = &p.health_check;
         let health_check = HealthCheckConfig {
             interval: Duration::from_millis(self.positive(
@@ -593,6 +648,9 @@ impl Checker<'_> {
         PoolConfig {
             workers,
             websocket_workers,
+            worker_names,
+            websocket_worker_names,
+            dns_refresh,
             health_check,
         }
     }
@@ -1025,4 +1083,21 @@ pub(crate) fn parse_host(host: &str) -> Result<HostPattern, &'static str> {
     } else {
         HostPattern::Exact(name)
     })
+}
+
+/// A DNS host name: labels of letters, digits and `-` (not first or last),
+/// 1 to 63 bytes each, 253 in all, one trailing dot allowed (absolute), at
+/// least one letter (so that a mistyped IP address is not taken for one).
+fn is_dns_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().any(|b| b.is_ascii_alphabetic())
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
