@@ -72,12 +72,22 @@ const NO_TENANT_BODY: &[u8] = b"fledge: no tenant is configured for this host\n"
 pub struct FledgeProxy {
     routes: Arc<ArcSwap<RouteTable>>,
     retries: Arc<retry::RetryBudget>,
+    /// The per-address counts, for clients behind trusted proxies.
+    connections: Arc<connections::Connections>,
 }
 
 impl FledgeProxy {
     /// A proxy serving whatever table `routes` holds.
-    pub fn new(routes: Arc<ArcSwap<RouteTable>>, retries: Arc<retry::RetryBudget>) -> Self {
-        FledgeProxy { routes, retries }
+    pub fn new(
+        routes: Arc<ArcSwap<RouteTable>>,
+        retries: Arc<retry::RetryBudget>,
+        connections: Arc<connections::Connections>,
+    ) -> Self {
+        FledgeProxy {
+            routes,
+            retries,
+            connections,
+        }
     }
 }
 
@@ -289,6 +299,22 @@ impl FledgeProxy {
         } else {
             (peer, is_tls(session))
         };
+        // Behind a trusted proxy the per-address cap counts the client's
+        // requests in flight (its connections are the proxy's).
+        if via_proxy {
+            if let Some(client) = client.filter(|c| Some(*c) != peer) {
+                match self
+                    .connections
+                    .admit_forwarded(client, tuning.limits.max_connections_per_ip)
+                {
+                    Some(slot) => ctx.forwarded_slot = Some(slot),
+                    None => {
+                        tracing::debug!(%client, "forwarded client at the per-address cap");
+                        return Admission::Refuse(429);
+                    }
+                }
+            }
+        }
         let view = RequestView {
             host: host_of(req).unwrap_or(""),
             headers: &req.headers,

@@ -256,8 +256,10 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     registry
         .register(Box::new(RetryExporter::new(Arc::clone(&retries))))
         .context("cannot register metrics")?;
-    let mut app =
-        pingora::proxy::http_proxy(&server.configuration, FledgeProxy::new(control.routes(), retries));
+    let mut app = pingora::proxy::http_proxy(
+        &server.configuration,
+        FledgeProxy::new(control.routes(), retries, Arc::clone(&connections)),
+    );
     app.server_options = Some(server_options);
     registry
         .register(Box::new(ConnectionExporter::new(Arc::clone(&connections))))

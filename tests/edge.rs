@@ -669,3 +669,55 @@ async fn the_access_log_has_a_line_per_request_and_its_id_reaches_the_worker() {
     assert_eq!(header(&head, "x-request-id"), None, "{head}");
     assert_eq!(proxy.metric("fledge_access_log_lines_total").await, Some(2.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_per_address_cap_counts_each_clients_requests() {
+    use fledge::mock_odoo::{Knobs, Options};
+    use tokio::io::AsyncWriteExt;
+    // A worker slow enough that requests are in flight together.
+    let mut options = Options::new("17.0");
+    options.knobs = Knobs {
+        latency_ms: 1500,
+        ..Knobs::default()
+    };
+    let (slow, other) = (
+        crate::util::mock_with(options.clone()).await,
+        crate::util::mock_with(options).await,
+    );
+    let proxy = TestProxy::start(&behind_traefik(
+        slow.addr(),
+        other.addr(),
+        "limits:\n  max_connections_per_ip: 2\n",
+    ));
+    // Four connections from Traefik, all kept (the proxy is not capped):
+    // three for one client, one for another, each with a request at once.
+    let mut conns = Vec::new();
+    for client in ["203.0.113.9", "203.0.113.9", "203.0.113.9", "203.0.113.10"] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{TRUSTED}:0").parse().unwrap()).unwrap();
+        let mut c = socket.connect(proxy.addr).await.unwrap();
+        let request =
+            format!("GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: {client}\r\n\r\n");
+        c.write_all(request.as_bytes()).await.unwrap();
+        conns.push(c);
+        // In order: the third is the one over the cap.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut statuses = Vec::new();
+    for c in &mut conns {
+        statuses.push(crate::util::response_status(c).await);
+    }
+    assert_eq!(statuses, [Some(200), Some(200), Some(429), Some(200)]);
+    assert_eq!(
+        proxy.metric("fledge_forwarded_requests_refused_total").await,
+        Some(1.0)
+    );
+    // Their answers given, the client's places came back.
+    let again = from(
+        TRUSTED,
+        proxy.addr,
+        "GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+}

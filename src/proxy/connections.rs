@@ -72,6 +72,7 @@ pub struct Connections {
     tls_timeouts: AtomicU64,
     tls_errors: AtomicU64,
     proxy_refused: AtomicU64,
+    forwarded_refused: AtomicU64,
 }
 
 /// The TLS listener: its address, and what does its handshakes.
@@ -117,6 +118,7 @@ impl Connections {
             tls_timeouts: AtomicU64::new(0),
             tls_errors: AtomicU64::new(0),
             proxy_refused: AtomicU64::new(0),
+            forwarded_refused: AtomicU64::new(0),
         })
     }
 
@@ -148,6 +150,43 @@ impl Admitted<'_> {
         }
         self.slot = Some(slot);
         true
+    }
+}
+
+/// A request's place among those a client has in flight through trusted
+/// proxies (`Connections::admit_forwarded`); given back when dropped.
+pub(crate) struct ForwardedSlot {
+    counts: Arc<Connections>,
+    slot: usize,
+}
+
+impl Drop for ForwardedSlot {
+    fn drop(&mut self) {
+        self.counts.per_ip[self.slot].fetch_sub(1, Relaxed);
+    }
+}
+
+impl Connections {
+    /// A place for a request from `client`, forwarded by a trusted proxy:
+    /// behind Traefik one connection carries many clients, so the
+    /// per-address cap counts each client's requests in flight instead
+    /// (with its direct connections, in the same table). `None` at the
+    /// cap (counted).
+    pub(crate) fn admit_forwarded(
+        self: &Arc<Self>,
+        client: IpAddr,
+        max_per_ip: u32,
+    ) -> Option<ForwardedSlot> {
+        let slot = (self.hasher.hash_one(client.to_canonical()) as usize) % SLOTS;
+        if self.per_ip[slot].fetch_add(1, Relaxed) >= max_per_ip {
+            self.per_ip[slot].fetch_sub(1, Relaxed);
+            self.forwarded_refused.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(ForwardedSlot {
+            counts: Arc::clone(self),
+            slot,
+        })
     }
 }
 
@@ -550,6 +589,7 @@ const REFUSED: &str = "fledge_connections_refused_total";
 const SLOW: &str = "fledge_slow_headers_total";
 const TLS_FAILURES: &str = "fledge_tls_handshake_failures_total";
 const PROXY_REFUSED: &str = "fledge_proxy_headers_refused_total";
+const FORWARDED_REFUSED: &str = "fledge_forwarded_requests_refused_total";
 
 /// Prometheus view of the connection counts.
 pub struct ConnectionExporter {
@@ -581,6 +621,11 @@ impl ConnectionExporter {
             desc(
                 PROXY_REFUSED,
                 "Connections from proxy_protocol.from closed for a missing, malformed or truncated PROXY header (one not whole in time counts as a slow header).",
+                &[],
+            ),
+            desc(
+                FORWARDED_REFUSED,
+                "Requests forwarded by a trusted proxy answered 429 because their client had limits.max_connections_per_ip requests in flight.",
                 &[],
             ),
         ];
@@ -632,6 +677,12 @@ impl Collector for ConnectionExporter {
                 &self.descs[4].help,
                 MetricType::COUNTER,
                 vec![counter(&[], c.proxy_refused.load(Relaxed) as f64)],
+            ),
+            family(
+                FORWARDED_REFUSED,
+                &self.descs[5].help,
+                MetricType::COUNTER,
+                vec![counter(&[], c.forwarded_refused.load(Relaxed) as f64)],
             ),
         ]
     }

@@ -46,6 +46,9 @@ pub struct RequestCtx {
     pub(crate) secure: bool,
     /// This request's id in the access log (0: the log is off).
     pub(crate) request_id: u64,
+    /// Its client's place under the per-address cap, behind a trusted
+    /// proxy (held until the request ends).
+    pub(crate) forwarded_slot: Option<super::connections::ForwardedSlot>,
 }
 
 impl RequestCtx {
@@ -66,6 +69,7 @@ impl RequestCtx {
             via_proxy: false,
             secure: false,
             request_id: 0,
+            forwarded_slot: None,
         }
     }
 }
