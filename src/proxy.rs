@@ -136,10 +136,18 @@ const HTTPS: &str = "https";
 /// An address as a header value, formatted without `fmt` for IPv4 (the
 /// common case, and `Display` costs a thousand instructions per request).
 fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; IP_TEXT];
+    HeaderValue::from_bytes(ip_text(ip, &mut buf)).expect("an address is a valid header value")
+}
+
+/// The longest address as text (an IPv6 address with an IPv4 tail).
+const IP_TEXT: usize = 45;
+
+/// `ip` as text in `buf`, IPv4 without `fmt`.
+fn ip_text(ip: IpAddr, buf: &mut [u8; IP_TEXT]) -> &[u8] {
+    let mut len = 0;
     match ip {
         IpAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     buf[len] = b'.';
@@ -150,12 +158,15 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
                 buf[len..len + d.len()].copy_from_slice(d);
                 len += d.len();
             }
-            HeaderValue::from_bytes(&buf[..len]).expect("dotted decimal is a valid header value")
         }
         IpAddr::V6(v6) => {
-            HeaderValue::from_str(&v6.to_string()).expect("an IPv6 address is a valid header value")
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{v6}");
+            len = cursor.position() as usize;
         }
     }
+    &buf[..len]
 }
 
 /// Headers only fledge may set: a client's are removed before forwarding.
@@ -499,28 +510,29 @@ impl FledgeProxy {
         let req = session.req_header();
         match (client_ip(session), ctx.via_proxy) {
             (Some(peer), true) => {
-                // Allocates: only behind a trusted proxy.
-                let mut chain = String::new();
+                // The chain, then the peer: built once, in the buffer the
+                // header value keeps.
+                let mut chain = Vec::with_capacity(64);
                 for v in req
                     .headers
-                    .get_all("x-forwarded-for")
+                    .get_all(forwarded::X_FORWARDED_FOR)
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                 {
                     let v = v.trim();
                     if !v.is_empty() {
-                        chain.push_str(v);
-                        chain.push_str(", ");
+                        chain.extend_from_slice(v.as_bytes());
+                        chain.extend_from_slice(b", ");
                     }
                 }
                 if chain.is_empty() {
                     if let Some(client) = ctx.client_ip.filter(|c| *c != peer) {
-                        chain.push_str(&client.to_string());
-                        chain.push_str(", ");
+                        chain.extend_from_slice(ip_text(client, &mut [0; IP_TEXT]));
+                        chain.extend_from_slice(b", ");
                     }
                 }
-                chain.push_str(&peer.to_canonical().to_string());
-                match HeaderValue::from_str(&chain) {
+                chain.extend_from_slice(ip_text(peer.to_canonical(), &mut [0; IP_TEXT]));
+                match HeaderValue::from_maybe_shared(Bytes::from(chain)) {
                     Ok(v) => upstream.set(X_FORWARDED_FOR, v)?,
                     Err(_) => upstream.set(X_FORWARDED_FOR, ip_header_value(peer))?,
                 }

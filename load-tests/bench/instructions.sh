@@ -17,6 +17,7 @@
 # of a request. Kernel time is not counted.
 #
 # Usage: load-tests/bench/instructions.sh [SECONDS]
+# KEEP=1 keeps each proxy's idle and busy profiles in the output folder.
 # NAMES picks the proxies (default: all seven, in the order above); SETTLE
 # is how long a proxy gets after its port opens before it is measured
 # (default 5 s: valgrind slows start-up).
@@ -70,6 +71,8 @@ measure() { # name cmd...
   reqs=$(wrk -t1 -c8 -d"${SECS}s" -H 'Host: acme.example.com' -H "Cookie: session_id=8d3c1f0e5a9b4c2d7e6f; $pin" ${XFF:+-H "X-Forwarded-For: $XFF"} "http://127.0.0.1:$P/" | awk '/requests in/ {print $1}')
   callgrind_control --dump=busy $vp > /dev/null 2>&1
   kill -TERM $vp; sleep 2; kill -KILL $vp 2>/dev/null || true; wait $vp 2>/dev/null || true
+  # KEEP=1: the profiles stay in $OUT for callgrind_annotate.
+  [ -n "${KEEP:-}" ] && cp "$WORK/$name.cg.1" "$OUT/$name.idle.cg" && cp "$WORK/$name.cg.2" "$OUT/$name.busy.cg"
   echo "$reqs $(total "$WORK/$name.cg.1") $(total "$WORK/$name.cg.2")"
 }
 declare -A per
