@@ -578,7 +578,9 @@ async fn behind_a_proxy_protocol_load_balancer_the_client_is_the_one_its_header_
             .await;
         served.push(crate::util::response_status(c).await == Some(200));
     }
-    assert_eq!(served, [true, true, false, true]);
+    // Which of the three loses is the race of their headers.
+    let of_one_client = served[..3].iter().filter(|s| **s).count();
+    assert_eq!((of_one_client, served[3]), (2, true), "{served:?}");
 }
 
 /// The access log's lines in `log` (the others are fledge's own log).
@@ -700,14 +702,16 @@ async fn behind_a_trusted_proxy_the_per_address_cap_counts_each_clients_requests
             format!("GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: {client}\r\n\r\n");
         c.write_all(request.as_bytes()).await.unwrap();
         conns.push(c);
-        // In order: the third is the one over the cap.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let mut statuses = Vec::new();
     for c in &mut conns {
         statuses.push(crate::util::response_status(c).await);
     }
-    assert_eq!(statuses, [Some(200), Some(200), Some(429), Some(200)]);
+    let mut first_client = statuses[..3].to_vec();
+    first_client.sort_unstable();
+    assert_eq!(first_client, [Some(200), Some(200), Some(429)], "{statuses:?}");
+    assert_eq!(statuses[3], Some(200), "another client is not capped");
     assert_eq!(
         proxy.metric("fledge_forwarded_requests_refused_total").await,
         Some(1.0)
