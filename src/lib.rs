@@ -8,6 +8,9 @@
 //! - [`routing`]: pure routing decision (tenant by host, stable or canary).
 //! - [`proxy`]: Pingora `ProxyHttp` hooks gluing routing to upstream, and
 //!   outcome classification (JSON-RPC errors included).
+//! - [`http1`]: fledge's own HTTP/1 codec: heads as spans of the read
+//!   buffer, body framing, chunked bodies checked as they stream, heads
+//!   rewritten by copying (issue 18; not yet on the request path).
 //! - [`upstream`]: worker pools, load balancing and health checks.
 //! - [`tls`]: the certificate resolver the TLS listener asks (by SNI).
 //! - [`metrics`]: lock-free per-(tenant, version) counters; Prometheus view.
@@ -47,6 +50,7 @@ pub mod error;
 pub mod fleet;
 pub mod fuzz;
 pub mod handover;
+pub mod http1;
 pub mod metrics;
 pub mod mock_odoo;
 pub mod proxy;

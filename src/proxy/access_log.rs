@@ -2,11 +2,11 @@
 //! one JSON object a line on stdout per request, for a platform's log
 //! collector (the process's own log stays on stderr).
 //!
-//! Off the request's budget: a request's last step ([`super::FledgeProxy::record`])
-//! fills a fixed-size [`Entry`] (no allocation: the tenant's name is a
-//! shared `Arc<str>`, the path is copied into the entry) and hands it to a
-//! bounded channel without waiting; one writer thread formats the lines
-//! into a buffer and writes them out whenever the channel runs dry. When
+//! Off the request's budget: a request's last step (`FledgeProxy::record`)
+//! fills a fixed-size `Entry` (no allocation: the tenant's name is a
+//! shared `Arc<str>`, the path is copied into the entry) and puts it in a
+//! bounded queue without waiting; one writer thread drains the queue every
+//! 50 ms, formats the lines and writes them out in one go. When
 //! the writer falls behind (stdout blocked by a stuck collector), entries
 //! are dropped and counted (`fledge_access_log_dropped_total`): a request
 //! never waits on the log.
