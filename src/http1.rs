@@ -9,7 +9,7 @@
 //! - [`head`]: request and response heads, as spans.
 //! - [`framing`]: which body a message has, or why it is refused.
 //! - [`chunked`]: a chunked body checked as it streams by.
-//! - [`write`]: the head sent on: kept fields copied, fledge's added.
+//! - [`write`](mod@write): the head sent on: kept fields copied, fledge's added.
 //!
 //! Why not Pingora's HTTP/1 session: it builds an `http::HeaderMap` for
 //! each message (a hashed, allocated map for a head that is read once and
