@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 pub use self::cookie::{unix_now, CookieKey, BUCKET_COOKIE, VERSION_COOKIE};
 pub use self::table::{TenantRoute, Tuning};
@@ -64,13 +64,44 @@ pub enum Reason {
     NoCanary,
 }
 
+/// A request's header fields, as routing reads them: an `http::HeaderMap`
+/// (HTTP/2, Pingora's HTTP/1), or the spans of fledge's HTTP/1 codec
+/// ([`crate::http1::head::FieldsIn`]). Routing reads the policy's override
+/// header and the cookies, no more.
+pub trait Fields {
+    /// Every value of the field `name`, in order, to `each`.
+    fn each_value<'s>(&'s self, name: &HeaderName, each: impl FnMut(&'s [u8]));
+
+    /// The first value of the field `name`.
+    fn first_value<'s>(&'s self, name: &HeaderName) -> Option<&'s [u8]> {
+        let mut first = None;
+        self.each_value(name, |v| {
+            first.get_or_insert(v);
+        });
+        first
+    }
+}
+
+impl Fields for HeaderMap {
+    fn each_value<'s>(&'s self, name: &HeaderName, each: impl FnMut(&'s [u8])) {
+        self.get_all(name)
+            .into_iter()
+            .map(http::HeaderValue::as_bytes)
+            .for_each(each);
+    }
+
+    fn first_value<'s>(&'s self, name: &HeaderName) -> Option<&'s [u8]> {
+        self.get(name).map(http::HeaderValue::as_bytes)
+    }
+}
+
 /// What the request path knows about a request when it routes it.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestView<'a> {
+pub struct RequestView<'a, H: Fields + ?Sized = HeaderMap> {
     /// Host name, as sent (case and port are dealt with here).
     pub host: &'a str,
     /// Request headers (override header and cookies are read from them).
-    pub headers: &'a HeaderMap,
+    pub headers: &'a H,
     /// The client's address, when known.
     pub client_ip: Option<IpAddr>,
     /// The time to check a version cookie's age against (Unix seconds);
@@ -155,7 +186,7 @@ impl Reason {
 
 impl RouteTable {
     /// Route one request. Pure and allocation-free.
-    pub fn decide(&self, req: &RequestView<'_>) -> Decision {
+    pub fn decide<H: Fields + ?Sized>(&self, req: &RequestView<'_, H>) -> Decision {
         let Some(tenant) = self.tenant_index(req.host) else {
             return Decision::NoTenant;
         };
@@ -163,12 +194,12 @@ impl RouteTable {
         let policy = t.policy();
         let canary_active = t.canary_active();
 
-        if let Some(value) = req.headers.get(&policy.override_header) {
+        if let Some(value) = req.headers.first_value(&policy.override_header) {
             if req
                 .client_ip
                 .is_some_and(|ip| policy.override_from.iter().any(|n| n.contains(&ip)))
             {
-                let wanted = match value.as_bytes() {
+                let wanted = match value {
                     b"canary" if t.canary().is_some() => Some(Version::Canary),
                     b"stable" | b"canary" => Some(Version::Stable),
                     _ => None,

@@ -185,6 +185,27 @@ impl Fields {
     }
 }
 
+/// A head's fields with the buffer they lie in: what routing reads
+/// ([`crate::routing::Fields`]).
+#[derive(Clone, Copy)]
+pub struct FieldsIn<'a> {
+    /// The buffer.
+    pub buf: &'a [u8],
+    /// The fields.
+    pub fields: &'a Fields,
+}
+
+impl crate::routing::Fields for FieldsIn<'_> {
+    fn each_value<'s>(&'s self, name: &http::HeaderName, each: impl FnMut(&'s [u8])) {
+        let buf: &'s [u8] = self.buf;
+        self.fields
+            .iter()
+            .filter(|f| f.name.get(buf).eq_ignore_ascii_case(name.as_str().as_bytes()))
+            .map(|f| f.value.get(buf))
+            .for_each(each);
+    }
+}
+
 /// Map `httparse`'s outcome: `Ok(None)` while the head is not whole.
 fn outcome<T>(
     status: httparse::Result<usize>,
@@ -259,6 +280,19 @@ mod tests {
         );
         assert_eq!(head.fields.one(buf, b"host"), Ok(Some(&b"acme.example.com"[..])));
         assert_eq!(head.fields.one(buf, b"cookie"), Ok(None));
+        // As routing reads them.
+        use crate::routing::Fields as _;
+        let fields = FieldsIn {
+            buf,
+            fields: &head.fields,
+        };
+        let mut types = Vec::new();
+        fields.each_value(&http::header::CONTENT_TYPE, |v| types.push(v));
+        assert_eq!(types, [&b"application/json"[..]]);
+        assert_eq!(
+            fields.first_value(&http::header::HOST),
+            Some(&b"acme.example.com"[..])
+        );
     }
 
     #[test]

@@ -19,7 +19,6 @@
 use std::hash::Hasher;
 
 use http::header::COOKIE;
-use http::HeaderMap;
 use siphasher::sip::SipHasher24;
 
 use super::{Version, BUCKETS};
@@ -209,11 +208,11 @@ fn parse_hex(s: &[u8], len: usize) -> Option<u64> {
 
 /// Find the sticky, version and bucket cookies in every `Cookie` header
 /// (HTTP/2 clients may send one header per cookie). First occurrence wins.
-pub(super) fn scan<'a>(headers: &'a HeaderMap, sticky_name: &str) -> Cookies<'a> {
+pub(super) fn scan<'a, H: super::Fields + ?Sized>(headers: &'a H, sticky_name: &str) -> Cookies<'a> {
     let mut found = Cookies::default();
     let sticky = sticky_name.as_bytes();
-    for value in headers.get_all(COOKIE) {
-        let mut rest = value.as_bytes();
+    headers.each_value(&COOKIE, |value| {
+        let mut rest = value;
         while !rest.is_empty() {
             let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
             let pair = rest[..end].trim_ascii_start();
@@ -237,6 +236,6 @@ pub(super) fn scan<'a>(headers: &'a HeaderMap, sticky_name: &str) -> Cookies<'a>
                 *slot = Some(value);
             }
         }
-    }
+    });
     found
 }

@@ -289,3 +289,51 @@ fn a_version_cookie_dies_with_its_age_and_its_rollout() {
     let fresh = route_at(&readded, HOST, &pin(NOW + 3_650), "10.0.0.1", NOW + 3_700);
     assert_eq!(fresh.reason, Reason::Cookie, "one of this rollout");
 }
+
+/// fledge's HTTP/1 codec hands routing spans of its read buffer, not a
+/// `HeaderMap`: the same request routes the same way either way (cookies
+/// on one or several fields, the override header, none).
+#[test]
+fn a_head_in_spans_routes_as_its_header_map_does() {
+    use crate::http1::head::{FieldsIn, RequestHead};
+    let t = table(30.0);
+    let cases = [
+        "Cookie: session_id=s1\r\n".to_owned(),
+        "Cookie: a=1; session_id=s77; b=2\r\n".to_owned(),
+        "Cookie: a=1\r\nCookie: session_id=s9\r\n".to_owned(),
+        "X-Fledge-Version: canary\r\n".to_owned(),
+        "x-fledge-version: stable\r\nCookie: session_id=s3\r\n".to_owned(),
+        String::new(),
+    ];
+    for (i, fields) in cases.iter().enumerate() {
+        let raw = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n{fields}\r\n");
+        let buf = raw.as_bytes();
+        let head = RequestHead::parse(buf).unwrap().unwrap();
+        let mut map = HeaderMap::new();
+        for f in head.fields.iter() {
+            map.append(
+                http::HeaderName::from_bytes(f.name.get(buf)).unwrap(),
+                http::HeaderValue::from_bytes(f.value.get(buf)).unwrap(),
+            );
+        }
+        for ip in ["10.0.0.1", "192.0.2.7"] {
+            let spans = FieldsIn {
+                buf,
+                fields: &head.fields,
+            };
+            let by_spans = t.decide(&RequestView {
+                host: HOST,
+                headers: &spans,
+                client_ip: ip.parse().ok(),
+                now: Some(NOW),
+            });
+            let by_map = t.decide(&RequestView {
+                host: HOST,
+                headers: &map,
+                client_ip: ip.parse().ok(),
+                now: Some(NOW),
+            });
+            assert_eq!(by_spans, by_map, "case {i} from {ip}");
+        }
+    }
+}
