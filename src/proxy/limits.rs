@@ -89,14 +89,69 @@ pub fn check<S: AsRef<str>>(req: &RequestHeader, limits: &Limits, override_heade
     }
 }
 
-/// `name` with `_` read as `-` is a guarded header (names are lower case).
+/// [`check`] for a head read by fledge's HTTP/1 codec (its bytes are
+/// `buf`): the same limits on the bytes as sent, the head's exact size
+/// included. Also the host the request is for: the authority of an
+/// absolute-form target, else the one `Host` field; a request with none
+/// (HTTP/1.1), two, or one that is no host name is refused (400).
+pub fn check_head<'b, S: AsRef<str>>(
+    buf: &'b [u8],
+    head: &crate::http1::head::RequestHead,
+    limits: &Limits,
+    override_headers: &[S],
+) -> Result<Option<&'b str>, Refusal> {
+    let target = head.target.get(buf);
+    if target.len() > limits.max_request_line_bytes {
+        return Err(Refusal::UriTooLong);
+    }
+    if head.fields.len() > limits.max_header_fields || head.len > limits.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    for f in head.fields.iter() {
+        let name = f.name.get(buf);
+        // A name is ASCII: `httparse` took only token bytes.
+        if memchr::memchr(b'_', name).is_some()
+            && is_alias(std::str::from_utf8(name).unwrap_or_default(), override_headers)
+        {
+            return Err(Refusal::UnderscoreAlias);
+        }
+    }
+    let field = head.fields.one(buf, b"host").map_err(|()| Refusal::BadHost)?;
+    let authority = absolute_authority(target);
+    let host = match (authority, field) {
+        (Some(a), _) => Some(a),
+        (None, Some(h)) => Some(h),
+        (None, None) if head.minor == 0 => None,
+        (None, None) => return Err(Refusal::BadHost),
+    };
+    match host.map(std::str::from_utf8) {
+        None => Ok(None),
+        Some(Ok(h)) if is_host(h) => Ok(Some(h)),
+        Some(_) => Err(Refusal::BadHost),
+    }
+}
+
+/// The authority of an absolute-form target (`http://host:port/path`).
+fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
+    let rest = target
+        .strip_prefix(b"http://")
+        .or_else(|| target.strip_prefix(b"https://"))?;
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// `name` with `_` read as `-` is a guarded header (names compare without
+/// regard to case).
 fn is_alias<S: AsRef<str>>(name: &str, override_headers: &[S]) -> bool {
     let same_prefix = |guarded: &str| {
         guarded.len() <= name.len()
             && guarded
                 .bytes()
                 .zip(name.bytes())
-                .all(|(g, n)| g == n || (g == b'-' && n == b'_'))
+                .all(|(g, n)| g == n.to_ascii_lowercase() || (g == b'-' && n == b'_'))
     };
     let same = |guarded: &str| guarded.len() == name.len() && same_prefix(guarded);
     same_prefix("x-fledge-")
@@ -303,5 +358,53 @@ mod tests {
         ] {
             assert_eq!(te(bad), Some(Refusal::TransferEncoding), "{bad:?}");
         }
+    }
+
+    /// The span-based check agrees with the `RequestHeader` one, and adds
+    /// what only the head as sent can tell.
+    #[test]
+    fn a_head_read_by_the_codec_is_checked_alike() {
+        use crate::http1::head::RequestHead;
+        let check = |raw: &str| {
+            let head = RequestHead::parse(raw.as_bytes()).unwrap().unwrap();
+            check_head(raw.as_bytes(), &head, &limits(), &["x-fledge-version"]).map(|h| h.map(str::to_owned))
+        };
+        let get = |fields: &str| check(&format!("GET /web HTTP/1.1\r\n{fields}\r\n"));
+        assert_eq!(
+            get("Host: a.example\r\nX_Custom: 1\r\n"),
+            Ok(Some("a.example".into()))
+        );
+        assert_eq!(
+            get("Host: a\r\nX_Forwarded_For: 1\r\n"),
+            Err(Refusal::UnderscoreAlias)
+        );
+        assert_eq!(
+            get("Host: a\r\nx_FLEDGE_Version: canary\r\n"),
+            Err(Refusal::UnderscoreAlias)
+        );
+        assert_eq!(
+            get("Host: a\r\nX_Fledge_Anything: 1\r\n"),
+            Err(Refusal::UnderscoreAlias)
+        );
+        assert_eq!(get(""), Err(Refusal::BadHost), "HTTP/1.1 without a host");
+        assert_eq!(get("Host: a\r\nHost: a\r\n"), Err(Refusal::BadHost));
+        assert_eq!(get("Host: a, b\r\n"), Err(Refusal::BadHost));
+        assert_eq!(get("Host: user@a\r\n"), Err(Refusal::BadHost));
+        assert_eq!(get("Host: a/b\r\n"), Err(Refusal::BadHost));
+        assert_eq!(check("GET / HTTP/1.0\r\n\r\n"), Ok(None));
+        assert_eq!(
+            check("GET http://b.example:8080/x?y HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(Some("b.example:8080".into()))
+        );
+        assert_eq!(
+            check(&format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(100))).map(|_| ()),
+            Err(Refusal::UriTooLong)
+        );
+        let many = (0..10).map(|i| format!("X-H{i}: v\r\n")).collect::<String>();
+        assert_eq!(get(&format!("Host: a\r\n{many}")), Err(Refusal::HeadersTooLarge));
+        assert_eq!(
+            get(&format!("Host: a\r\nX-Big: {}\r\n", "v".repeat(1000))),
+            Err(Refusal::HeadersTooLarge)
+        );
     }
 }
