@@ -10,6 +10,7 @@
 //! - [`framing`]: which body a message has, or why it is refused.
 //! - [`chunked`]: a chunked body checked as it streams by.
 //! - [`write`](mod@write): the head sent on: kept fields copied, fledge's added.
+//! - [`io`]: heads read from a stream, bodies forwarded with back-pressure.
 //!
 //! Why not Pingora's HTTP/1 session: it builds an `http::HeaderMap` for
 //! each message (a hashed, allocated map for a head that is read once and
@@ -19,4 +20,5 @@
 pub mod chunked;
 pub mod framing;
 pub mod head;
+pub mod io;
 pub mod write;
