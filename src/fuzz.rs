@@ -19,10 +19,11 @@ use crate::routing::{CookieKey, RequestView, RouteTable};
 pub type Target = fn(&[u8]);
 
 /// The targets, by name (as in `fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("config", config),
     ("routing", routing),
     ("http1_request", http1_request),
+    ("http1_differential", http1_differential),
     ("admin_body", admin_body),
     ("jsonrpc_sniffer", jsonrpc_sniffer),
 ];
@@ -124,6 +125,141 @@ pub fn http1_request(data: &[u8]) {
         now: None,
     };
     let _ = table.decide(&view);
+}
+
+/// One request as fledge's HTTP/1 codec decided it, or as the reference
+/// parser read what fledge forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    /// The method.
+    pub method: Vec<u8>,
+    /// The request target.
+    pub target: Vec<u8>,
+    /// The body's payload (a chunked body's data, without its framing).
+    pub body: Vec<u8>,
+}
+
+/// What fledge's HTTP/1 codec forwards of `input`, a client's bytes: each
+/// request it takes, in order, with the bytes that go on for it (the head
+/// rewritten, the body as it came), up to the first it refuses or that is
+/// not whole. The same steps as the request path, without the sockets.
+pub fn codec_forwards(input: &[u8]) -> (Vec<Decided>, Vec<u8>) {
+    use crate::http1::{chunked::Chunked, framing, head::RequestHead, write};
+    let (table, config) = table();
+    let _ = table;
+    let mut decided = Vec::new();
+    let mut out = Vec::new();
+    let mut rest = input;
+    loop {
+        let Ok(Some(head)) = RequestHead::parse(rest) else {
+            break;
+        };
+        if crate::proxy::limits::check_head(rest, &head, &config.limits, &["x-fledge-version"]).is_err() {
+            break;
+        }
+        let Ok(body) = framing::request(rest, &head) else {
+            break;
+        };
+        let hop = write::Hop::read(rest, &head.fields);
+        if hop.too_many || hop.upgrade {
+            break;
+        }
+        let after = &rest[head.len..];
+        let (payload, used) = match body {
+            framing::Body::None => (Vec::new(), 0),
+            framing::Body::Length(n) => {
+                let Some(body) = usize::try_from(n).ok().and_then(|n| after.get(..n)) else {
+                    break;
+                };
+                (body.to_vec(), body.len())
+            }
+            framing::Body::Chunked => {
+                let mut chunked = Chunked::new();
+                let mut payload = Vec::new();
+                match chunked.feed(after, |d| payload.extend_from_slice(d)) {
+                    Ok(p) if p.done => (payload, p.used),
+                    _ => break,
+                }
+            }
+            framing::Body::UntilClose => break,
+        };
+        let mut forwarded = Vec::new();
+        write::request_line(&mut forwarded, head.method.get(rest), head.target.get(rest));
+        write::fields_but(&mut forwarded, rest, &head.fields, |name| {
+            hop.drops(rest, name) || write::is_framing(name)
+        });
+        write::framing(&mut forwarded, body);
+        write::end(&mut forwarded);
+        forwarded.extend_from_slice(&after[..used]);
+        out.extend_from_slice(&forwarded);
+        decided.push(Decided {
+            method: head.method.get(rest).to_vec(),
+            target: head.target.get(rest).to_vec(),
+            body: payload,
+        });
+        rest = &after[used..];
+    }
+    (decided, out)
+}
+
+/// The requests hyper's HTTP/1 server reads from `bytes` (its own framing
+/// and chunked decoding; `httparse` only for heads), until it stops: at the
+/// end, or at its first error.
+pub fn hyper_reads(bytes: &[u8]) -> (Vec<Decided>, bool) {
+    use http_body_util::BodyExt;
+    use std::sync::mpsc;
+    use tokio::io::AsyncWriteExt;
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+    }
+    let (tx, rx) = mpsc::channel();
+    let failed = RUNTIME.with(|rt| {
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(bytes.len() + 64 * 1024);
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let method = req.method().as_str().as_bytes().to_vec();
+                    let target = req.uri().to_string().into_bytes();
+                    let body = req.into_body().collect().await?.to_bytes().to_vec();
+                    let _ = tx.send(Decided { method, target, body });
+                    Ok::<_, hyper::Error>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+                }
+            });
+            let _ = client.write_all(bytes).await;
+            let _ = client.shutdown().await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_headers(crate::http1::head::MAX_FIELDS + 8)
+                .half_close(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+            // The responses pile up in the pipe, which is big enough.
+            let failed = conn.await.is_err();
+            drop(client);
+            failed
+        })
+    });
+    (rx.try_iter().collect(), failed)
+}
+
+/// Differential: whatever fledge's HTTP/1 codec forwards of a client's
+/// bytes, hyper's server reads back as exactly the requests fledge
+/// decided — none more (a smuggled request), none with its body cut
+/// elsewhere — and without an error (fledge never forwards what a strict
+/// parser refuses).
+pub fn http1_differential(data: &[u8]) {
+    let (decided, forwarded) = codec_forwards(data);
+    if decided.is_empty() {
+        return;
+    }
+    let (read, failed) = hyper_reads(&forwarded);
+    assert!(
+        !failed && read == decided,
+        "fledge decided {decided:?}\nhyper read {read:?} (error: {failed})\nfrom {:?}\nforwarded {:?}",
+        String::from_utf8_lossy(data),
+        String::from_utf8_lossy(&forwarded)
+    );
 }
 
 /// Admin API inputs: the weight body, and a journal query string.

@@ -110,6 +110,26 @@ pub fn fields_but(out: &mut Vec<u8>, buf: &[u8], fields: &Fields, mut drop: impl
     }
 }
 
+/// Whether `name` is a framing field (`Content-Length`,
+/// `Transfer-Encoding`): never copied. The framing fledge decided goes on
+/// in one canonical field instead ([`framing`]), so that a worker reads
+/// the body exactly where fledge did, whatever spelling, list or duplicate
+/// the sender used (RFC 9110 §8.6 lets a recipient replace a list of equal
+/// lengths with one; some parsers refuse the list).
+pub fn is_framing(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
+}
+
+/// The framing field for `body`: none for no body.
+pub fn framing(out: &mut Vec<u8>, body: super::framing::Body) {
+    use super::framing::Body;
+    match body {
+        Body::Length(n) => field(out, b"Content-Length", itoa::Buffer::new().format(n).as_bytes()),
+        Body::Chunked => field(out, b"Transfer-Encoding", b"chunked"),
+        Body::None | Body::UntilClose => {}
+    }
+}
+
 /// One field line.
 pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
