@@ -145,15 +145,11 @@ pub struct Decided {
 /// not whole. The same steps as the request path, without the sockets.
 pub fn codec_forwards(input: &[u8]) -> (Vec<Decided>, Vec<u8>) {
     use crate::http1::{chunked::Chunked, framing, head::RequestHead, write};
-    let (table, config) = table();
-    let _ = table;
+    let config = &table().1;
     let mut decided = Vec::new();
     let mut out = Vec::new();
     let mut rest = input;
-    loop {
-        let Ok(Some(head)) = RequestHead::parse(rest) else {
-            break;
-        };
+    while let Ok(Some(head)) = RequestHead::parse(rest) {
         if crate::proxy::limits::check_head(rest, &head, &config.limits, &["x-fledge-version"]).is_err() {
             break;
         }
