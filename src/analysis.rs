@@ -1,7 +1,8 @@
 //! Control plane: the analysis loop. Ten times a second it samples every
 //! canary tenant's counters into its sliding window, judges the canary
 //! against stable over the same window, and hands the verdicts to
-//! [`Control`], which rolls back, steps or promotes.
+//! `Control` (through `control::services::AnalysisService`), which rolls
+//! back, steps or promotes.
 //!
 //! No metrics database is in the loop: the counters are the atomics the data
 //! plane increments, read directly. From a canary starting to fail to its
@@ -16,12 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use tokio::time::Instant;
-
-use crate::control::{Control, Judgement};
+use self::verdict::Verdict;
 use crate::metrics::Snapshot;
 use crate::routing::{RouteTable, TenantRoute, Version};
 
@@ -46,9 +42,15 @@ struct Tracked {
     last: verdict::Verdict,
 }
 
-/// The background service running the [`Analyzer`] against [`Control`].
-pub struct AnalysisService {
-    control: Arc<Control>,
+/// One tenant's verdict of one analysis tick.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    /// The tenant.
+    pub tenant: Arc<str>,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Canary requests since the previous tick.
+    pub new_requests: u64,
 }
 
 impl Analyzer {
@@ -105,7 +107,7 @@ impl Analyzer {
                 tracked.last = tracked.window.verdict(&policy.thresholds, policy.quantile);
             }
             if export {
-                t.stats().set_verdict(&tracked.last);
+                t.stats().set_verdict(tracked.last.kind());
             }
             out.push(Judgement {
                 tenant: Arc::clone(&tracked.name),
@@ -118,48 +120,5 @@ impl Analyzer {
             self.windows.retain(|k, _| live.contains(&**k));
         }
         out
-    }
-}
-
-impl AnalysisService {
-    /// The loop for `control`'s tenants.
-    pub fn new(control: Arc<Control>) -> Self {
-        AnalysisService { control }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for AnalysisService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut analyzer = Analyzer::default();
-        let mut ticker = tokio::time::interval(TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = Instant::now();
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            let now = Instant::now();
-            let table = self.control.routes().load_full();
-            // In a fleet whose Redis answers, the leader judges the fleet's
-            // traffic (`crate::fleet`); this loop keeps its windows warm for
-            // when Redis does not. The verdict metric is the leader's
-            // fleet-wide one on the leader, this replica's own elsewhere.
-            let leads = self
-                .control
-                .fleet()
-                .is_some_and(|l| l.is_leader() && l.in_fleet());
-            let mut judgements = analyzer.tick(&table, !leads);
-            drop(table);
-            // A quiet canary still inconclusive changes nothing: spare the
-            // control plane's lock and lookups for it (10 000 canaries, ten
-            // ticks a second).
-            judgements.retain(|j| j.new_requests > 0 || !matches!(j.verdict, verdict::Verdict::Inconclusive));
-            if !judgements.is_empty() {
-                self.control.judge(&judgements, now - last).await;
-            }
-            last = now;
-        }
     }
 }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use serde::Serialize;
 
 use crate::analysis::rollout::{Change, Rollout, RolloutState};
-use crate::analysis::verdict::{Breach, Verdict};
+use crate::analysis::verdict::Breach;
 use crate::config::{Config, ConfigError, Problem, Weight};
 use crate::fleet::{self, FleetError, Link, Write};
 use crate::routing::{CookieKey, RouteTable};
@@ -37,6 +37,7 @@ pub use self::journal::{Actor, Journal, Position};
 pub use self::store::{Loaded, Store};
 
 pub mod journal;
+pub mod services;
 pub mod store;
 
 /// Owner of the published route table and of the rollouts.
@@ -86,23 +87,8 @@ struct Inner {
     synced: bool,
 }
 
-/// Reloads applied, rejected and found unchanged, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ReloadCounters {
-    /// Applied.
-    pub applied: AtomicU64,
-    /// Refused (the old config kept serving).
-    pub rejected: AtomicU64,
-    /// The file had not changed.
-    pub unchanged: AtomicU64,
-    /// Graceful upgrades: sockets handed to a new process.
-    pub upgrades_handed_over: AtomicU64,
-    /// SIGQUITs refused: no new process was waiting for the sockets.
-    pub upgrades_no_successor: AtomicU64,
-    /// Upgrades whose new process did not take the sockets (this one went
-    /// on serving).
-    pub upgrades_not_taken: AtomicU64,
-}
+pub use crate::analysis::Judgement;
+pub use crate::metrics::ReloadCounters;
 
 /// The outcome of the last reload attempt.
 #[derive(Debug, Clone, Serialize)]
@@ -169,17 +155,6 @@ pub enum ControlError {
     /// This process is handing over to a new one (graceful upgrade).
     #[error("this fledge is handing over to a new process: ask again in a moment")]
     HandingOver,
-}
-
-/// One tenant's verdict of one analysis tick.
-#[derive(Debug, Clone)]
-pub struct Judgement {
-    /// The tenant.
-    pub tenant: Arc<str>,
-    /// The verdict.
-    pub verdict: Verdict,
-    /// Canary requests since the previous tick.
-    pub new_requests: u64,
 }
 
 /// A journal line to write, owned.

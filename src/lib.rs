@@ -33,6 +33,9 @@
 //!   counters (the sockets are Pingora's part); [`upgrade`]: `fledge
 //!   upgrade`, the whole upgrade, every step checked.
 //!
+//! Shared by both: [`vocab`], the closed vocabularies (outcome, version,
+//! check, rollout state, verdict) every plane speaks, importing nothing.
+//!
 //! Tools:
 //! - [`mock_odoo`]: an Odoo stand-in for tests, demos and rehearsals.
 //! - [`demo`]: the embedded demo (`fledge demo`).
@@ -60,6 +63,7 @@ pub mod state_dir;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod vocab;
 pub mod watch;
 
 #[cfg(test)]

@@ -19,11 +19,10 @@ use arc_swap::ArcSwap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 
-pub use self::labels::Outcome;
 use crate::routing::{RouteTable, Version};
+pub use crate::vocab::Outcome;
 
 pub mod dump;
-pub mod labels;
 
 /// Upper bounds of the latency buckets, in microseconds. Fine enough (about
 /// 25 % apart) for the analysis to read a p99 from, and a superset of the
@@ -89,14 +88,32 @@ pub struct TenantStats {
     /// Made when the canary serves its first request: most tenants have no
     /// canary, or one not yet served, and each would cost half a KiB.
     canary: OnceLock<Box<VersionStats>>,
-    rollbacks: [AtomicU64; crate::analysis::verdict::Check::ALL.len() + 1],
+    rollbacks: [AtomicU64; crate::vocab::Check::ALL.len() + 1],
     verdict: AtomicU8,
+}
+
+/// Reloads applied, rejected and found unchanged, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    /// Applied.
+    pub applied: AtomicU64,
+    /// Refused (the old config kept serving).
+    pub rejected: AtomicU64,
+    /// The file had not changed.
+    pub unchanged: AtomicU64,
+    /// Graceful upgrades: sockets handed to a new process.
+    pub upgrades_handed_over: AtomicU64,
+    /// SIGQUITs refused: no new process was waiting for the sockets.
+    pub upgrades_no_successor: AtomicU64,
+    /// Upgrades whose new process did not take the sockets (this one went
+    /// on serving).
+    pub upgrades_not_taken: AtomicU64,
 }
 
 /// Prometheus view of the current route table.
 pub struct Exporter {
     routes: Arc<ArcSwap<RouteTable>>,
-    reloads: Arc<crate::control::ReloadCounters>,
+    reloads: Arc<ReloadCounters>,
     descs: Vec<Desc>,
 }
 
@@ -225,46 +242,47 @@ impl TenantStats {
     }
 
     /// Count a rollback; `check` is `None` for an operator's.
-    pub fn count_rollback(&self, check: Option<crate::analysis::verdict::Check>) {
+    pub fn count_rollback(&self, check: Option<crate::vocab::Check>) {
         self.rollbacks[rollback_index(check)].fetch_add(1, Relaxed);
     }
 
     /// Remember the last verdict (`inconclusive`, `healthy`, `breach`).
-    pub fn set_verdict(&self, verdict: &crate::analysis::verdict::Verdict) {
-        use crate::analysis::verdict::Verdict;
+    pub fn set_verdict(&self, verdict: crate::vocab::VerdictKind) {
+        use crate::vocab::VerdictKind;
         let v = match verdict {
-            Verdict::Inconclusive => 1,
-            Verdict::Healthy => 2,
-            Verdict::Breach(_) => 3,
+            VerdictKind::Inconclusive => 1,
+            VerdictKind::Healthy => 2,
+            VerdictKind::Breach => 3,
         };
         self.verdict.store(v, Relaxed);
     }
 
     /// The last verdict's label, if the tenant was analysed.
     pub fn verdict(&self) -> Option<&'static str> {
+        use crate::vocab::VerdictKind;
         match self.verdict.load(Relaxed) {
-            1 => Some("inconclusive"),
-            2 => Some("healthy"),
-            3 => Some("breach"),
+            1 => Some(VerdictKind::Inconclusive.as_str()),
+            2 => Some(VerdictKind::Healthy.as_str()),
+            3 => Some(VerdictKind::Breach.as_str()),
             _ => None,
         }
     }
 
     /// Rollbacks so far, by reason.
-    pub fn rollbacks(&self, check: Option<crate::analysis::verdict::Check>) -> u64 {
+    pub fn rollbacks(&self, check: Option<crate::vocab::Check>) -> u64 {
         self.rollbacks[rollback_index(check)].load(Relaxed)
     }
 }
 
-fn rollback_index(check: Option<crate::analysis::verdict::Check>) -> usize {
-    use crate::analysis::verdict::Check;
+fn rollback_index(check: Option<crate::vocab::Check>) -> usize {
+    use crate::vocab::Check;
     check.map_or(Check::ALL.len(), |c| {
         Check::ALL.iter().position(|x| *x == c).unwrap_or(0)
     })
 }
 
 /// Reason label of a rollback.
-pub fn rollback_reason(check: Option<crate::analysis::verdict::Check>) -> &'static str {
+pub fn rollback_reason(check: Option<crate::vocab::Check>) -> &'static str {
     check.map_or("manual", |c| c.as_str())
 }
 
@@ -292,7 +310,7 @@ pub const REHEARSAL_HEADER: http::HeaderName = http::HeaderName::from_static("x-
 
 impl Exporter {
     /// An exporter of whatever table `routes` holds.
-    pub fn new(routes: Arc<ArcSwap<RouteTable>>, reloads: Arc<crate::control::ReloadCounters>) -> Self {
+    pub fn new(routes: Arc<ArcSwap<RouteTable>>, reloads: Arc<ReloadCounters>) -> Self {
         let descs = vec![
             desc(
                 REQUESTS,
@@ -407,8 +425,8 @@ impl Collector for Exporter {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        use crate::analysis::rollout::RolloutState;
-        use crate::analysis::verdict::Check;
+        use crate::vocab::Check;
+        use crate::vocab::RolloutState;
         let table = self.routes.load_full();
         let mut rehearsals = Vec::new();
         let (mut requests, mut durations, mut weights, mut states, mut verdicts, mut rollbacks) = (

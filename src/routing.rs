@@ -34,6 +34,7 @@ use http::{HeaderMap, HeaderName};
 pub use self::cookie::{unix_now, CookieKey, BUCKET_COOKIE, VERSION_COOKIE};
 pub use self::table::{TenantRoute, Tuning};
 use crate::config::Weight;
+pub use crate::vocab::Version;
 
 mod cookie;
 mod split;
@@ -41,15 +42,6 @@ mod table;
 
 /// Number of buckets of the weighted split: one per basis point.
 pub const BUCKETS: u16 = Weight::FULL;
-
-/// Which release serves a request, for one tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Version {
-    /// The release in production.
-    Stable,
-    /// The release being rolled out.
-    Canary,
-}
 
 /// Why a version was picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,18 +147,6 @@ type HostMap = HashMap<Box<str>, u32, ahash::RandomState>;
 
 /// Longest host name we route; longer ones cannot be DNS names.
 const MAX_HOST: usize = 253;
-
-// === impl Version ===
-
-impl Version {
-    /// Label value, also the value of the `X-Fledge-Version` header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Version::Stable => "stable",
-            Version::Canary => "canary",
-        }
-    }
-}
 
 // === impl Reason ===
 

@@ -17,9 +17,9 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::{Admin, Token};
-use crate::analysis::AnalysisService;
 use crate::config::watch::ConfigWatcher;
 use crate::config::{Config, TokenSource};
+use crate::control::services::{AnalysisService, HealthChecks, WorkerNames};
 use crate::control::Control;
 use crate::handover::{self, DrainCounts, Signals};
 use crate::metrics::Exporter;
@@ -29,7 +29,6 @@ use crate::proxy::{FledgeProxy, WRITE_BUFFER};
 use crate::routing::CookieKey;
 use crate::tls::watch::CertWatcher;
 use crate::tls::{CertStore, TlsExporter};
-use crate::upstream::HealthChecks;
 
 /// Requests served on one client connection before it is closed (nginx's
 /// `keepalive_requests` default): bounds per-connection memory.
@@ -137,24 +136,6 @@ fn resolve_worker_names(config: &Config, options: &Options) -> anyhow::Result<cr
         return Err(crate::config::refusal(&file, &text, &e.path(config), e.to_string()).into());
     }
     Ok(dns)
-}
-
-/// Background service: the worker names resolved again as they fall due
-/// (`dns`), checked every second.
-struct WorkerNames(Arc<Control>);
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for WorkerNames {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut due = std::collections::HashMap::new();
-        loop {
-            self.0.refresh_workers(&mut due).await;
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }
 
 /// Build the server for `config`; [`Fledge::run`] serves.

@@ -1,5 +1,6 @@
 //! Data plane: the workers of a pool, picked with Pingora's load balancer,
-//! and the control-plane task that health-checks them.
+//! with their health (the checks themselves run on the control side:
+//! `control::services::HealthChecks`).
 //!
 //! A [`Pool`] holds one round-robin [`LoadBalancer`] for its HTTP workers
 //! and, when the pool has them, one for its WebSocket workers (Odoo's gevent
@@ -13,28 +14,20 @@
 //! with each ejection up to 5 minutes, unless it is the last worker of its
 //! kind that could serve.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use futures_util::future::join_all;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::health_check::{HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use tokio::time::Instant;
 
 use crate::config::PoolConfig;
-use crate::routing::RouteTable;
 
-/// Granularity of the health-check loop.
-const HEALTH_TICK: Duration = Duration::from_millis(100);
 /// Failures in a row that eject a worker.
 pub const EJECT_AFTER: u32 = 5;
 /// First ejection; each further one doubles it, up to [`EJECT_MAX`].
@@ -84,11 +77,6 @@ struct Outlier {
     /// Ejected until this many ms after `epoch`; 0: not ejected.
     until_ms: AtomicU64,
     ejections: AtomicU32,
-}
-
-/// Background service: TCP health checks of every pool in the current table.
-pub struct HealthChecks {
-    routes: Arc<ArcSwap<RouteTable>>,
 }
 
 // === impl Pool ===
@@ -335,50 +323,11 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-// === impl HealthChecks ===
-
-impl HealthChecks {
-    /// Health checks of the pools of whatever table is current.
-    pub fn new(routes: Arc<ArcSwap<RouteTable>>) -> Self {
-        HealthChecks { routes }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecks {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Next due time per pool, keyed by the pool's address (pools are
-        // shared by `Arc`, so the address is their identity).
-        let mut due: HashMap<usize, Instant> = HashMap::new();
-        loop {
-            let table = self.routes.load_full();
-            let now = Instant::now();
-            let mut checks = Vec::new();
-            for pool in table.pools() {
-                let at = due.entry(Arc::as_ptr(pool) as usize).or_insert(now);
-                if *at <= now {
-                    *at = now + pool.config.health_check.interval;
-                    checks.push(pool.check_health());
-                }
-            }
-            join_all(checks).await;
-            if due.len() > table.pools().len() {
-                let live: HashSet<usize> = table.pools().iter().map(|p| Arc::as_ptr(p) as usize).collect();
-                due.retain(|k, _| live.contains(k));
-            }
-            drop(table);
-            tokio::select! {
-                _ = tokio::time::sleep(HEALTH_TICK) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::HealthCheckConfig;
+    use std::collections::HashSet;
 
     fn pool(workers: Vec<SocketAddr>) -> Pool {
         Pool::build(

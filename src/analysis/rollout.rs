@@ -12,20 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::verdict::{Breach, Verdict};
 use crate::config::{AnalysisPolicy, Weight};
 
-/// Where a canary is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutState {
-    /// Receiving its weight, judged at every tick, walking its steps.
-    Progressing,
-    /// Frozen by an operator: keeps its weight, takes no step; a breach
-    /// still rolls it back.
-    Paused,
-    /// Reached 100 %: the release is done.
-    Promoted,
-    /// Taken back: weight 0 until an operator resumes it.
-    RolledBack,
-}
+pub use crate::vocab::RolloutState;
 
 /// The rollout of one canary release of one tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,33 +80,6 @@ pub enum Change {
         /// Weight before.
         from: Weight,
     },
-}
-
-// === impl RolloutState ===
-
-impl RolloutState {
-    /// Every state.
-    pub const ALL: [RolloutState; 4] = [
-        RolloutState::Progressing,
-        RolloutState::Paused,
-        RolloutState::Promoted,
-        RolloutState::RolledBack,
-    ];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutState::Progressing => "progressing",
-            RolloutState::Paused => "paused",
-            RolloutState::Promoted => "promoted",
-            RolloutState::RolledBack => "rolled_back",
-        }
-    }
-
-    /// Analysis still watches it (and may roll it back).
-    pub fn is_judged(self) -> bool {
-        matches!(self, RolloutState::Progressing | RolloutState::Paused)
-    }
 }
 
 // === impl Rollout ===

@@ -71,6 +71,18 @@ pub enum Verdict {
     Breach(Box<Breach>),
 }
 
+impl Verdict {
+    /// Its kind, without the figures.
+    pub fn kind(&self) -> crate::vocab::VerdictKind {
+        use crate::vocab::VerdictKind;
+        match self {
+            Verdict::Inconclusive => VerdictKind::Inconclusive,
+            Verdict::Healthy => VerdictKind::Healthy,
+            Verdict::Breach(_) => VerdictKind::Breach,
+        }
+    }
+}
+
 /// Which check failed, and the figures that made it fail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Breach {
@@ -93,19 +105,7 @@ pub struct Breach {
     pub decisive: bool,
 }
 
-/// The checks, in the order they are evaluated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Check {
-    /// Absolute error rate.
-    ErrorRate,
-    /// Error rate increase over stable.
-    ErrorRateIncrease,
-    /// Absolute latency quantile.
-    Latency,
-    /// Latency quantile ratio over stable.
-    LatencyRatio,
-}
+pub use crate::vocab::Check;
 
 /// One-sided z-score an error-rate breach must reach: 99.5 % confidence
 /// that the rate (or the increase over stable) is above the limit, not a
@@ -200,28 +200,6 @@ impl Verdict {
             Verdict::Breach(_) => "breach",
         }
     }
-}
-
-// === impl Check ===
-
-impl Check {
-    /// Label value, also the rollback reason.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Check::ErrorRate => "error_rate",
-            Check::ErrorRateIncrease => "error_rate_increase",
-            Check::Latency => "latency",
-            Check::LatencyRatio => "latency_ratio",
-        }
-    }
-
-    /// Every check.
-    pub const ALL: [Check; 4] = [
-        Check::ErrorRate,
-        Check::ErrorRateIncrease,
-        Check::Latency,
-        Check::LatencyRatio,
-    ];
 }
 
 /// Count a stretch's failures by client group (`by_group`) so that no group

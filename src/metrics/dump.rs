@@ -15,8 +15,8 @@ use super::{
     rollback_reason, Outcome, Snapshot, TenantStats, VersionStats, CLIENT_GROUPS, LATENCY_BOUNDS_US,
     LATENCY_BUCKETS,
 };
-use crate::analysis::verdict::Check;
 use crate::routing::{RouteTable, Version};
+use crate::vocab::Check;
 
 /// Every tenant's counters at one moment.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,8 +21,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendE
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::metrics::labels::Outcome;
 use crate::routing::Version;
+use crate::vocab::Outcome;
 
 /// Entries waiting for the writer, at most (about 2 MiB, allocated when
 /// the log is first turned on): 160 000 requests a second between drains.
