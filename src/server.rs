@@ -138,41 +138,98 @@ fn resolve_worker_names(config: &Config, options: &Options) -> anyhow::Result<cr
     Ok(dns)
 }
 
-/// Build the server for `config`; [`Fledge::run`] serves.
+/// Build the server for `config`; [`Fledge::run`] serves. Read top-down:
+/// the control plane first (it decides what the proxy serves), then the
+/// Pingora server that owns the listeners, the proxy (the data plane), the
+/// admin and scrapers' listeners, and the control plane's loops.
 pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
+    let control = start_control(config, options)?;
+    let token = admin_token(config)?;
+    let registry = metrics(&control)?;
+    let certificates = open_certificates(config, &registry)?;
+    let (mut server, old_pid) = pingora_server(config, options, &control)?;
+    add_proxy(&mut server, config, &control, certificates.as_ref(), &registry)?;
+    add_admin(&mut server, config, &control, registry, token)?;
+    add_control_loops(&mut server, config, options, &control, certificates, old_pid);
+    tracing::info!(
+        listen = %config.listen,
+        tls = ?config.tls.as_ref().map(|t| t.listen),
+        admin = %config.admin.listen,
+        state_dir = %config.state_dir.display(),
+        tenants = config.tenants.len(),
+        pools = config.pools.len(),
+        threads = config.threads,
+        "fledge starting"
+    );
+    Ok(Fledge {
+        server,
+        control,
+        state_dir: config.state_dir.clone(),
+    })
+}
+
+/// The certificates of `tls.certs_dir` and their first load's report.
+type Certificates = (CertStore, crate::tls::Report);
+
+/// The control plane: canary states read and reconciled, worker names
+/// resolved, the fleet joined.
+fn start_control(config: &Config, options: &Options) -> anyhow::Result<Arc<Control>> {
     let cookie_key = cookie_key(config)?;
     let (source, start) = (options.source.clone(), config.clone());
     let dns = Arc::new(resolve_worker_names(config, options)?);
     let control = Arc::new(if options.upgrade {
-        Control::standby(start, cookie_key, source, Arc::clone(&dns))?
+        Control::standby(start, cookie_key, source, dns)?
     } else {
-        Control::start(start, cookie_key, source, Arc::clone(&dns))?
+        Control::start(start, cookie_key, source, dns)?
     });
     crate::fleet::join(&control)?;
-    let token = admin_token(config)?;
+    Ok(control)
+}
+
+/// The metrics registry, with what the control plane exports; the data
+/// plane's parts register as they are built.
+fn metrics(control: &Arc<Control>) -> anyhow::Result<prometheus::Registry> {
     let registry = prometheus::Registry::new();
-    registry
-        .register(Box::new(crate::dns::DnsExporter::new(dns)))
-        .context("cannot register metrics")?;
+    let register =
+        |c: Box<dyn prometheus::core::Collector>| registry.register(c).context("cannot register metrics");
+    register(Box::new(crate::dns::DnsExporter::new(Arc::clone(control.dns()))))?;
     Exporter::new(control.routes(), control.reload_counters())
         .register(&registry)
         .context("cannot register metrics")?;
     if let Some(link) = control.fleet() {
-        registry
-            .register(Box::new(crate::fleet::FleetExporter::new(Arc::clone(link))))
-            .context("cannot register metrics")?;
+        register(Box::new(crate::fleet::FleetExporter::new(Arc::clone(link))))?;
     }
-    let tls_store = match &config.tls {
-        Some(tls) => {
-            let (store, report) = CertStore::open(&tls.certs_dir, tls.allow_readable_keys)?;
-            registry
-                .register(Box::new(TlsExporter::new(Arc::clone(store.certificates()))))
-                .context("cannot register metrics")?;
-            Some((store, report))
-        }
-        None => None,
-    };
+    // process_cpu_seconds_total, process_resident_memory_bytes,
+    // process_open_fds, process_start_time_seconds, … from /proc.
+    register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    register(Box::<crate::proxy::access_log::AccessLogExporter>::default())?;
+    Ok(registry)
+}
 
+/// The TLS certificates, when there is a TLS listener.
+fn open_certificates(
+    config: &Config,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<Certificates>> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let (store, report) = CertStore::open(&tls.certs_dir, tls.allow_readable_keys)?;
+    registry
+        .register(Box::new(TlsExporter::new(Arc::clone(store.certificates()))))
+        .context("cannot register metrics")?;
+    Ok(Some((store, report)))
+}
+
+/// Pingora's server, bootstrapped: with `--upgrade`, holding the old
+/// process's sockets (and the old process's pid, to watch it drain).
+fn pingora_server(
+    config: &Config,
+    options: &Options,
+    control: &Control,
+) -> anyhow::Result<(Server, Option<u32>)> {
     // The socket a new process (`--upgrade`) takes the listeners from: in
     // our state directory rather than Pingora's shared /tmp default, so two
     // fledge instances on one host never hand each other their sockets.
@@ -212,7 +269,7 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     server.bootstrap();
     let old_pid = if options.upgrade {
         handover::stop_waiting(&config.state_dir);
-        handover::take_over(&control, &config.state_dir)
+        handover::take_over(control, &config.state_dir)
     } else {
         None
     };
@@ -223,7 +280,17 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         std::process::id().to_string().as_bytes(),
     )
     .with_context(|| format!("cannot write {}", config.state_dir.join(PID_FILE).display()))?;
+    Ok((server, old_pid))
+}
 
+/// The data plane: the proxy service on `listen` (and `tls.listen`).
+fn add_proxy(
+    server: &mut Server,
+    config: &Config,
+    control: &Control,
+    certificates: Option<&Certificates>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<()> {
     if !own_path() {
         tracing::warn!("{PINGORA_PATH} is set: every request goes through Pingora's proxy");
     }
@@ -237,24 +304,21 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     registry
         .register(Box::new(RetryExporter::new(Arc::clone(&retries))))
         .context("cannot register metrics")?;
+    registry
+        .register(Box::new(ConnectionExporter::new(Arc::clone(&connections))))
+        .context("cannot register metrics")?;
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         FledgeProxy::new(control.routes(), retries, Arc::clone(&connections)),
     );
     app.server_options = Some(server_options);
-    registry
-        .register(Box::new(ConnectionExporter::new(Arc::clone(&connections))))
-        .context("cannot register metrics")?;
-    registry
-        .register(Box::new(crate::proxy::access_log::AccessLogExporter::new()))
-        .context("cannot register metrics")?;
     // The TLS listener is a TCP listener whose connections `Guarded`
     // counts from accept and then shakes hands with itself, within
     // `limits.tls_handshake_timeout_seconds` (Pingora's TLS listener would
     // shake hands first, uncounted, for up to 60 s). Pingora's rustls
     // acceptor: TLS 1.2 and 1.3 only; ALPN h2, then http/1.1 (WebSockets);
     // certificates from our resolver.
-    let tls_listener = match (&config.tls, &tls_store) {
+    let tls_listener = match (&config.tls, certificates) {
         (Some(tls), Some((store, _))) => {
             let mut settings = TlsSettings::intermediate("", "").context("cannot set up TLS")?;
             settings.set_cert_resolver(
@@ -277,17 +341,20 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         proxy.add_listener(ListenerConfig::tcp(tls.listen.to_string()).l4_buffer(TLS_BUFFERS));
     }
     server.add_service(proxy);
+    Ok(())
+}
 
+/// The admin listener, and the scrapers' when `metrics.listen` is set.
+fn add_admin(
+    server: &mut Server,
+    config: &Config,
+    control: &Arc<Control>,
+    registry: prometheus::Registry,
+    token: Token,
+) -> anyhow::Result<()> {
     let admin_counts = crate::admin::listener::Counts::new();
     registry
         .register(Box::new(ArcCollector(Arc::clone(&admin_counts))))
-        .context("cannot register metrics")?;
-    // process_cpu_seconds_total, process_resident_memory_bytes,
-    // process_open_fds, process_start_time_seconds, … from /proc.
-    registry
-        .register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
         .context("cannot register metrics")?;
     if let Some(listen) = config.metrics_listen {
         // Its own connection cap (the admin's size) and counts, not exported:
@@ -295,8 +362,8 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         let mut scrapers = Service::new(
             "fledge metrics".to_owned(),
             crate::admin::listener::Listener::new(
-                Admin::scraper(Arc::clone(&control), registry.clone()),
-                Arc::clone(&control),
+                Admin::scraper(Arc::clone(control), registry.clone()),
+                Arc::clone(control),
                 config.admin.max_connections,
                 crate::admin::listener::Counts::new(),
             ),
@@ -308,8 +375,8 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     let mut admin = Service::new(
         "fledge admin".to_owned(),
         crate::admin::listener::Listener::new(
-            Admin::new(Arc::clone(&control), registry, token),
-            Arc::clone(&control),
+            Admin::new(Arc::clone(control), registry, token),
+            Arc::clone(control),
             config.admin.max_connections,
             admin_counts,
         ),
@@ -317,32 +384,45 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
     server.add_service(admin);
+    Ok(())
+}
 
+/// The control plane's loops: health checks, worker names, analysis, the
+/// fleet, the certificate and config watchers, and (after an upgrade) the
+/// old process's drain.
+fn add_control_loops(
+    server: &mut Server,
+    config: &Config,
+    options: &Options,
+    control: &Arc<Control>,
+    certificates: Option<Certificates>,
+    old_pid: Option<u32>,
+) {
     server.add_service(background_service(
         "health checks",
         HealthChecks::new(control.routes()),
     ));
     server.add_service(background_service(
         "worker names",
-        WorkerNames(Arc::clone(&control)),
+        WorkerNames(Arc::clone(control)),
     ));
     server.add_service(background_service(
         "analysis",
-        AnalysisService::new(Arc::clone(&control)),
+        AnalysisService::new(Arc::clone(control)),
     ));
-    if let Some(fleet) = crate::fleet::FleetService::new(Arc::clone(&control)) {
+    if let Some(fleet) = crate::fleet::FleetService::new(Arc::clone(control)) {
         server.add_service(background_service("fleet", fleet));
     }
-    if let Some((store, report)) = tls_store {
+    if let Some((store, report)) = certificates {
         server.add_service(background_service(
             "certificate watcher",
-            CertWatcher::new(Arc::clone(&control), store, report),
+            CertWatcher::new(Arc::clone(control), store, report),
         ));
     }
     if let Some(path) = &options.source {
         server.add_service(background_service(
             "config watcher",
-            ConfigWatcher::new(Arc::clone(&control), path.clone()),
+            ConfigWatcher::new(Arc::clone(control), path.clone()),
         ));
     }
     if let Some(pid) = old_pid {
@@ -352,24 +432,9 @@ pub fn build(config: &Config, options: &Options) -> anyhow::Result<Fledge> {
         let wait = config.timeouts.shutdown_grace + Duration::from_secs(5 + 5 + 30);
         server.add_service(background_service(
             "drain counts",
-            DrainCounts::new(Arc::clone(&control), config.state_dir.clone(), pid, wait),
+            DrainCounts::new(Arc::clone(control), config.state_dir.clone(), pid, wait),
         ));
     }
-    tracing::info!(
-        listen = %config.listen,
-        tls = ?config.tls.as_ref().map(|t| t.listen),
-        admin = %config.admin.listen,
-        state_dir = %config.state_dir.display(),
-        tenants = config.tenants.len(),
-        pools = config.pools.len(),
-        threads = config.threads,
-        "fledge starting"
-    );
-    Ok(Fledge {
-        server,
-        control,
-        state_dir: config.state_dir.clone(),
-    })
 }
 
 fn cookie_key(config: &Config) -> anyhow::Result<CookieKey> {
