@@ -38,7 +38,7 @@ fn table(n: usize) -> RouteTable {
         &config,
         Arc::new(CookieKey::from_secret(b"bench secret of 16+ bytes")),
         None,
-        &Default::default(),
+        &std::collections::BTreeMap::<String, fledge::analysis::rollout::Rollout>::new(),
     )
 }
 
@@ -108,7 +108,7 @@ fn build(c: &mut Criterion) {
                 &config,
                 Arc::clone(&key),
                 None,
-                &Default::default(),
+                &std::collections::BTreeMap::<String, fledge::analysis::rollout::Rollout>::new(),
             ))
         })
     });

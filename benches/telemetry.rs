@@ -46,7 +46,7 @@ fn tick(c: &mut Criterion) {
         &config,
         Arc::new(CookieKey::from_secret(b"bench secret, 16+ bytes")),
         None,
-        &Default::default(),
+        &std::collections::BTreeMap::<String, fledge::analysis::rollout::Rollout>::new(),
     );
     let mut analyzer = Analyzer::default();
     // Traffic on every tenant between ticks, so every tick evaluates.

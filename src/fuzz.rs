@@ -52,7 +52,15 @@ fn table() -> &'static (RouteTable, Config) {
     TABLE.get_or_init(|| {
         let config = crate::config::parse(TABLE_CONFIG, "fuzz.yaml").expect("the fuzz config is valid");
         let key = Arc::new(CookieKey::from_secret(b"fuzzing fuzzing fuzzing"));
-        (RouteTable::build(&config, key, None, &BTreeMap::new()), config)
+        (
+            RouteTable::build(
+                &config,
+                key,
+                None,
+                &BTreeMap::<String, crate::analysis::rollout::Rollout>::new(),
+            ),
+            config,
+        )
     })
 }
 

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName};
 
 pub use self::cookie::{unix_now, CookieKey, BUCKET_COOKIE, VERSION_COOKIE};
-pub use self::table::{TenantRoute, Tuning};
+pub use self::table::{Placement, TenantRoute, Tuning};
 use crate::config::Weight;
 pub use crate::vocab::Version;
 

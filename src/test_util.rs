@@ -40,7 +40,7 @@ pub(crate) fn table(weight: f64) -> RouteTable {
         &config(weight),
         Arc::new(CookieKey::from_secret(b"test secret, 16+ bytes")),
         None,
-        &Default::default(),
+        &std::collections::BTreeMap::<String, crate::analysis::rollout::Rollout>::new(),
     )
 }
 

@@ -82,6 +82,28 @@ pub enum Change {
     },
 }
 
+impl crate::routing::Placement for Rollout {
+    fn canary_pool(&self) -> &str {
+        &self.canary_pool
+    }
+
+    fn weight(&self) -> Weight {
+        self.weight
+    }
+
+    fn state(&self) -> RolloutState {
+        self.state
+    }
+
+    fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    fn started_unix(&self) -> u32 {
+        self.started_unix
+    }
+}
+
 // === impl Rollout ===
 
 impl Rollout {

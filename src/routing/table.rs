@@ -8,10 +8,10 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{CookieKey, RouteTable, Version};
-use crate::analysis::rollout::{Rollout, RolloutState};
 use crate::config::{Config, HostPattern, Limits, Policy, Timeouts, Weight};
 use crate::metrics::TenantStats;
 use crate::upstream::Pool;
+use crate::vocab::RolloutState;
 
 /// One tenant, compiled.
 #[derive(Debug)]
@@ -51,6 +51,22 @@ pub struct Tuning {
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Write the access log.
     pub access_log: bool,
+}
+
+/// What the table takes of a canary's rollout: the control plane's state
+/// (`analysis::rollout::Rollout`), seen through this trait so that the
+/// data plane's table does not import the control plane.
+pub trait Placement {
+    /// The canary pool the rollout is about.
+    fn canary_pool(&self) -> &str;
+    /// The weight in force.
+    fn weight(&self) -> Weight;
+    /// Where the rollout is.
+    fn state(&self) -> RolloutState;
+    /// The rollout's generation (a rollback or resume starts a new one).
+    fn generation(&self) -> u32;
+    /// When it started (Unix seconds).
+    fn started_unix(&self) -> u32;
 }
 
 // === impl TenantRoute ===
@@ -152,7 +168,7 @@ impl RouteTable {
         config: &Config,
         cookie_key: Arc<CookieKey>,
         previous: Option<&RouteTable>,
-        rollouts: &BTreeMap<String, Rollout>,
+        rollouts: &BTreeMap<String, impl Placement>,
     ) -> RouteTable {
         let mut old: HashMap<&str, &Arc<Pool>> = HashMap::new();
         let mut old_stats: HashMap<&str, &Arc<TenantStats>> = HashMap::new();
@@ -196,11 +212,11 @@ impl RouteTable {
             }
             let rollout = rollouts
                 .get(name)
-                .filter(|r| Some(r.canary_pool.as_str()) == t.canary.as_deref());
-            let (generation, since) = rollout.map_or((0, 0), |r| (r.generation, r.started_unix));
+                .filter(|r| Some(r.canary_pool()) == t.canary.as_deref());
+            let (generation, since) = rollout.map_or((0, 0), |r| (r.generation(), r.started_unix()));
             let epoch_input = format!("{name}\0{}\0{generation}", t.canary.as_deref().unwrap_or(""));
             let (weight, rollout_state) = match rollout {
-                Some(r) => (r.weight, r.state),
+                Some(r) => (r.weight(), r.state()),
                 None => (t.canary_weight, RolloutState::Progressing),
             };
             let stats = old_stats

@@ -153,7 +153,7 @@ fn forged_or_foreign_cookies_are_ignored() {
         &crate::test_util::config(1.0),
         Arc::new(CookieKey::from_secret(b"another secret, 16+ bytes")),
         None,
-        &Default::default(),
+        &std::collections::BTreeMap::<String, crate::analysis::rollout::Rollout>::new(),
     );
     let tenant = &other.tenants()[0];
     let value = other
