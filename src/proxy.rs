@@ -41,7 +41,7 @@ use self::headers::{
     SetOurs, X_FLEDGE_VERSION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::metrics::{Outcome, REHEARSAL_HEADER};
-use crate::routing::{Decision, RequestView, RouteTable, Version, BUCKET_COOKIE, VERSION_COOKIE};
+use crate::routing::{Decision, Fields, RequestView, RouteTable, Version, BUCKET_COOKIE, VERSION_COOKIE};
 
 pub mod access_log;
 pub mod classify;
@@ -201,14 +201,18 @@ fn strip_ours(upstream: &mut RequestHeader) {
 
 /// Rehearsal traffic is what a trusted client marks so: one from
 /// `rehearsal.from`, or one sending the rehearsal token.
-fn is_rehearsal_allowed(r: &crate::config::Rehearsal, ip: Option<IpAddr>, headers: &http::HeaderMap) -> bool {
+fn is_rehearsal_allowed<H: Fields + ?Sized>(
+    r: &crate::config::Rehearsal,
+    ip: Option<IpAddr>,
+    headers: &H,
+) -> bool {
     if ip.is_some_and(|ip| r.from.iter().any(|n| n.contains(&ip))) {
         return true;
     }
-    match (&r.token, headers.get(REHEARSAL_TOKEN_HEADER)) {
+    match (&r.token, headers.first_value(&REHEARSAL_TOKEN_NAME)) {
         (Some(token), Some(sent)) => {
             use subtle::ConstantTimeEq;
-            bool::from(token.as_bytes().ct_eq(sent.as_bytes()))
+            bool::from(token.as_bytes().ct_eq(sent))
         }
         _ => false,
     }
@@ -216,6 +220,8 @@ fn is_rehearsal_allowed(r: &crate::config::Rehearsal, ip: Option<IpAddr>, header
 
 /// The header carrying the rehearsal token (`rehearsal.token_env`).
 pub const REHEARSAL_TOKEN_HEADER: &str = "x-fledge-rehearsal-token";
+#[allow(clippy::declare_interior_mutable_const)]
+const REHEARSAL_TOKEN_NAME: http::HeaderName = http::HeaderName::from_static(REHEARSAL_TOKEN_HEADER);
 
 fn is_long_lived(path: &str) -> bool {
     path.starts_with("/websocket") || path.starts_with("/longpolling/")
@@ -237,6 +243,29 @@ fn report_worker(pool: &crate::upstream::Pool, websocket: bool, worker: std::net
         );
     }
 }
+
+/// What routing needs to know of a request, whichever path read it.
+pub(crate) struct Arrival<'a, H: Fields + ?Sized> {
+    /// The host it is for (`:authority`, the absolute target's, or `Host`).
+    pub(crate) host: &'a str,
+    /// Its target's path.
+    pub(crate) path: &'a str,
+    /// Its header fields.
+    pub(crate) headers: &'a H,
+    /// The connection's peer.
+    pub(crate) peer: Option<IpAddr>,
+    /// The connection is TLS.
+    pub(crate) tls: bool,
+}
+
+// By hand: a derive would ask `H: Copy`, and only the reference is copied.
+impl<H: Fields + ?Sized> Clone for Arrival<'_, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<H: Fields + ?Sized> Copy for Arrival<'_, H> {}
 
 /// What fledge decides about a request before any worker is chosen
 /// ([`FledgeProxy::admit`]).
@@ -289,26 +318,59 @@ impl FledgeProxy {
     /// Anything but [`Admission::Proxy`] is answered by [`Self::answer`].
     pub(crate) fn admit(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Admission {
         let tuning = ctx.table.tuning();
-        if tuning.access_log {
-            ctx.request_id = access_log::next_id();
-        }
         if let Some(refusal) = limits::check(session.req_header(), &tuning.limits, &tuning.override_headers) {
             tracing::debug!(?refusal, "request refused before routing");
             return Admission::Refuse(refusal.status());
         }
         let req = session.req_header();
+        let arrival = Arrival {
+            host: host_of(req).unwrap_or(""),
+            path: req.uri.path(),
+            headers: &req.headers,
+            peer: client_ip(session),
+            tls: is_tls(session),
+        };
+        let admission = self.route(arrival, ctx);
+        let Some(route) = ctx.route.filter(|_| matches!(admission, Admission::Proxy)) else {
+            return admission;
+        };
+        // The override header is ours: workers never see it, allowed or not.
+        let policy = ctx.table.tenants()[route.tenant].policy();
+        session.req_header_mut().remove_header(&policy.override_header);
+        let timeouts = &ctx.table.tuning().timeouts;
+        session.set_keepalive(Some(timeouts.client_keepalive.as_secs()));
+        if ctx.long_lived {
+            // Pingora's downstream read timeout (60 s) also covers the bytes
+            // of an upgraded connection; an idle Odoo bus socket must outlive it.
+            session.set_read_timeout(Some(timeouts.websocket_idle));
+        }
+        Admission::Proxy
+    }
+
+    /// Route a request that passed the limits, whichever path read it
+    /// (Pingora's session, or fledge's HTTP/1 codec): the client behind a
+    /// trusted proxy, its place under the per-address cap, the tenant and
+    /// version, the redirect to TLS; kept in the context. Changes nothing
+    /// of the request: removing the override header is the caller's.
+    pub(crate) fn route<H: Fields + ?Sized>(
+        &self,
+        arrival: Arrival<'_, H>,
+        ctx: &mut RequestCtx,
+    ) -> Admission {
+        let tuning = ctx.table.tuning();
+        if tuning.access_log {
+            ctx.request_id = access_log::next_id();
+        }
+        let headers = arrival.headers;
         // Behind a trusted proxy the client is the one it forwards for.
-        let peer = client_ip(session);
+        let peer = arrival.peer;
         let trusted = &tuning.trusted_proxies;
         let via_proxy = !trusted.is_empty() && peer.is_some_and(|ip| forwarded::is_trusted(trusted, ip));
         let (client, secure) = if via_proxy {
-            let client = forwarded::client_behind(&req.headers, trusted).or(peer);
-            (
-                client,
-                is_tls(session) || forwarded::proto(&req.headers) == Some(HTTPS),
-            )
+            let client = forwarded::client_behind(headers, trusted).or(peer);
+            (client, arrival.tls || forwarded::proto(headers) == Some(HTTPS))
         } else {
-            (peer, is_tls(session))
+            (peer, arrival.tls)
         };
         // Behind a trusted proxy the per-address cap counts the client's
         // requests in flight (its connections are the proxy's).
@@ -327,8 +389,8 @@ impl FledgeProxy {
             }
         }
         let view = RequestView {
-            host: host_of(req).unwrap_or(""),
-            headers: &req.headers,
+            host: arrival.host,
+            headers,
             client_ip: client,
             now: None,
         };
@@ -349,25 +411,12 @@ impl FledgeProxy {
         }
         ctx.route = Some(route);
         ctx.served = route.version;
-        ctx.client_ip = view.client_ip;
+        ctx.client_ip = client;
         ctx.via_proxy = via_proxy;
         ctx.secure = secure;
-
-        // The override header is ours: workers never see it, allowed or not.
-        let policy = ctx.table.tenants()[route.tenant].policy();
-        session.req_header_mut().remove_header(&policy.override_header);
-
-        let timeouts = &ctx.table.tuning().timeouts;
-        session.set_keepalive(Some(timeouts.client_keepalive.as_secs()));
-        ctx.long_lived = is_long_lived(session.req_header().uri.path());
-        let headers = &session.req_header().headers;
-        ctx.rehearsal = headers.contains_key(REHEARSAL_HEADER)
+        ctx.long_lived = is_long_lived(arrival.path);
+        ctx.rehearsal = headers.first_value(&REHEARSAL_HEADER).is_some()
             && is_rehearsal_allowed(&ctx.table.tuning().rehearsal, ctx.client_ip, headers);
-        if ctx.long_lived {
-            // Pingora's downstream read timeout (60 s) also covers the bytes
-            // of an upgraded connection; an idle Odoo bus socket must outlive it.
-            session.set_read_timeout(Some(timeouts.websocket_idle));
-        }
         Admission::Proxy
     }
 

@@ -12,8 +12,10 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderName;
 use ipnet::IpNet;
+
+use crate::routing::Fields;
 
 // Names built at compile time: a lookup by `&str` parses the name first,
 // every time (about half of a lookup's cost).
@@ -53,39 +55,56 @@ fn address(s: &str) -> Option<IpAddr> {
 /// (every field line, in order), or `Forwarded`'s `for=` without one:
 /// the rightmost address not in `nets`, or the leftmost when all are.
 /// `None` when neither header names an address.
-pub(crate) fn client_behind<'a>(headers: &'a HeaderMap, nets: &[IpNet]) -> Option<IpAddr> {
-    // Field lines from the last, each read from its right end.
-    let lines = |all: http::header::GetAll<'a, http::HeaderValue>| {
-        all.into_iter()
-            .rev()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.rsplit(','))
-    };
-    let xff = headers.get_all(X_FORWARDED_FOR);
-    if xff.iter().any(|v| v.to_str().is_ok()) {
-        return rightmost_untrusted(lines(xff), nets);
+pub(crate) fn client_behind<H: Fields + ?Sized>(headers: &H, nets: &[IpNet]) -> Option<IpAddr> {
+    let mut walk = Walk::default();
+    let mut any = false;
+    headers.each_value(&X_FORWARDED_FOR, |line| {
+        if let Ok(line) = std::str::from_utf8(line) {
+            any = true;
+            line.split(',').for_each(|hop| walk.hop(hop, nets));
+        }
+    });
+    if any {
+        return walk.client();
     }
-    rightmost_untrusted(
-        lines(headers.get_all(FORWARDED)).map(|e| param(e, "for").unwrap_or("")),
-        nets,
-    )
+    headers.each_value(&FORWARDED, |line| {
+        if let Ok(line) = std::str::from_utf8(line) {
+            for element in line.split(',') {
+                walk.hop(param(element, "for").unwrap_or(""), nets);
+            }
+        }
+    });
+    walk.client()
 }
 
-/// Walk hops from the right: the first one not trusted is the client; a
-/// hop that is no address ends the walk (what is left of it is unknown),
-/// and the last trusted hop seen is then the client.
-fn rightmost_untrusted<'a>(hops: impl Iterator<Item = &'a str>, nets: &[IpNet]) -> Option<IpAddr> {
-    let mut last = None;
-    for hop in hops {
-        let Some(ip) = address(hop) else {
-            break;
-        };
-        if !is_trusted(nets, ip) {
-            return Some(ip);
+/// The hops of a forwarding chain, read from the left (header lines come
+/// in order), keeping what the walk from the right would find: the
+/// rightmost hop not trusted is the client; a hop that is no address ends
+/// that walk (what is left of it is unknown, so it restarts here), and
+/// with no untrusted hop the leftmost trusted one reached is the client.
+#[derive(Default)]
+struct Walk {
+    untrusted: Option<IpAddr>,
+    leftmost_trusted: Option<IpAddr>,
+}
+
+impl Walk {
+    fn hop(&mut self, hop: &str, nets: &[IpNet]) {
+        match address(hop) {
+            None => *self = Walk::default(),
+            Some(ip) if !is_trusted(nets, ip) => {
+                self.untrusted = Some(ip);
+                self.leftmost_trusted = None;
+            }
+            Some(ip) => {
+                self.leftmost_trusted.get_or_insert(ip);
+            }
         }
-        last = Some(ip);
     }
-    last
+
+    fn client(&self) -> Option<IpAddr> {
+        self.untrusted.or(self.leftmost_trusted)
+    }
 }
 
 /// The value of `key` in one element of `Forwarded` (`for=…;proto=…`),
@@ -99,19 +118,23 @@ fn param<'a>(element: &'a str, key: &str) -> Option<&'a str> {
 
 /// The first value of `x_header` (`X-Forwarded-Proto`, `-Host`), or else
 /// `key` of `Forwarded`'s first element; trimmed and unquoted.
-fn first<'a>(headers: &'a HeaderMap, x_header: HeaderName, key: &str) -> Option<&'a str> {
-    let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+fn first<'a, H: Fields + ?Sized>(headers: &'a H, x_header: &HeaderName, key: &str) -> Option<&'a str> {
+    let text = |name: &HeaderName| {
+        headers
+            .first_value(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
     let value = match text(x_header) {
         Some(v) => v.split(',').next()?,
-        None => param(text(FORWARDED)?.split(',').next()?, key)?,
+        None => param(text(&FORWARDED)?.split(',').next()?, key)?,
     };
     Some(value.trim().trim_matches('"'))
 }
 
 /// The scheme the trusted peer was reached with: `X-Forwarded-Proto`'s
 /// first value, or `Forwarded`'s first `proto=`; only `http` or `https`.
-pub(crate) fn proto(headers: &HeaderMap) -> Option<&'static str> {
-    match first(headers, X_FORWARDED_PROTO, "proto")? {
+pub(crate) fn proto<H: Fields + ?Sized>(headers: &H) -> Option<&'static str> {
+    match first(headers, &X_FORWARDED_PROTO, "proto")? {
         p if p.eq_ignore_ascii_case("https") => Some("https"),
         p if p.eq_ignore_ascii_case("http") => Some("http"),
         _ => None,
@@ -120,13 +143,14 @@ pub(crate) fn proto(headers: &HeaderMap) -> Option<&'static str> {
 
 /// The host the trusted peer was asked for: `X-Forwarded-Host`'s first
 /// value, or `Forwarded`'s first `host=`, if it is a host name.
-pub(crate) fn host(headers: &HeaderMap) -> Option<&str> {
-    first(headers, X_FORWARDED_HOST, "host").filter(|h| super::limits::is_host(h))
+pub(crate) fn host<H: Fields + ?Sized>(headers: &H) -> Option<&str> {
+    first(headers, &X_FORWARDED_HOST, "host").filter(|h| super::limits::is_host(h))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
