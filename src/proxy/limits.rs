@@ -36,6 +36,10 @@ pub enum Refusal {
     /// tenant is matched (`evil.example/.acme.test` must not match
     /// `*.acme.test`, nor come back in a redirect or `X-Forwarded-Host`).
     BadHost,
+    /// A request target in none of the forms RFC 9112 §3.2 allows fledge:
+    /// origin form (`/path?query`), absolute form (`http://host/path`), or
+    /// `*` for `OPTIONS`; `CONNECT`'s authority form is not proxied. 400.
+    BadTarget,
     /// `Transfer-Encoding` other than one `chunked`: 400. Pingora already
     /// refuses most such framings; it forwards `chunked, chunked`, two
     /// `Transfer-Encoding` lines and `gzip, chunked`, which HAProxy and
@@ -49,7 +53,9 @@ impl Refusal {
         match self {
             Refusal::UriTooLong => 414,
             Refusal::HeadersTooLarge => 431,
-            Refusal::UnderscoreAlias | Refusal::BadHost | Refusal::TransferEncoding => 400,
+            Refusal::UnderscoreAlias | Refusal::BadHost | Refusal::BadTarget | Refusal::TransferEncoding => {
+                400
+            }
         }
     }
 }
@@ -103,6 +109,15 @@ pub fn check_head<'b, S: AsRef<str>>(
     let target = head.target.get(buf);
     if target.len() > limits.max_request_line_bytes {
         return Err(Refusal::UriTooLong);
+    }
+    let options = head.method.get(buf) == b"OPTIONS";
+    let form_ok = match target {
+        [b'/', ..] => true,
+        b"*" => options,
+        _ => absolute_authority(target).is_some_and(|a| !a.is_empty()),
+    };
+    if !form_ok {
+        return Err(Refusal::BadTarget);
     }
     if head.fields.len() > limits.max_header_fields || head.len > limits.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
@@ -392,6 +407,24 @@ mod tests {
         assert_eq!(get("Host: user@a\r\n"), Err(Refusal::BadHost));
         assert_eq!(get("Host: a/b\r\n"), Err(Refusal::BadHost));
         assert_eq!(check("GET / HTTP/1.0\r\n\r\n"), Ok(None));
+        // Target forms (the differential fuzzer's first find: a target
+        // with no leading slash, which hyper refuses).
+        for bad in [
+            "GET Dweb/x HTTP/1.1",
+            "GET * HTTP/1.1",
+            "CONNECT a:443 HTTP/1.1",
+            "GET http:///x HTTP/1.1",
+        ] {
+            assert_eq!(
+                check(&format!("{bad}\r\nHost: a\r\n\r\n")),
+                Err(Refusal::BadTarget),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            check("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(Some("a".into()))
+        );
         assert_eq!(
             check("GET http://b.example:8080/x?y HTTP/1.1\r\nHost: a\r\n\r\n"),
             Ok(Some("b.example:8080".into()))
