@@ -244,6 +244,25 @@ fn report_worker(pool: &crate::upstream::Pool, websocket: bool, worker: std::net
     }
 }
 
+/// How a request ended, whichever path served it: what
+/// [`FledgeProxy::record_end`] records and logs.
+pub(crate) struct Ending<'a> {
+    /// The status answered (0: none).
+    pub(crate) status: u16,
+    /// The connection was upgraded (a WebSocket): its duration is no latency.
+    pub(crate) upgraded: bool,
+    /// The request's method.
+    pub(crate) method: &'a http::Method,
+    /// The request target's path.
+    pub(crate) path: &'a str,
+    /// The connection's peer.
+    pub(crate) peer: Option<IpAddr>,
+    /// Request body bytes read.
+    pub(crate) bytes_in: u64,
+    /// Response body bytes written.
+    pub(crate) bytes_out: u64,
+}
+
 /// What routing needs to know of a request, whichever path read it.
 pub(crate) struct Arrival<'a, H: Fields + ?Sized> {
     /// The host it is for (`:authority`, the absolute target's, or `Host`).
@@ -619,13 +638,30 @@ impl FledgeProxy {
     /// Odoo's JSON-RPC answers (a JSON request, a JSON response, no content
     /// encoding) get their first bytes sniffed for an `error` member.
     pub(crate) fn watch_answer(session: &ServerSession, upstream: &ResponseHeader, ctx: &mut RequestCtx) {
-        let is_json =
-            |v: Option<&HeaderValue>| v.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        if upstream.status == http::StatusCode::OK
-            && is_json(upstream.headers.get(CONTENT_TYPE))
-            && !upstream.headers.contains_key(CONTENT_ENCODING)
-            && is_json(session.req_header().headers.get(CONTENT_TYPE))
-        {
+        fn content_type(h: &http::HeaderMap) -> Option<&[u8]> {
+            h.get(CONTENT_TYPE).map(HeaderValue::as_bytes)
+        }
+        Self::watch(
+            upstream.status.as_u16(),
+            content_type(&upstream.headers),
+            upstream.headers.contains_key(CONTENT_ENCODING),
+            content_type(&session.req_header().headers),
+            ctx,
+        );
+    }
+
+    /// [`watch_answer`](Self::watch_answer) from the answer's status and
+    /// `Content-Type`, whether it has a `Content-Encoding`, and the
+    /// request's `Content-Type`.
+    pub(crate) fn watch(
+        status: u16,
+        content_type: Option<&[u8]>,
+        encoded: bool,
+        request_type: Option<&[u8]>,
+        ctx: &mut RequestCtx,
+    ) {
+        let is_json = |v: Option<&[u8]>| v.is_some_and(|v| v.starts_with(b"application/json"));
+        if status == 200 && is_json(content_type) && !encoded && is_json(request_type) {
             ctx.sniffer = JsonRpcSniffer::start();
         }
     }
@@ -648,11 +684,24 @@ impl FledgeProxy {
         if stopping {
             session.set_keepalive(None);
         }
+        let mut added = Ok(());
+        Self::cookies(ctx, |cookie| {
+            if added.is_ok() {
+                added = resp.append_header("Set-Cookie", cookie).map(|_| ());
+            }
+        });
+        added
+    }
+
+    /// The `Set-Cookie` values a response hands out (the version cookie,
+    /// the bucket cookie), if its route asks for any. Allocates: only on
+    /// the responses that hand out a cookie.
+    pub(crate) fn cookies(ctx: &RequestCtx, mut each: impl FnMut(String)) {
         let Some(route) = ctx.route else {
-            return Ok(());
+            return;
         };
         if !(route.set_version_cookie || route.set_bucket_cookie) {
-            return Ok(());
+            return;
         }
         let bucket = route.bucket.unwrap_or(0);
         let tenant = &ctx.table.tenants()[route.tenant];
@@ -662,28 +711,44 @@ impl FledgeProxy {
             ctx.table.tuning().cookie_max_age_seconds,
             if ctx.secure { "; Secure" } else { "" }
         );
-        // Allocates: only on the responses that hand out a cookie.
         if route.set_version_cookie {
             let value = key.version_cookie(route.version, bucket, tenant.epoch(), crate::routing::unix_now());
-            resp.append_header("Set-Cookie", format!("{VERSION_COOKIE}={value}{attrs}"))?;
+            each(format!("{VERSION_COOKIE}={value}{attrs}"));
         }
         if route.set_bucket_cookie {
             let value = key.bucket_cookie(bucket, tenant.seed());
-            resp.append_header("Set-Cookie", format!("{BUCKET_COOKIE}={value}{attrs}"))?;
+            each(format!("{BUCKET_COOKIE}={value}{attrs}"));
         }
-        Ok(())
     }
 
     /// The last step of every request: classify how it ended and record it
     /// against the version that served it. WebSocket sessions count, but
     /// their duration (the tab's lifetime) is no latency.
     pub(crate) fn record(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        Self::record_end(
+            &Ending {
+                status: session.response_written().map_or(0, |r| r.status.as_u16()),
+                upgraded: session.was_upgraded(),
+                method: &req.method,
+                path: req.uri.path(),
+                peer: client_ip(session),
+                bytes_in: session.body_bytes_read() as u64,
+                bytes_out: session.body_bytes_sent() as u64,
+            },
+            e,
+            ctx,
+        );
+    }
+
+    /// [`record`](Self::record) for a request however it was served.
+    pub(crate) fn record_end(end: &Ending<'_>, e: Option<&Error>, ctx: &RequestCtx) {
+        let status = end.status;
         if let Some(route) = ctx.route {
             let tenant = &ctx.table.tenants()[route.tenant];
             let rpc = ctx.sniffer.answer(&tenant.policy().analysis.client_exceptions);
             let outcome = classify::outcome(status, e, rpc);
-            let latency = (!session.was_upgraded()).then(|| ctx.started.elapsed());
+            let latency = (!end.upgraded).then(|| ctx.started.elapsed());
             let stats = tenant.stats().version(ctx.served);
             let client = if outcome.is_failure() {
                 failing_client(ctx)
@@ -703,7 +768,7 @@ impl FledgeProxy {
             }
         }
         if ctx.table.tuning().access_log {
-            Self::log_access(session, e, ctx, status);
+            Self::log_access(end, e, ctx);
         }
         tracing::debug!(
             status,
@@ -715,13 +780,12 @@ impl FledgeProxy {
     }
 
     /// The request's line in the access log, handed to its writer.
-    fn log_access(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx, status: u16) {
-        let req = session.req_header();
+    fn log_access(end: &Ending<'_>, e: Option<&Error>, ctx: &RequestCtx) {
         let route = ctx.route;
         let tenant = route.map(|r| &ctx.table.tenants()[r.tenant]);
         let outcome = tenant.map(|t| {
             let rpc = ctx.sniffer.answer(&t.policy().analysis.client_exceptions);
-            classify::outcome(status, e, rpc)
+            classify::outcome(end.status, e, rpc)
         });
         let at_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -736,14 +800,14 @@ impl FledgeProxy {
             tenant: tenant.map(|t| Arc::clone(t.shared_name())),
             version: route.map(|_| ctx.served),
             worker: ctx.peer,
-            client: ctx.client_ip.or_else(|| client_ip(session)),
-            method: req.method.clone(),
-            path: access_log::Path::new(req.uri.path()),
-            status,
+            client: ctx.client_ip.or(end.peer),
+            method: end.method.clone(),
+            path: access_log::Path::new(end.path),
+            status: end.status,
             outcome,
             duration_us: ctx.started.elapsed().as_micros() as u64,
-            bytes_in: session.body_bytes_read() as u64,
-            bytes_out: session.body_bytes_sent() as u64,
+            bytes_in: end.bytes_in,
+            bytes_out: end.bytes_out,
         });
     }
 
