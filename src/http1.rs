@@ -11,6 +11,7 @@
 //! - [`chunked`]: a chunked body checked as it streams by.
 //! - [`write`](mod@write): the head sent on: kept fields copied, fledge's added.
 //! - [`io`]: heads read from a stream, bodies forwarded with back-pressure.
+//! - [`exchange`]: one request's exchange with its worker, over streams.
 //!
 //! Why not Pingora's HTTP/1 session: it builds an `http::HeaderMap` for
 //! each message (a hashed, allocated map for a head that is read once and
@@ -18,6 +19,7 @@
 //! was there (`load-tests/README.md`).
 
 pub mod chunked;
+pub mod exchange;
 pub mod framing;
 pub mod head;
 pub mod io;
