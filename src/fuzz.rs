@@ -269,6 +269,13 @@ pub fn http1_differential(data: &[u8]) {
     if decided.is_empty() {
         return;
     }
+    // As hyper reports a target: through the `http` crate's URI, which
+    // writes an absolute target's empty path as `/`.
+    for d in &mut decided {
+        if let Ok(uri) = http::Uri::try_from(d.target.as_slice()) {
+            d.target = uri.to_string().into_bytes();
+        }
+    }
     let forwarded = &forwarded[..ends[comparable - 1]];
     let (read, failed) = hyper_reads(forwarded);
     assert!(
