@@ -14,7 +14,7 @@ use crate::util::{mock, TestProxy};
 
 /// One case: raw bytes, the statuses accepted for the first response, and
 /// how many requests the client meant (the most its worker may see).
-struct Case {
+pub(crate) struct Case {
     name: &'static str,
     raw: String,
     expect: &'static [u16],
@@ -37,7 +37,7 @@ fn case(name: &'static str, raw: impl Into<String>, expect: &'static [u16], mean
 }
 
 /// The cases; `{h}` is the case's own host name.
-fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     let post = |headers: &str, body: &str| {
         format!("POST /web/dataset/call_kw HTTP/1.1\r\nHost: {{h}}\r\n{headers}\r\n{body}")
     };
@@ -819,4 +819,28 @@ async fn a_connection_serves_1000_requests_then_closes() {
         served += 1;
     }
     assert_eq!(served, 1000, "requests served on one connection");
+}
+
+/// The README says how many cases each table has: it stays true.
+#[test]
+fn the_readme_counts_the_tables_as_they_are() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let count_before = |marker: &str| -> usize {
+        let at = readme
+            .find(marker)
+            .unwrap_or_else(|| panic!("README lost {marker:?}"));
+        readme[..at]
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count before {marker:?}"))
+    };
+    assert_eq!(
+        count_before("HTTP/1 smuggling and bad-input cases"),
+        cases().len()
+    );
+    assert_eq!(
+        count_before("HTTP/2 ones over raw frames"),
+        crate::hostile_h2::cases().len()
+    );
 }

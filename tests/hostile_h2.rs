@@ -216,7 +216,7 @@ type Frames = Box<dyn Fn(&str) -> Vec<u8>>;
 
 /// One case: its frames for `host`, the outcomes accepted and how many
 /// requests the client meant (the most its worker may see).
-struct Case {
+pub(crate) struct Case {
     name: &'static str,
     frames: Frames,
     expect: &'static [&'static str],
@@ -274,7 +274,7 @@ fn changed(name: &'static str, value: Option<&'static str>) -> impl Fn(&str) -> 
     }
 }
 
-fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     vec![
         // The control: a well-formed request is served.
         case("h2 get", &["200"], 1, get_with(|h| request("GET", h, &[]))),
