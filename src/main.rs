@@ -227,6 +227,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
+                // What `fledge run` would refuse beyond the file.
+                let (refused, notes) = fledge::server::preflight(&c);
+                for note in &notes {
+                    eprintln!("{}: note: {note}", config.display());
+                }
+                if !refused.is_empty() {
+                    for why in &refused {
+                        eprintln!("{}: {why}", config.display());
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
                 println!(
                     "{}: ok ({} tenants, {} pools, {} policies)",
                     config.display(),

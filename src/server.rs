@@ -437,6 +437,63 @@ fn add_control_loops(
     }
 }
 
+/// What `fledge run` would refuse of `config` beyond the file itself, for
+/// `fledge check`: the cookie secret and admin token it names (set and long
+/// enough), a token file (present, private, long enough), the
+/// certificates of `tls.certs_dir` (at least one usable pair). Reads only.
+/// What depends on where fledge runs and is absent here (a variable not
+/// set, a file or folder not there: CI checks files away from the
+/// secrets) is a note, not a refusal. Returns (refusals, notes).
+pub fn preflight(config: &Config) -> (Vec<String>, Vec<String>) {
+    let (mut refused, mut notes) = (Vec::new(), Vec::new());
+    let mut secret = |key: &str, var: &str, what: &str| match std::env::var_os(var) {
+        None => notes.push(format!(
+            "{key} names `{var}`, not set here: `fledge run` needs it"
+        )),
+        Some(v) if v.len() < 16 => {
+            refused.push(format!("{key}: the {what} in `{var}` is shorter than 16 bytes"))
+        }
+        Some(_) => {}
+    };
+    if let Some(var) = &config.cookies.secret_env {
+        secret("cookies.secret_env", var, "cookie secret");
+    }
+    match &config.admin.token {
+        TokenSource::Env(var) => secret("admin.token_env", var, "admin token"),
+        TokenSource::File(path) if !path.exists() => notes.push(format!(
+            "admin.token_file {} is not here: `fledge run` needs it",
+            path.display()
+        )),
+        TokenSource::File(path) => match crate::state_dir::check_secret_file(path) {
+            Err(why) => refused.push(format!("admin.token_file: {why}")),
+            Ok(_) => match std::fs::read_to_string(path) {
+                Ok(token) if token.trim().len() < 16 => {
+                    refused.push(format!(
+                        "admin.token_file {}: the token is shorter than 16 bytes",
+                        path.display()
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => refused.push(format!("admin.token_file {}: {e}", path.display())),
+            },
+        },
+        TokenSource::Generated => {}
+    }
+    if let Some(tls) = &config.tls {
+        if tls.certs_dir.is_dir() {
+            if let Err(e) = CertStore::open(&tls.certs_dir, tls.allow_readable_keys) {
+                refused.push(format!("{e:#}"));
+            }
+        } else {
+            notes.push(format!(
+                "tls.certs_dir {} is not here: `fledge run` needs a usable certificate in it",
+                tls.certs_dir.display()
+            ));
+        }
+    }
+    (refused, notes)
+}
+
 fn cookie_key(config: &Config) -> anyhow::Result<CookieKey> {
     match &config.cookies.secret_env {
         Some(var) => {

@@ -35,6 +35,74 @@ fn check_refuses_a_bad_file_naming_file_line_and_key() {
     assert!(text.contains("cannot read"), "{text}");
 }
 
+/// `fledge check` refuses what `fledge run` would refuse beyond the file:
+/// a short cookie secret or admin token, a folder without a usable
+/// certificate; what is not set or not there where it runs is a note.
+#[test]
+fn check_refuses_what_run_would_refuse_and_notes_what_is_not_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let path = dir.path().join("fledge.yaml");
+    let write = |certs_dir: &std::path::Path| {
+        let text = format!(
+            "listen: \"127.0.0.1:0\"\nstate_dir: \"{}\"\ncookies:\n  secret_env: FLEDGE_TEST_SECRET\nadmin:\n  token_env: FLEDGE_TEST_TOKEN\ntls:\n  listen: \"127.0.0.1:18443\"\n  certs_dir: \"{}\"\npools:\n  v17: {{ workers: [\"127.0.0.1:18069\"] }}\ntenants:\n  acme:\n    hosts: [\"acme.example.com\"]\n    stable: v17\n",
+            dir.path().join("state").display(),
+            certs_dir.display()
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    let check_with = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fledge"));
+        cmd.args(["check", "--config"]).arg(&path);
+        cmd.env_remove("FLEDGE_TEST_SECRET")
+            .env_remove("FLEDGE_TEST_TOKEN");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let long = "0123456789abcdef0123";
+    // Nothing here: notes, and the file is fine.
+    write(&certs);
+    let (ok, text) = check_with(&[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("`FLEDGE_TEST_SECRET`, not set here"), "{text}");
+    assert!(text.contains("`FLEDGE_TEST_TOKEN`, not set here"), "{text}");
+    assert!(text.contains("is not here"), "{text}");
+    // Set but short: refused, as `fledge run` refuses them.
+    let (ok, text) = check_with(&[("FLEDGE_TEST_SECRET", "short"), ("FLEDGE_TEST_TOKEN", long)]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("cookie secret in `FLEDGE_TEST_SECRET` is shorter than 16 bytes"),
+        "{text}"
+    );
+    let (ok, text) = check_with(&[("FLEDGE_TEST_SECRET", long), ("FLEDGE_TEST_TOKEN", "short")]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("admin token in `FLEDGE_TEST_TOKEN` is shorter than 16 bytes"),
+        "{text}"
+    );
+    // A certificates folder with nothing usable in it.
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("acme.crt"), "not a certificate").unwrap();
+    let (ok, text) = check_with(&[("FLEDGE_TEST_SECRET", long), ("FLEDGE_TEST_TOKEN", long)]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("tls.certs_dir: no usable certificate"), "{text}");
+    // `fledge run` refuses the same file for the same reason.
+    let run = Command::new(env!("CARGO_BIN_EXE_fledge"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("FLEDGE_TEST_SECRET", long)
+        .env("FLEDGE_TEST_TOKEN", long)
+        .env("FLEDGE_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no usable certificate"));
+}
+
 mod ctl {
     use std::process::Command;
 
