@@ -1,4 +1,4 @@
-//! Hostile clients: the smuggling and bad-input table of RELIABILITY.md §3,
+//! Hostile clients: the smuggling and bad-input table of `docs/reliability.md` §3,
 //! over raw sockets. Every case gets its own tenant and its own counting
 //! mock worker, so the cases run at once and each worker's count is that
 //! case's alone. Two things are checked per case: the status the client

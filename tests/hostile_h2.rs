@@ -1,5 +1,5 @@
 //! Hostile HTTP/2 clients (h2c with prior knowledge, raw frames): the
-//! HTTP/2 rows of RELIABILITY.md §3 — content-length against DATA,
+//! HTTP/2 rows of `docs/reliability.md` §3 — content-length against DATA,
 //! malformed and misplaced pseudo-headers, connection-specific fields,
 //! values that would inject an HTTP/1 line into the worker's request — and
 //! the floods (rapid reset, CONTINUATION, PING, streams past the limit).

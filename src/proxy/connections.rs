@@ -1,5 +1,5 @@
 //! Data plane, per connection: caps on open client connections, in total
-//! and per client address. Pingora has none (RELIABILITY.md §0).
+//! and per client address. Pingora has none (`docs/reliability.md` §0).
 //!
 //! [`Guarded`] wraps the proxy's Pingora app: it sees each accepted
 //! connection at accept, before a byte is read, counts it, and drops it at
