@@ -104,6 +104,10 @@ pub fn self_signed_certificate(config: &Config, dir: &std::path::Path) -> anyhow
 
 /// The curl lines printed at start.
 pub fn instructions(config: &Config) -> String {
+    // `make demo` runs fledge through cargo: it is not on the PATH.
+    let fledge = std::env::current_exe()
+        .map(|e| e.display().to_string())
+        .unwrap_or_else(|_| "fledge".to_owned());
     let p = config.listen;
     let a = config.admin.listen;
     let token = config
@@ -134,8 +138,8 @@ fledge demo: proxy on http://{p}, tenants `acme` (17.0 stable, 18.0 canary at 20
 Which version serves you (X-Fledge-Version, X-Odoo-Version):
   curl -si -H 'Host: acme.localhost' http://{p}/web/login | grep -i -E '^x-(fledge|odoo)-version'
 
-The split, over 100 new clients (different session ids), about 20 land on the canary:
-  for i in $(seq 100); do curl -s -o /dev/null -w '%{{header_json}}\\n' -H 'Host: acme.localhost' -b \"session_id=user$i\" http://{p}/web/login; done | grep -o '\"x-fledge-version\":\\[\"[a-z]*' | sort | uniq -c
+The split, over 1000 new clients (different session ids), about 200 land on the canary:
+  for i in $(seq 1000); do curl -s -o /dev/null -w '%{{header_json}}\\n' -H 'Host: acme.localhost' -b \"session_id=user$i\" http://{p}/web/login; done | grep -o '\"x-fledge-version\":\\[\"[a-z]*' | sort | uniq -c
 
 Stickiness: one session keeps its version over 20 requests:
   for i in $(seq 20); do curl -s -o /dev/null -D - -H 'Host: acme.localhost' -b 'session_id=alice' http://{p}/web/login | grep -i '^x-fledge-version'; done | sort | uniq -c
@@ -152,10 +156,10 @@ An unknown host:
 The admin API, metrics and fledge ctl (token generated into the demo's state directory):
   export FLEDGE_ADMIN_TOKEN=$(cat {token})
   curl -s -H \"Authorization: Bearer $FLEDGE_ADMIN_TOKEN\" http://{a}/metrics | grep ^fledge_
-  fledge ctl --admin {a} status
-  fledge ctl --admin {a} weight acme 50
+  {fledge} ctl --admin {a} status
+  {fledge} ctl --admin {a} weight acme 50
   curl -s -X PUT -d '{{\"error_rate\": 0.5}}' http://127.0.0.1:19069/__mock/knobs   # break the canary: watch it roll back
-  fledge ctl --admin {a} journal
+  {fledge} ctl --admin {a} journal
 
 Ctrl-C stops the demo.
 "
