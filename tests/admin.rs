@@ -508,3 +508,56 @@ async fn the_admin_listener_caps_connections_and_cuts_slow_headers() {
     );
     assert!(metrics.contains("fledge_admin_slow_headers_total 5"), "{metrics}");
 }
+
+/// `docs/metrics.md` documents every metric fledge exports: each family a
+/// running fledge serves, and each name the code defines (the fleet's and
+/// the worker names' appear only with those configured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_is_documented() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/metrics.md")).unwrap();
+    let documented = |name: &str| doc.contains(&format!("`{name}`"));
+    let worker = crate::util::mock("17.0").await;
+    let proxy = TestProxy::start(&crate::util::one_worker(worker.addr(), ""));
+    let text = String::from_utf8(proxy.admin("GET", "/metrics", "").await.body.to_vec()).unwrap();
+    let served: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(served.len() > 20, "{text}");
+    let mut missing: Vec<String> = served
+        .iter()
+        .filter(|n| !documented(n))
+        .map(|n| (*n).to_owned())
+        .collect();
+    // The names the code defines, served or not here.
+    fn scan(dir: &std::path::Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                scan(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for piece in text.split("\"fledge_").skip(1) {
+                    let name: String = piece
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if !name.is_empty() && piece[name.len()..].starts_with('"') {
+                        out.push(format!("fledge_{name}"));
+                    }
+                }
+            }
+        }
+    }
+    let mut defined = Vec::new();
+    scan(std::path::Path::new(&format!("{root}/src")), &mut defined);
+    // Cookie names, not metrics.
+    defined.retain(|n| n != "fledge_version" && n != "fledge_bucket");
+    assert!(defined.len() > 30, "{defined:?}");
+    missing.extend(defined.into_iter().filter(|n| !documented(n)));
+    missing.sort();
+    missing.dedup();
+    assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+}
