@@ -280,8 +280,22 @@ pub struct PoolConfig {
     pub websocket_worker_names: Vec<WorkerName>,
     /// How often the names are resolved again.
     pub dns_refresh: Duration,
+    /// How a worker is picked for a request.
+    pub balance: Balance,
     /// Active health checking of the workers.
     pub health_check: HealthCheckConfig,
+}
+
+/// How a pool picks a worker for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The one with the fewest requests in flight (ties in turn): Odoo's
+    /// workers are few and some requests long (reports, imports), so a
+    /// worker busy with one should not get the next in its turn.
+    LeastConnections,
 }
 
 /// A worker by DNS name and port (`odoo-v18.acme.svc.cluster.local:8069`).

@@ -518,6 +518,9 @@ impl FledgeProxy {
         }
         let addr = addr.ok_or_else(|| Error::explain(crate::error::NO_WORKER, "pool has no worker"))?;
         ctx.peer = Some(addr);
+        // A least-connections pool counts the request on its worker until
+        // the context ends (a retry's pick replaces it).
+        ctx.in_flight_on = tenant.pool(ctx.served).claim(ws, addr);
 
         let timeouts = &ctx.table.tuning().timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());

@@ -66,8 +66,35 @@ struct Workers {
     /// Members with an ejection set (expired ones are cleared lazily): while
     /// 0, selection does not read the clock.
     ejected: AtomicUsize,
+    /// Requests in flight, by member index (`balance: least_connections`
+    /// only; `None`: round robin, nothing counted).
+    active: Option<Box<[AtomicU32]>>,
     /// Origin of the `until_ms` clock.
     epoch: Instant,
+}
+
+/// A request in flight on a worker of a least-connections pool
+/// ([`Pool::claim`]); counted out when dropped (the request's context ends).
+pub struct InFlight {
+    pool: Arc<Pool>,
+    websocket: bool,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(active) = &self.pool.workers(self.websocket).active {
+            active[self.index].fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A worker's passive health.
@@ -134,8 +161,10 @@ impl Pool {
                 }
             }
             lb.parallel_health_check = true;
+            let least = config.balance == crate::config::Balance::LeastConnections;
             Workers {
                 lb,
+                active: least.then(|| members.iter().map(|_| AtomicU32::new(0)).collect()),
                 outliers: members.iter().map(|_| Outlier::default()).collect(),
                 members,
                 down,
@@ -207,6 +236,23 @@ impl Pool {
         ejected
     }
 
+    /// Count a request in flight on `worker` (a least-connections pool):
+    /// the guard counts it out when dropped. `None` for a round-robin pool.
+    pub fn claim(self: &Arc<Self>, websocket: bool, worker: SocketAddr) -> Option<InFlight> {
+        let workers = self.workers(websocket);
+        let active = workers.active.as_ref()?;
+        let index = workers
+            .members
+            .iter()
+            .position(|b| b.addr.as_inet() == Some(&worker))?;
+        active[index].fetch_add(1, Relaxed);
+        Some(InFlight {
+            pool: Arc::clone(self),
+            websocket,
+            index,
+        })
+    }
+
     /// Ejections since the pool was built.
     pub fn ejections(&self) -> u64 {
         self.ejections.load(Relaxed)
@@ -228,10 +274,18 @@ impl Workers {
         let n = self.members.len();
         let start = self.next.fetch_add(1, Relaxed);
         let now = (healthy_only && self.ejected.load(Relaxed) > 0).then(|| self.now_ms());
-        (0..n)
+        let mut eligible = (0..n)
             .map(|i| start.wrapping_add(i) % n)
-            .find(|&i| !healthy_only || (self.is_up(i) && now.is_none_or(|t| !self.is_ejected(i, t))))
-            .and_then(|i| self.members[i].addr.as_inet().copied())
+            .filter(|&i| !healthy_only || (self.is_up(i) && now.is_none_or(|t| !self.is_ejected(i, t))));
+        let i = match &self.active {
+            // Round robin: the next eligible member.
+            None => eligible.next(),
+            // The eligible member with the fewest requests in flight; of
+            // equals, the first in turn. Odoo pools are a few workers:
+            // one pass over them.
+            Some(active) => eligible.min_by_key(|&i| active[i].load(Relaxed)),
+        };
+        i.and_then(|i| self.members[i].addr.as_inet().copied())
     }
 
     fn is_up(&self, i: usize) -> bool {
@@ -329,6 +383,39 @@ mod tests {
     use crate::config::HealthCheckConfig;
     use std::collections::HashSet;
 
+    fn least_connections(workers: Vec<SocketAddr>) -> Arc<Pool> {
+        let mut config = pool(workers).config().clone();
+        config.balance = crate::config::Balance::LeastConnections;
+        Arc::new(Pool::build("p", &config))
+    }
+
+    #[test]
+    fn least_connections_picks_the_worker_with_the_fewest_requests_in_flight() {
+        let (a, b, c) = (vacant(), vacant(), vacant());
+        let pool = least_connections(vec![a, b, c]);
+        // Nothing in flight: in turn.
+        assert_eq!(picks(&pool).len(), 3);
+        let on_a = pool.claim(false, a).expect("counted");
+        let on_b = pool.claim(false, b).expect("counted");
+        for _ in 0..5 {
+            assert_eq!(pool.select(false), Some(c), "the idle one");
+        }
+        let on_c = pool.claim(false, c);
+        let on_c2 = pool.claim(false, c);
+        drop(on_a);
+        for _ in 0..5 {
+            assert_eq!(pool.select(false), Some(a), "the one whose request ended");
+        }
+        drop((on_b, on_c, on_c2));
+        assert_eq!(picks(&pool).len(), 3, "in turn again");
+        // A round-robin pool counts nothing.
+        assert!(Arc::new(pool_rr(vec![a])).claim(false, a).is_none());
+    }
+
+    fn pool_rr(workers: Vec<SocketAddr>) -> Pool {
+        pool(workers)
+    }
+
     fn pool(workers: Vec<SocketAddr>) -> Pool {
         Pool::build(
             "p",
@@ -338,6 +425,7 @@ mod tests {
                 worker_names: Vec::new(),
                 websocket_worker_names: Vec::new(),
                 dns_refresh: Duration::from_secs(5),
+                balance: crate::config::Balance::RoundRobin,
                 health_check: HealthCheckConfig {
                     interval: Duration::from_secs(1),
                     timeout: Duration::from_secs(1),

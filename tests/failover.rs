@@ -423,3 +423,54 @@ async fn a_full_worker_pool_keeps_no_more_idle_connections_than_its_cap() {
     // And the pool does keep them: the closed ones are the surplus only.
     assert!(open.load(Relaxed) >= 100, "{}", open.load(Relaxed));
 }
+
+/// `balance: least_connections` sends the next request to the worker with
+/// the fewest in flight: a worker slowed down (a long report, an import)
+/// gets few, where round robin gives it its turn every other request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_spares_a_slow_worker_that_round_robin_keeps_feeding() {
+    use fledge::mock_odoo::{Knobs, MockOdoo, Options};
+    let mut slow_options = Options::new("17.0");
+    slow_options.knobs = Knobs {
+        latency_ms: 400,
+        ..Knobs::default()
+    };
+    let slow = MockOdoo::start("127.0.0.1:0".parse().unwrap(), slow_options)
+        .await
+        .unwrap();
+    let fast = crate::util::mock("17.0").await;
+    let mut shares = Vec::new();
+    for balance in ["round_robin", "least_connections"] {
+        let config = format!(
+            "listen: \"{{listen}}\"\nthreads: 2\npools:\n  v17:\n    workers: [\"{}\", \"{}\"]\n    balance: {balance}\ntenants:\n  acme:\n    hosts: [\"acme.example.com\"]\n    stable: v17\n",
+            slow.addr(),
+            fast.addr()
+        );
+        let proxy = TestProxy::start(&config);
+        let (slow_before, fast_before) = (slow.stats().requests, fast.stats().requests);
+        let load = crate::util::start_load(proxy.addr, "acme.example.com", 100, false);
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let stats = std::sync::Arc::clone(&load.stats);
+        drop(load);
+        // The slow worker's last answers come in.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let failed = stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(failed, 0, "{balance}: failed requests");
+        let (s, f) = (
+            slow.stats().requests - slow_before,
+            fast.stats().requests - fast_before,
+        );
+        assert!(s + f > 150, "{balance}: {s} + {f} requests");
+        shares.push(s as f64 / (s + f) as f64);
+    }
+    assert!(
+        shares[0] > 0.4,
+        "round robin gave the slow worker {:.0} %",
+        shares[0] * 100.0
+    );
+    assert!(
+        shares[1] < 0.25,
+        "least connections gave the slow worker {:.0} %",
+        shares[1] * 100.0
+    );
+}

@@ -150,6 +150,8 @@ pub(crate) struct Pool {
     #[serde(default)]
     pub(crate) dns_refresh_seconds: Option<u64>,
     #[serde(default)]
+    pub(crate) balance: Option<String>,
+    #[serde(default)]
     pub(crate) health_check: HealthCheck,
 }
 

@@ -14,9 +14,9 @@ use super::raw;
 use std::path::PathBuf;
 
 use super::{
-    AdminConfig, AnalysisPolicy, ClientKey, Config, ConfigError, Cookies, FleetConfig, HealthCheckConfig,
-    HostPattern, Limits, LogFormat, Policy, PoolConfig, Problem, Promotion, Rehearsal, TenantConfig,
-    Thresholds, Timeouts, TlsConfig, TokenSource, Weight, WorkerName, DEFAULT_OVERRIDE_HEADER,
+    AdminConfig, AnalysisPolicy, Balance, ClientKey, Config, ConfigError, Cookies, FleetConfig,
+    HealthCheckConfig, HostPattern, Limits, LogFormat, Policy, PoolConfig, Problem, Promotion, Rehearsal,
+    TenantConfig, Thresholds, Timeouts, TlsConfig, TokenSource, Weight, WorkerName, DEFAULT_OVERRIDE_HEADER,
     DEFAULT_STICKY_COOKIE,
 };
 
@@ -602,6 +602,17 @@ impl Checker<'_> {
         let (workers, worker_names) = self.workers(&format!("{base}.workers"), &p.workers);
         let (websocket_workers, websocket_worker_names) =
             self.workers(&format!("{base}.websocket_workers"), &p.websocket_workers);
+        let balance = match p.balance.as_deref() {
+            None | Some("round_robin") => Balance::RoundRobin,
+            Some("least_connections") => Balance::LeastConnections,
+            Some(other) => {
+                self.problem(
+                    format!("{base}.balance"),
+                    format!("`{other}` is not `round_robin` or `least_connections`"),
+                );
+                Balance::RoundRobin
+            }
+        };
         let dns_refresh = Duration::from_secs(self.positive(
             &format!("{base}.dns_refresh_seconds"),
             p.dns_refresh_seconds,
@@ -651,6 +662,7 @@ impl Checker<'_> {
             worker_names,
             websocket_worker_names,
             dns_refresh,
+            balance,
             health_check,
         }
     }

@@ -49,6 +49,8 @@ pub struct RequestCtx {
     /// Its client's place under the per-address cap, behind a trusted
     /// proxy (held until the request ends).
     pub(crate) forwarded_slot: Option<super::connections::ForwardedSlot>,
+    /// The request counted on its worker (least-connections pools).
+    pub(crate) in_flight_on: Option<crate::upstream::InFlight>,
 }
 
 impl RequestCtx {
@@ -70,6 +72,7 @@ impl RequestCtx {
             secure: false,
             request_id: 0,
             forwarded_slot: None,
+            in_flight_on: None,
         }
     }
 }
