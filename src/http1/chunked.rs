@@ -11,6 +11,8 @@
 /// Longest chunk-size line (size, extensions) and trailer section taken.
 const MAX_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Most trailer fields taken: as many as a head may have.
+const MAX_TRAILER_FIELDS: usize = super::head::MAX_FIELDS;
 
 /// Where a chunked body stands.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +26,8 @@ pub struct Chunked {
     size: u64,
     /// Bytes of trailer section so far.
     trailers: usize,
+    /// Trailer fields so far.
+    trailer_fields: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -165,6 +169,10 @@ impl Chunked {
                     if b == b'\r' {
                         self.state = State::EndLf;
                     } else if is_tchar(b) {
+                        self.trailer_fields += 1;
+                        if self.trailer_fields > MAX_TRAILER_FIELDS {
+                            return Err(ChunkError::TooLong);
+                        }
                         self.state = State::TrailerName;
                     } else {
                         return Err(ChunkError::Syntax);
@@ -316,7 +324,14 @@ mod tests {
                 ChunkError::TooLong,
             ),
             (
-                format!("0\r\n{}\r\n\r\n", "X: y\r\n".repeat(MAX_TRAILERS / 6 + 1)),
+                format!(
+                    "0\r\n{}\r\n\r\n",
+                    format!("X: {}\r\n", "y".repeat(200)).repeat(MAX_TRAILERS / 205 + 1)
+                ),
+                ChunkError::TooLong,
+            ),
+            (
+                format!("0\r\n{}\r\n", "X: y\r\n".repeat(MAX_TRAILER_FIELDS + 1)),
                 ChunkError::TooLong,
             ),
         ] {
