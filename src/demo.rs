@@ -110,6 +110,14 @@ pub fn instructions(config: &Config) -> String {
         .unwrap_or_else(|_| "fledge".to_owned());
     let p = config.listen;
     let a = config.admin.listen;
+    // The first worker of acme's canary pool, whose knobs break it.
+    let canary = config
+        .tenants
+        .get("acme")
+        .and_then(|t| t.canary.as_ref())
+        .and_then(|pool| config.pools.get(pool))
+        .and_then(|pool| pool.workers.first())
+        .map_or_else(|| "127.0.0.1:19069".to_owned(), ToString::to_string);
     let token = config
         .state_dir
         .join(crate::server::GENERATED_TOKEN_FILE)
@@ -158,7 +166,7 @@ The admin API, metrics and fledge ctl (token generated into the demo's state dir
   curl -s -H \"Authorization: Bearer $FLEDGE_ADMIN_TOKEN\" http://{a}/metrics | grep ^fledge_
   {fledge} ctl --admin {a} status
   {fledge} ctl --admin {a} weight acme 50
-  curl -s -X PUT -d '{{\"error_rate\": 0.5}}' http://127.0.0.1:19069/__mock/knobs   # break the canary: watch it roll back
+  curl -s -X PUT -d '{{\"error_rate\": 0.5}}' http://{canary}/__mock/knobs   # break the canary: watch it roll back
   {fledge} ctl --admin {a} journal
 
 Ctrl-C stops the demo.

@@ -342,3 +342,89 @@ mod state_dir {
         refused(&with_file, &["admin.token_file", "writable by everyone"]);
     }
 }
+
+/// Every command line the demo prints works as printed: each runs in bash
+/// (with `pipefail`, so a `grep` that finds nothing fails it) against the
+/// demo itself, on ports the test picked, and prints something.
+#[test]
+fn the_demos_command_lines_do_what_they_say() {
+    use std::io::{BufRead, BufReader};
+    let port = crate::util::free_port;
+    let (listen, tls, admin) = (port(), port(), port());
+    let (w17, ws17, w18, ws18) = (port(), port(), port(), port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("demo.yaml");
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{listen}"))
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{tls}"))
+        .replace("127.0.0.1:18069", &format!("127.0.0.1:{w17}"))
+        .replace("127.0.0.1:18072", &format!("127.0.0.1:{ws17}"))
+        .replace("127.0.0.1:19069", &format!("127.0.0.1:{w18}"))
+        .replace("127.0.0.1:19072", &format!("127.0.0.1:{ws18}"))
+        + &format!("admin:\n  listen: \"127.0.0.1:{admin}\"\n");
+    std::fs::write(&path, demo).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fledge"))
+        .args(["demo", "--config"])
+        .arg(&path)
+        .env("FLEDGE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read on a thread of its own to the end, so that the demo never
+    // writes to a closed pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+        lines.push(line);
+    }
+    // The lines are printed as the server starts: wait for its listeners.
+    let up = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    for _ in 0..200 {
+        if up(listen) && up(tls) && up(admin) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let commands: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("  "))
+        .filter(|l| !l.starts_with(' '))
+        .collect();
+    assert!(commands.len() >= 12, "{lines:#?}");
+    let exports: Vec<&str> = commands
+        .iter()
+        .copied()
+        .filter(|c| c.starts_with("export "))
+        .collect();
+    let mut failed = Vec::new();
+    for command in commands.iter().filter(|c| !c.starts_with("export ")) {
+        let script = format!("set -o pipefail\n{}\n{command}\n", exports.join("\n"));
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() || text.trim().is_empty() {
+            failed.push(format!(
+                "{command}\n  -> {:?} {text}{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        // The split line shows both versions.
+        if command.contains("seq 1000") && !(text.contains("canary") && text.contains("stable")) {
+            failed.push(format!("{command}\n  -> {text}"));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
