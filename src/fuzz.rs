@@ -190,12 +190,7 @@ pub fn codec_forwards(input: &[u8]) -> (Vec<Decided>, Vec<u8>, Vec<usize>) {
             framing::Body::UntilClose => break,
         };
         let mut forwarded = Vec::new();
-        write::request_line(&mut forwarded, head.method.get(rest), head.target.get(rest));
-        write::fields_but(&mut forwarded, rest, &head.fields, |name| {
-            hop.drops(rest, name) || write::is_framing(name)
-        });
-        write::framing(&mut forwarded, body);
-        write::end(&mut forwarded);
+        write::request_head(&mut forwarded, rest, &head, &hop, body, |_| false, &[]);
         forwarded.extend_from_slice(&after[..used]);
         out.extend_from_slice(&forwarded);
         ends.push(out.len());

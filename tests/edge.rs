@@ -85,14 +85,7 @@ pub(crate) async fn recorder(tx: tokio::sync::mpsc::UnboundedSender<String>) -> 
 /// One request from source address `from` (a loopback address of our
 /// choosing, to play a trusted or an untrusted peer); the response.
 pub(crate) async fn from(src: &str, proxy: std::net::SocketAddr, request: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    let mut conn = socket.connect(proxy).await.unwrap();
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    let _ = conn.read_to_end(&mut response).await;
-    String::from_utf8_lossy(&response).into_owned()
+    proxied(src, proxy, b"", request).await
 }
 
 /// The versions `n` first visits (no session, no cookie) from `src` land
@@ -232,11 +225,7 @@ async fn a_trusted_proxy_is_not_throttled_by_the_per_address_cap() {
         canary,
         "limits:\n  max_connections_per_ip: 2\n",
     ));
-    let open = |src: &'static str| async move {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
-        socket.connect(proxy.addr).await.unwrap()
-    };
+    let open = |src: &'static str| async move { connect_from(src, proxy.addr).await };
     // Five connections from Traefik, all kept and served.
     let mut kept = Vec::new();
     for _ in 0..5 {
@@ -414,13 +403,19 @@ pub(crate) fn proxy_v2(local: bool, src: &str, dst: &str) -> Vec<u8> {
         .unwrap()
 }
 
+/// A connection to `proxy` from source address `src` (a loopback address
+/// of our choosing, to play a trusted or an untrusted peer).
+pub(crate) async fn connect_from(src: &str, proxy: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    socket.connect(proxy).await.unwrap()
+}
+
 /// A connection from `src` that sends `first` and then `request`; the
 /// response (empty when the connection was closed without one).
 async fn proxied(src: &str, proxy: std::net::SocketAddr, first: &[u8], request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    let mut conn = socket.connect(proxy).await.unwrap();
+    let mut conn = connect_from(src, proxy).await;
     let _ = conn.write_all(&[first, request.as_bytes()].concat()).await;
     let mut response = Vec::new();
     let _ = conn.read_to_end(&mut response).await;
@@ -490,9 +485,7 @@ async fn behind_a_proxy_protocol_load_balancer_the_client_is_the_one_its_header_
         b"PROXY TCP4 203.0.113.999 10.0.0.1 1 80\r\n",
         b"PROXY TCP4 203.0.113.7 10.0.0.1",
     ] {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{TRUSTED}:0").parse().unwrap()).unwrap();
-        let mut conn = socket.connect(proxy.addr).await.unwrap();
+        let mut conn = connect_from(TRUSTED, proxy.addr).await;
         let request = if first.is_empty() || first.ends_with(b"\r\n") {
             get("/smuggled")
         } else {
@@ -514,9 +507,7 @@ async fn behind_a_proxy_protocol_load_balancer_the_client_is_the_one_its_header_
     }
     // A header that trickles in, a byte at a time, is cut at the header
     // deadline from the connection's start.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{TRUSTED}:0").parse().unwrap()).unwrap();
-    let (mut read, mut write) = socket.connect(proxy.addr).await.unwrap().into_split();
+    let (mut read, mut write) = connect_from(TRUSTED, proxy.addr).await.into_split();
     let began = tokio::time::Instant::now();
     let trickle = tokio::spawn(async move {
         for byte in v1.iter() {
@@ -560,9 +551,7 @@ async fn behind_a_proxy_protocol_load_balancer_the_client_is_the_one_its_header_
     // two connections for one client, the third refused, another
     // client's served.
     let open = |client: &'static str| async move {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{TRUSTED}:0").parse().unwrap()).unwrap();
-        let mut c = socket.connect(proxy.addr).await.unwrap();
+        let mut c = connect_from(TRUSTED, proxy.addr).await;
         let header = format!("PROXY TCP4 {client} 10.0.0.1 5000 80\r\n");
         c.write_all(header.as_bytes()).await.unwrap();
         c
@@ -695,9 +684,7 @@ async fn behind_a_trusted_proxy_the_per_address_cap_counts_each_clients_requests
     // three for one client, one for another, each with a request at once.
     let mut conns = Vec::new();
     for client in ["203.0.113.9", "203.0.113.9", "203.0.113.9", "203.0.113.10"] {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{TRUSTED}:0").parse().unwrap()).unwrap();
-        let mut c = socket.connect(proxy.addr).await.unwrap();
+        let mut c = connect_from(TRUSTED, proxy.addr).await;
         let request =
             format!("GET /web/login HTTP/1.1\r\nHost: acme.example.com\r\nX-Forwarded-For: {client}\r\n\r\n");
         c.write_all(request.as_bytes()).await.unwrap();

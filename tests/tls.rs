@@ -812,9 +812,7 @@ async fn a_proxy_protocol_header_before_the_handshake_names_the_client() {
     let tls = proxy.tls.unwrap();
     // A connection from `src` that sends `first`, then shakes hands.
     let connect = |src: &'static str, first: Vec<u8>| async move {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
-        let mut tcp = socket.connect(tls).await.unwrap();
+        let mut tcp = crate::edge::connect_from(src, tls).await;
         tcp.write_all(&first).await.unwrap();
         let name = ServerName::try_from("acme.example.com").unwrap();
         any_cert_client(&[b"http/1.1"]).connect(name, tcp).await

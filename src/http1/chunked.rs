@@ -8,6 +8,8 @@
 //! where parsers disagree), data longer than its size, control bytes in an
 //! extension or a trailer.
 
+use super::head::is_tchar;
+
 /// Longest chunk-size line (size, extensions) and trailer section taken.
 const MAX_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -251,11 +253,6 @@ fn expect(b: u8, want: u8) -> Result<(), ChunkError> {
     } else {
         Err(ChunkError::Syntax)
     }
-}
-
-/// RFC 9110 `tchar`: a byte of a field name.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A byte of a trailer field's value: visible, space, tab, or obs-text.

@@ -99,15 +99,7 @@ where
 
     // The request's head, then its body.
     let mut out = Vec::with_capacity(head.len + 256);
-    write::request_line(&mut out, head.method.get(buf), head.target.get(buf));
-    write::fields_but(&mut out, buf, &head.fields, |name| {
-        request_hop.drops(buf, name) || write::is_framing(name) || (edits.drop)(name)
-    });
-    for (name, value) in edits.add {
-        write::field(&mut out, name, value);
-    }
-    write::framing(&mut out, body);
-    write::end(&mut out);
+    write::request_head(&mut out, buf, head, &request_hop, body, edits.drop, edits.add);
     buf.advance(head.len);
     upstream
         .write_all(&out)
@@ -250,9 +242,9 @@ mod tests {
             _ => 0,
         };
         let w = worker(worker_side, body_len, answer);
-        let drop = |name: &[u8]| name.eq_ignore_ascii_case(b"x-fledge-version");
+        let ours = |name: &[u8]| name.eq_ignore_ascii_case(b"x-fledge-version");
         let edits = Edits {
-            drop: &drop,
+            drop: &ours,
             add: &[(b"X-Forwarded-For", b"203.0.113.7")],
         };
         let mut sniffed = Vec::new();
@@ -269,7 +261,7 @@ mod tests {
         .await
         .unwrap();
         let sent = String::from_utf8(w.await.unwrap()).unwrap();
-        drop_all(proxy_side);
+        drop(proxy_side);
         let mut client_got = Vec::new();
         client.read_to_end(&mut client_got).await.unwrap();
         Run {
@@ -280,8 +272,6 @@ mod tests {
             left: buf.to_vec(),
         }
     }
-
-    fn drop_all<T>(_: T) {}
 
     #[tokio::test]
     async fn a_json_rpc_call_goes_on_rewritten_and_its_answer_comes_back_stamped() {

@@ -22,7 +22,7 @@
 //! `Content-Length`; otherwise the body ends when the worker closes.
 //! A worker's invalid framing is refused too (a 502 for the client).
 
-use super::head::{Fields, RequestHead, ResponseHead};
+use super::head::{is_tchar, Fields, RequestHead, ResponseHead};
 
 /// How a body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,11 +160,6 @@ fn digits(s: &[u8]) -> Option<u64> {
     }
     s.iter()
         .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-}
-
-/// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

@@ -206,6 +206,11 @@ impl crate::routing::Fields for FieldsIn<'_> {
     }
 }
 
+/// RFC 9110 `tchar`: a byte of a token (a field name, a transfer coding).
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Map `httparse`'s outcome: `Ok(None)` while the head is not whole.
 fn outcome<T>(
     status: httparse::Result<usize>,

@@ -91,6 +91,30 @@ pub fn request_line(out: &mut Vec<u8>, method: &[u8], target: &[u8]) {
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
+/// The head a request goes on with (its bytes are `buf`): the request line
+/// as sent (as HTTP/1.1), the fields but the hop-by-hop ones (`hop`), the
+/// framing ones and those `drop` names, then `add`, then the framing fledge
+/// decided in one canonical field.
+pub fn request_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &super::head::RequestHead,
+    hop: &Hop,
+    body: super::framing::Body,
+    drop: impl Fn(&[u8]) -> bool,
+    add: &[(&[u8], &[u8])],
+) {
+    request_line(out, head.method.get(buf), head.target.get(buf));
+    fields_but(out, buf, &head.fields, |name| {
+        hop.drops(buf, name) || is_framing(name) || drop(name)
+    });
+    for (name, value) in add {
+        field(out, name, value);
+    }
+    framing(out, body);
+    end(out);
+}
+
 /// `HTTP/1.1 status reason` and its CRLF.
 pub fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
     out.extend_from_slice(b"HTTP/1.1 ");
